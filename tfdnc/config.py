@@ -1,0 +1,150 @@
+"""The training configuration: one dataclass, readable from JSON and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSES = ("margin", "triplet", "contrastive", "multi_similarity", "npair", "lifted", "angular")
+MASK_MODES = ("learnable", "fixed")
+GROWTH = ("double", "fixed")
+CLUSTER_FEATURES = ("penultimate", "embedding")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a Divide & Conquer run needs; defaults: the quick-start run.
+
+    Defaults follow the TPAMI reference (learnable masks, K grown by
+    doubling every T epochs) scaled down to the embedded MNIST sample; the
+    paper-sized settings are the presets in `tfdnc.presets`.
+    """
+
+    # data
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    image_size: int = 28  # side of the (square) crop the network sees
+    resize_size: int | None = None  # eval: resize shorter side, then centre crop; None: image_size
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range (paper: 0.08, 1)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = False  # horizontal flips (on for natural images; off for digits)
+    use_boxes: bool = False  # crop to bounding boxes where the data set has them
+    # network
+    backbone: str = "small_cnn"
+    backbone_weights: str | None = None  # None | "imagenet" | path
+    pixel_mode: str | None = None
+    freeze_batchnorm: bool = False
+    embedding_dim: int = 64
+    # divide & conquer
+    k_final: int = 2
+    growth: str = "double"  # "double" (TPAMI) or "fixed" (CVPR: K = k_final from the start)
+    mask_mode: str = "learnable"
+    mask_loss_weight: float = 0.01
+    mask_lr: float = 1e-3
+    recluster_every: int = 2  # T
+    full_embedding_epoch: int | None = 8  # None: never
+    final_k1_epochs: int = 0  # CVPR: last epochs train on all data (K = 1)
+    freeze_backbone_after_recluster: bool = False
+    cluster_features: str = "penultimate"
+    kmeans_iters: int = 100
+    # loss
+    loss: str = "margin"
+    loss_options: dict = field(default_factory=dict)
+    symm: bool = False
+    # batches and optimisation
+    classes_per_batch: int = 4  # P
+    images_per_class: int = 8  # M
+    steps_per_epoch: int | None = None  # None: ceil(train images / batch)
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    # evaluation and output
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
+    eval_every: int = 1
+    run_dir: str = "runs/default"
+    # speed
+    jit_compile: bool = False
+    mixed_precision: str | None = None
+
+    def __post_init__(self):
+        self.crop_scale = tuple(self.crop_scale)
+        self.crop_ratio = tuple(self.crop_ratio)
+        self.recall_ks = tuple(int(k) for k in self.recall_ks)
+        self.validate()
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.images_per_class
+
+    @property
+    def eval_resize(self) -> int:
+        return self.resize_size or self.image_size
+
+    def validate(self) -> None:
+        """Raises ValueError naming the argument for any inconsistent setting."""
+        def bad(arg, why):
+            raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
+
+        if self.loss not in LOSSES:
+            bad("loss", f"must be one of {LOSSES}, got {self.loss!r}")
+        if self.mask_mode not in MASK_MODES:
+            bad("mask_mode", f"must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.growth not in GROWTH:
+            bad("growth", f"must be one of {GROWTH}, got {self.growth!r}")
+        if self.cluster_features not in CLUSTER_FEATURES:
+            bad("cluster_features", f"must be one of {CLUSTER_FEATURES}, got {self.cluster_features!r}")
+        for name in ("image_size", "embedding_dim", "k_final", "recluster_every", "epochs",
+                     "classes_per_batch", "images_per_class", "kmeans_iters", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.images_per_class < 2:
+            bad("images_per_class", "must be >= 2: every class in a batch needs a positive pair")
+        if self.k_final & (self.k_final - 1) and self.growth == "double":
+            bad("k_final", f"must be a power of two when growth is 'double', got {self.k_final}")
+        if self.k_final > self.embedding_dim:
+            bad("k_final", f"({self.k_final}) cannot exceed --embedding-dim ({self.embedding_dim})")
+        if self.mask_mode == "fixed" and self.embedding_dim % self.k_final:
+            bad("embedding_dim", f"({self.embedding_dim}) must be divisible by --k-final "
+                f"({self.k_final}) with fixed masks (contiguous blocks of d/K dims)")
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            bad("resize_size", f"({self.resize_size}) must be >= --image-size ({self.image_size})")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            bad("crop_scale", f"must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
+        if self.full_embedding_epoch is not None and self.full_embedding_epoch < 0:
+            bad("full_embedding_epoch", f"must be >= 0, got {self.full_embedding_epoch}")
+        if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
+            bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
+
+    # --- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read config file {path!r}: {exc}") from exc
+        return cls.from_dict(values, source=path)

@@ -1,0 +1,1 @@
+"""Input pipeline: image transforms, class-balanced cluster batches, tf.data."""
