@@ -5,12 +5,27 @@ from __future__ import annotations
 from typing import Callable
 
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.datasets.cars import load_cars
+from tfdnc.datasets.csvfile import load_csv
+from tfdnc.datasets.cub import load_cub
 from tfdnc.datasets.default import load_digits_upscaled, load_mnist_sample
+from tfdnc.datasets.errors import DatasetError
+from tfdnc.datasets.folder import load_image_folder
+from tfdnc.datasets.inshop import load_inshop
+from tfdnc.datasets.sop import load_sop
+from tfdnc.datasets.vehicleid import load_vehicleid
 
 # name -> loader(data_dir, **options) -> DataSplits
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": lambda data_dir=None, **kw: load_mnist_sample(**kw),
     "digits": lambda data_dir=None, **kw: load_digits_upscaled(**kw),
+    "cub": load_cub,
+    "cars": load_cars,
+    "sop": load_sop,
+    "inshop": load_inshop,
+    "vehicleid": load_vehicleid,
+    "folder": load_image_folder,
+    "csv": load_csv,
 }
 
 
@@ -21,4 +36,7 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> DataSplit
     return DATASETS[name](data_dir=data_dir, **options)
 
 
-__all__ = ["DATASETS", "DataSplits", "ImageSet", "load_dataset"]
+__all__ = [
+    "DATASETS", "DataSplits", "DatasetError", "ImageSet", "load_cars", "load_csv", "load_cub",
+    "load_dataset", "load_image_folder", "load_inshop", "load_sop", "load_vehicleid",
+]
