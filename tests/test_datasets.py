@@ -62,7 +62,8 @@ def test_cub_split_labels_and_boxes(tmp_path):
     classes = sorted(rng.choice(np.arange(1, 201), size=8, replace=False).tolist())
     classes = sorted(set(classes) | {100, 101})  # both sides of the boundary
     root, boxes = make_cub(tmp_path, classes, per_class=3)
-    splits = load_dataset("cub", str(tmp_path))  # the parent folder works too
+    assert load_dataset("cub", str(tmp_path)).train.boxes is None  # boxes only on request
+    splits = load_dataset("cub", str(tmp_path), use_boxes=True)  # the parent folder works too
     assert splits.protocol == "cub"
     train_classes = [c for c in classes if c <= 100]
     test_classes = [c for c in classes if c > 100]
@@ -82,6 +83,10 @@ def test_cub_without_boxes_file(tmp_path):
     make_cub(tmp_path, [1, 150], boxes=False)
     splits = load_dataset("cub", str(tmp_path / "CUB_200_2011"))
     assert splits.train.boxes is None and splits.test.boxes is None
+    with pytest.raises(DatasetError, match=r"bounding_boxes\.txt: CUB box list not found"):
+        load_dataset("cub", str(tmp_path), use_boxes=True)
+    with pytest.raises(ValueError, match="--use-boxes: the 'digits' data set has no bounding boxes"):
+        load_dataset("digits", use_boxes=True)
 
 
 def test_cub_bad_input(tmp_path):
@@ -152,7 +157,8 @@ def make_cars_all_in_one(root, classes, per_class=2):
 def test_cars_all_in_one_layout(tmp_path):
     classes = [1, 5, 98, 99, 150, 196]
     expected = make_cars_all_in_one(str(tmp_path), classes, per_class=3)
-    splits = load_dataset("cars", str(tmp_path))
+    assert load_dataset("cars", str(tmp_path)).test.boxes is None
+    splits = load_dataset("cars", str(tmp_path), use_boxes=True)
     assert splits.protocol == "cars"
     assert sorted(np.unique(splits.train.labels)) == [1, 5, 98]
     assert sorted(np.unique(splits.test.labels)) == [99, 150, 196]
@@ -185,7 +191,7 @@ def test_cars_devkit_layout(tmp_path):
         load_dataset("cars", root)
     os.rename(os.path.join(root, "devkit", "cars_test_annos_withlabels_pending.mat"),
               os.path.join(root, "devkit", "cars_test_annos_withlabels.mat"))
-    splits = load_dataset("cars", root)
+    splits = load_dataset("cars", root, use_boxes=True)
     assert sorted(splits.train.labels.tolist()) == [3, 98]
     assert sorted(splits.test.labels.tolist()) == [99, 99, 120]
     assert all(os.path.isfile(p) for p in splits.train.paths + splits.test.paths)

@@ -29,14 +29,33 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | None = None, **options) -> DataSplits:
-    """Loads a data set by name; see `DATASETS` for the names."""
+# Data sets with bounding boxes (their loaders take `use_boxes`).
+WITH_BOXES = ("cub", "cars")
+
+
+def load_dataset(
+    name: str, data_dir: str | None = None, use_boxes: bool = False, **options
+) -> DataSplits:
+    """Loads a data set by name; see `DATASETS` for the names.
+
+    `use_boxes=True` crops CUB / CARS images to their bounding boxes (the
+    boxes ride along in `ImageSet.boxes`); other data sets have none.
+
+    Example:
+    >>> splits = load_dataset("cub", "/data/CUB_200_2011", use_boxes=True)
+    """
     if name not in DATASETS:
         raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    if use_boxes:
+        if name not in WITH_BOXES:
+            raise ValueError(
+                f"--use-boxes: the {name!r} data set has no bounding boxes (only {', '.join(WITH_BOXES)})"
+            )
+        options["use_boxes"] = True
     return DATASETS[name](data_dir=data_dir, **options)
 
 
 __all__ = [
-    "DATASETS", "DataSplits", "DatasetError", "ImageSet", "load_cars", "load_csv", "load_cub",
+    "DATASETS", "WITH_BOXES", "DataSplits", "DatasetError", "ImageSet", "load_cars", "load_csv", "load_cub",
     "load_dataset", "load_image_folder", "load_inshop", "load_sop", "load_vehicleid",
 ]

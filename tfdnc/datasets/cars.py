@@ -42,6 +42,7 @@ _BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 def load_cars(
     data_dir: str | None = None,
     num_train_classes: int = 98,
+    use_boxes: bool = False,
     check_files: bool = True,
 ) -> DataSplits:
     """Loads CARS196 with classes 1..`num_train_classes` for training.
@@ -50,11 +51,12 @@ def load_cars(
         data_dir: the folder holding `cars_annos.mat` (or `devkit/`), or its
             parent if it is named `cars196`, `stanford_cars` or `CARS196`.
         num_train_classes: classes 1..n train, the rest test (98 in the papers).
+        use_boxes: attach the bounding boxes, which the input pipeline crops to.
         check_files: check that every annotated image exists.
 
     Returns:
         `DataSplits(train, test, protocol="cars")` with 1-based class ids as
-        labels and bounding boxes as `boxes`.
+        labels, and bounding boxes as `boxes` with `use_boxes`.
 
     Example:
     >>> splits = load_cars("/data/cars196")
@@ -88,7 +90,8 @@ def load_cars(
                 raise DatasetError(f"image listed but absent: {file}", path, item=item)
 
     labels = np.array(labels, dtype=np.int64)
-    everything = ImageSet(labels=labels, paths=files, boxes=np.array(boxes, np.float32), name="cars")
+    everything = ImageSet(labels=labels, paths=files, name="cars",
+                          boxes=np.array(boxes, np.float32) if use_boxes else None)
     is_train = labels <= num_train_classes
     train = everything.subset(is_train, name="cars/train")
     test = everything.subset(~is_train, name="cars/test")

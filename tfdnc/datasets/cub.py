@@ -33,6 +33,7 @@ NUM_CLASSES = 200
 def load_cub(
     data_dir: str | None = None,
     num_train_classes: int = 100,
+    use_boxes: bool = False,
     check_files: bool = True,
 ) -> DataSplits:
     """Loads CUB-200-2011 with classes 1..`num_train_classes` for training.
@@ -40,12 +41,14 @@ def load_cub(
     Args:
         data_dir: the `CUB_200_2011` folder or the folder that holds it.
         num_train_classes: classes 1..n train, the rest test (100 in the papers).
+        use_boxes: attach the boxes of `bounding_boxes.txt` (then required),
+            which the input pipeline crops to.
         check_files: check that every listed image exists.
 
     Returns:
         `DataSplits(train, test, protocol="cub")`; labels are the class ids
-        of `image_class_labels.txt` (1-based), `boxes` (x, y, w, h) if
-        `bounding_boxes.txt` exists.
+        of `image_class_labels.txt` (1-based), `boxes` (x, y, w, h) with
+        `use_boxes`.
 
     Example:
     >>> splits = load_cub("/data/CUB_200_2011")
@@ -78,7 +81,7 @@ def load_cub(
     labels = np.array([labels_by_id[i] for i in ids], dtype=np.int64)
 
     boxes = None
-    if os.path.isfile(boxes_txt):
+    if use_boxes:
         box_rows = read_rows(boxes_txt, ["image_id", "x", "y", "width", "height"], what="CUB box list")
         boxes_by_id = {}
         for row in box_rows:
