@@ -1,0 +1,67 @@
+"""Paper presets: valid configs, the settings that distinguish them, overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from tfdnc.config import TrainConfig
+from tfdnc.protocols import get_protocol
+from tfdnc.presets import PRESETS, config_from_preset, get_preset, presets_table
+
+DATASETS = ("cub", "cars", "sop", "inshop", "vehicleid")
+
+
+def test_every_named_preset_exists_and_builds_a_valid_config():
+    expected = {f"cvpr2019-{d}" for d in DATASETS} | {
+        f"tpami-{d}{suffix}" for d in DATASETS for suffix in ("", "-fixed", "-learnable")
+    }
+    assert set(PRESETS) == expected
+    for name in PRESETS:
+        config = TrainConfig(**get_preset(name))  # validates
+        assert config.run_dir == f"runs/{name}"
+        # the training-time recall matches the benchmark's protocol
+        assert config.recall_ks == get_protocol(config.dataset).recall_ks
+        assert PRESETS[name].published["recall@1"] > 50
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_paper_settings(dataset):
+    cvpr = config_from_preset(f"cvpr2019-{dataset}")
+    assert (cvpr.embedding_dim, cvpr.k_final, cvpr.mask_mode, cvpr.growth) == (128, 8, "fixed", "fixed")
+    assert cvpr.batch_size == 80 and cvpr.final_k1_epochs == 10
+    for variant, mode in (("", "learnable"), ("-learnable", "learnable"), ("-fixed", "fixed")):
+        tpami = config_from_preset(f"tpami-{dataset}{variant}")
+        assert (tpami.embedding_dim, tpami.k_final, tpami.growth, tpami.mask_mode) == (512, 32, "double", mode)
+        assert tpami.batch_size == 80 and tpami.images_per_class == 2
+        assert tpami.mask_lr == pytest.approx(100 * tpami.lr)
+    for config in (cvpr, tpami):
+        assert config.backbone == "resnet50" and config.backbone_weights == "imagenet"
+        assert config.freeze_batchnorm and config.flip
+        assert (config.image_size, config.eval_resize) == (224, 256)
+        assert config.full_embedding_epoch == 80 and config.recluster_every == 2
+    # the learnable and fixed TPAMI variants differ in the masks only
+    fixed, learnable = get_preset(f"tpami-{dataset}-fixed"), get_preset(f"tpami-{dataset}-learnable")
+    assert {k for k in fixed if fixed[k] != learnable[k]} == {"mask_mode", "run_dir"}
+    assert get_preset(f"tpami-{dataset}") == {**learnable, "run_dir": f"runs/tpami-{dataset}"}
+
+
+def test_published_targets_follow_the_spec_table():
+    r1 = {name: p.published["recall@1"] for name, p in PRESETS.items()}
+    assert r1["cvpr2019-sop"] == 75.9 and r1["tpami-sop"] == 79.8 and r1["tpami-sop-fixed"] == 79.5
+    assert PRESETS["tpami-cub"].published["nmi"] == 69.8
+    assert "all-vs-all" in PRESETS["tpami-vehicleid"].note
+    assert "`tpami-inshop-fixed`" in presets_table()
+
+
+def test_overrides_and_errors():
+    config = config_from_preset("tpami-cub", data_dir="/data/cub", epochs=3, k_final=4)
+    assert (config.data_dir, config.epochs, config.k_final, config.embedding_dim) == ("/data/cub", 3, 4, 512)
+    values = get_preset("cvpr2019-sop")
+    values["loss_options"]["margin"] = 0.5
+    assert get_preset("cvpr2019-sop")["loss_options"] == {}  # a fresh copy every time
+    with pytest.raises(ValueError, match="--preset: unknown preset 'tpami-mnist'; choose one of"):
+        get_preset("tpami-mnist")
+    with pytest.raises(ValueError, match="unknown setting"):
+        config_from_preset("tpami-cub", colour="blue")
+    with pytest.raises(ValueError, match="--k-final"):
+        config_from_preset("cvpr2019-cub", k_final=6, embedding_dim=128)

@@ -1,0 +1,226 @@
+"""The papers' training settings by name: `python train.py --preset tpami-sop`.
+
+A preset is a dict of `TrainConfig` fields; flags given on the command line
+override it. Each preset names the published figure it aims at (Recall@1 in
+percent, from the method reference, SPEC.md section 1):
+
+=====================  ========  =====  ===========================================
+preset                 R@1 (%)   NMI    setting
+=====================  ========  =====  ===========================================
+cvpr2019-cub           65.9             CVPR 2019: d=128, K=8 fixed blocks
+cvpr2019-cars          84.6
+cvpr2019-sop           75.9
+cvpr2019-inshop        85.7
+cvpr2019-vehicleid     82.9             (large test set, query vs gallery)
+tpami-cub[-learnable]  67.7      69.8   TPAMI code: d=512, K 1->32, learnable masks
+tpami-cars[...]        86.9
+tpami-sop[...]         79.8
+tpami-inshop[...]      90.5
+tpami-vehicleid[...]   93.9*
+tpami-cub-fixed        67.4             TPAMI code: d=512, K 1->32, fixed blocks
+tpami-cars-fixed       87.2
+tpami-sop-fixed        79.5
+tpami-inshop-fixed     89.8
+tpami-vehicleid-fixed  94.0*
+=====================  ========  =====  ===========================================
+
+\\* the TPAMI repository evaluates VehicleID all-vs-all; tfdnc evaluates it
+query vs gallery as the papers' tables do, so these two are not comparable.
+
+Settings common to all presets (both papers): ResNet-50 with ImageNet
+weights and frozen BatchNorm, margin loss (alpha 0.2, beta 1.2) with
+distance-weighted sampling, Adam lr 1e-5, weight decay 1e-4, 224 px
+RandomResizedCrop (scale 0.08-1) + flips for training, resize 256 + centre
+crop 224 for evaluation, re-clustering of penultimate features every T = 2
+epochs, full embedding trained from epoch 80.
+
+- CVPR 2019 (`CompVis/metric-learning-divide-and-conquer`): K = 8 from the
+  first clustering, fixed contiguous blocks of d/K dims, batches of 20
+  classes x 4 images, 200 epochs of which the last 10 train on all data
+  together (K = 1).
+- TPAMI 2021 (`CompVis/metric-learning-divide-and-conquer-improved`, its
+  reference command): K grows 1, 2, 4, ..., 32 by splitting every cluster
+  at each re-clustering, mask loss weight 0.01, mask lr 1e-3 (100x), the
+  backbone frozen on the epoch after each re-clustering, batches of 40
+  classes x 2 images, 180 epochs.
+
+Example:
+>>> from tfdnc.presets import get_preset, config_from_preset
+>>> get_preset("tpami-sop")["embedding_dim"]
+512
+>>> config = config_from_preset("cvpr2019-cub", data_dir="/data/CUB_200_2011", epochs=5)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Recall@K cut-offs each benchmark's tables report.
+RECALL_KS = {
+    "cub": (1, 2, 4, 8),
+    "cars": (1, 2, 4, 8),
+    "sop": (1, 10, 100, 1000),
+    "inshop": (1, 10, 20, 30, 50),
+    "vehicleid": (1, 5),
+}
+
+_COMMON: dict[str, Any] = {
+    "backbone": "resnet50",
+    "backbone_weights": "imagenet",
+    "freeze_batchnorm": True,
+    "image_size": 224,
+    "resize_size": 256,
+    "crop_scale": (0.08, 1.0),
+    "crop_ratio": (3 / 4, 4 / 3),
+    "flip": True,
+    "use_boxes": False,
+    "loss": "margin",
+    "loss_options": {},
+    "lr": 1e-5,
+    "weight_decay": 1e-4,
+    "recluster_every": 2,
+    "cluster_features": "penultimate",
+    "kmeans_iters": 100,
+    "full_embedding_epoch": 80,
+}
+
+_CVPR: dict[str, Any] = {
+    **_COMMON,
+    "embedding_dim": 128,
+    "k_final": 8,
+    "growth": "fixed",
+    "mask_mode": "fixed",
+    "classes_per_batch": 20,
+    "images_per_class": 4,
+    "epochs": 200,
+    "final_k1_epochs": 10,
+    "freeze_backbone_after_recluster": False,
+}
+
+_TPAMI: dict[str, Any] = {
+    **_COMMON,
+    "embedding_dim": 512,
+    "k_final": 32,
+    "growth": "double",
+    "mask_mode": "learnable",
+    "mask_loss_weight": 0.01,
+    "mask_lr": 1e-3,
+    "classes_per_batch": 40,
+    "images_per_class": 2,
+    "epochs": 180,
+    "final_k1_epochs": 0,
+    "freeze_backbone_after_recluster": True,
+}
+
+_VEHICLEID_NOTE = (
+    "the TPAMI repository evaluates VehicleID all-vs-all; tfdnc evaluates query vs "
+    "gallery (large test set), so this figure is not comparable"
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named paper setting and the published result it targets.
+
+    Attributes:
+        name: e.g. "tpami-sop".
+        config: `TrainConfig` fields.
+        source: the paper or code the setting comes from.
+        published: the published figures (percent), e.g. {"recall@1": 79.8}.
+        note: caveats about comparing with `published`.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    source: str
+    published: Mapping[str, float]
+    note: str = ""
+    description: str = field(default="", compare=False)
+
+
+def _presets() -> dict[str, Preset]:
+    # dataset -> (CVPR R@1, TPAMI fixed R@1, TPAMI learnable R@1, TPAMI learnable NMI)
+    published = {
+        "cub": (65.9, 67.4, 67.7, 69.8),
+        "cars": (84.6, 87.2, 86.9, None),
+        "sop": (75.9, 79.5, 79.8, None),
+        "inshop": (85.7, 89.8, 90.5, None),
+        "vehicleid": (82.9, 94.0, 93.9, None),
+    }
+    presets = {}
+    for dataset, (cvpr, fixed, learnable, nmi) in published.items():
+        data = {"dataset": dataset, "recall_ks": RECALL_KS[dataset]}
+        name = f"cvpr2019-{dataset}"
+        presets[name] = Preset(
+            name, {**_CVPR, **data, "run_dir": f"runs/{name}"},
+            source="Sanakoyeu et al., CVPR 2019 (d=128, K=8, fixed masks)",
+            published={"recall@1": cvpr},
+            note="large test set, query vs gallery" if dataset == "vehicleid" else "",
+            description=f"CVPR 2019 on {dataset}",
+        )
+        note = _VEHICLEID_NOTE if dataset == "vehicleid" else ""
+        for mode, r1 in (("learnable", learnable), ("fixed", fixed)):
+            name = f"tpami-{dataset}-{mode}"
+            figures = {"recall@1": r1}
+            if mode == "learnable" and nmi is not None:
+                figures["nmi"] = nmi
+            presets[name] = Preset(
+                name, {**_TPAMI, **data, "mask_mode": mode, "run_dir": f"runs/{name}"},
+                source=f"Sanakoyeu et al., TPAMI 2021, reference code (d=512, K=32, {mode} masks)",
+                published=figures, note=note,
+                description=f"TPAMI 2021 on {dataset}, {mode} masks",
+            )
+        # The TPAMI method proper uses learnable masks: the bare name means that.
+        alias = f"tpami-{dataset}"
+        learnable_preset = presets[f"tpami-{dataset}-learnable"]
+        presets[alias] = Preset(
+            alias, {**learnable_preset.config, "run_dir": f"runs/{alias}"},
+            source=learnable_preset.source, published=learnable_preset.published,
+            note=learnable_preset.note, description=learnable_preset.description,
+        )
+    return presets
+
+
+PRESETS: dict[str, Preset] = _presets()
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """The `TrainConfig` fields of preset `name` (a fresh copy).
+
+    Raises:
+        ValueError naming the known presets if `name` is not one.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return copy.deepcopy(dict(PRESETS[name].config))
+
+
+def config_from_preset(name: str, **overrides: Any):
+    """A `TrainConfig` from preset `name` with `overrides` (explicit flags) on top.
+
+    Raises ValueError naming the setting for an unknown field or bad value.
+    """
+    from tfdnc.config import TrainConfig
+
+    values = get_preset(name)
+    values.update(overrides)
+    return TrainConfig.from_dict(values, source=f"preset {name!r}")
+
+
+def presets_table() -> str:
+    """A Markdown table of the presets and the figures they target."""
+    lines = ["| preset | data set | d | K | masks | P x M | epochs | published | source |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(PRESETS):
+        preset = PRESETS[name]
+        c = preset.config
+        figures = ", ".join(f"{k.upper() if k == 'nmi' else 'R@1'} {v}" for k, v in preset.published.items())
+        if preset.note:
+            figures += "*"
+        lines.append(
+            f"| `{name}` | {c['dataset']} | {c['embedding_dim']} | {c['k_final']} | {c['mask_mode']} | "
+            f"{c['classes_per_batch']} x {c['images_per_class']} | {c['epochs']} | {figures} | {preset.source} |"
+        )
+    return "\n".join(lines)
