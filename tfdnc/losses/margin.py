@@ -1,0 +1,179 @@
+"""Margin loss with distance-weighted negative sampling (Wu et al., ICCV 2017)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdnc.distances import pairwise_euclidean
+from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.miners import distance_weighted_sample, label_masks
+
+
+@keras.saving.register_keras_serializable(package="tfdnc")
+class MarginLoss(MetricLoss):
+    """Margin loss on distance-weighted sampled triplets.
+
+    For every anchor-positive pair (a, p) of the batch one negative n is drawn
+    with probability proportional to 1/q(d(a, n)), q the density of distances
+    between uniform points on the unit sphere in D dimensions (distances
+    clamped at `cutoff`, negatives at `nonzero_loss_cutoff` or farther never
+    drawn). Each triplet contributes
+
+        [d(a, p) - beta + alpha]+  +  [beta - d(a, n) + alpha]+
+
+    with Euclidean distances between L2-normalised embeddings; the sum (plus
+    `nu` * the sum of the betas used, when beta is learnable) is divided by the
+    number of non-zero terms, as in the reference implementations.
+
+    Args:
+        alpha: margin around the boundary beta.
+        beta: boundary between positive and negative distances (initial value
+            when learnable).
+        learnable_beta: learn one beta per class; needs `num_classes`. The
+            variable is in `trainable_variables` and the model optimises it.
+        num_classes: number of training classes (labels must be in
+            [0, num_classes)).
+        nu: L1 regularisation weight of the learnable betas.
+        cutoff: lower clamp of distances in the sampling weights.
+        nonzero_loss_cutoff: negatives at this distance or farther get weight
+            0 (defaults to beta + alpha = 1.4).
+        seed: int or None, seeds the sampler's `keras.random.SeedGenerator`.
+        symmetrical, symm_rule: Symmetrical Synthesis of the negatives (see
+            `MetricLoss`); the synthesised distances are used both to sample
+            and in the loss.
+
+    Example:
+    >>> loss = MarginLoss()
+    >>> x = l2_normalize(tf.random.normal((8, 16)))
+    >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), x)
+    """
+
+    expects_normalized = True
+    _higher_is_harder = False
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        beta: float = 1.2,
+        learnable_beta: bool = False,
+        num_classes: int | None = None,
+        nu: float = 0.0,
+        cutoff: float = 0.5,
+        nonzero_loss_cutoff: float = 1.4,
+        seed: int | None = None,
+        symmetrical: bool = False,
+        symm_rule: str = "paper",
+        name: str = "margin_loss",
+        **kwargs,
+    ):
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        if alpha < 0:
+            raise ValueError(f"MarginLoss: `alpha` must be >= 0, got {alpha}")
+        if beta <= 0:
+            raise ValueError(f"MarginLoss: `beta` must be > 0, got {beta}")
+        if nu < 0:
+            raise ValueError(f"MarginLoss: `nu` must be >= 0, got {nu}")
+        if cutoff <= 0 or nonzero_loss_cutoff <= cutoff:
+            raise ValueError(
+                "MarginLoss: need 0 < `cutoff` < `nonzero_loss_cutoff`, got "
+                f"cutoff={cutoff}, nonzero_loss_cutoff={nonzero_loss_cutoff}"
+            )
+        if learnable_beta and (num_classes is None or int(num_classes) < 1):
+            raise ValueError(
+                f"MarginLoss: `learnable_beta=True` needs `num_classes` >= 1, got {num_classes}"
+            )
+        self.alpha = float(alpha)
+        self.beta_init = float(beta)
+        self.learnable_beta = bool(learnable_beta)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.nu = float(nu)
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+        self.beta = (
+            keras.Variable(
+                np.full((self.num_classes,), self.beta_init, np.float32),
+                trainable=True,
+                dtype="float32",
+                name="margin_beta",
+            )
+            if self.learnable_beta
+            else None
+        )
+
+    @property
+    def trainable_variables(self) -> list:
+        return [self.beta] if self.learnable_beta else []
+
+    def _pairwise(self, x, y):
+        return pairwise_euclidean(x, y)
+
+    def _compute(self, labels, embeddings):
+        pos_mask, neg_mask = label_masks(labels)
+        d, stats = self._pair_matrix(labels, embeddings, pos_mask)
+        dim = embeddings.shape[-1]
+        if dim is None:
+            raise ValueError("MarginLoss: the embedding size (last axis of `y_pred`) must be static")
+        b = embeddings.shape[0] if embeddings.shape[0] is not None else tf.shape(embeddings)[0]
+        # One negative per anchor-positive pair: column p of row a is the
+        # negative drawn for the pair (a, p).
+        neg_idx, has_neg = distance_weighted_sample(
+            tf.stop_gradient(d),
+            neg_mask,
+            dim=dim,
+            num_samples=b,
+            seed=self._seed_generator,
+            cutoff=self.cutoff,
+            nonzero_loss_cutoff=self.nonzero_loss_cutoff,
+        )
+        loss, terms = self.loss_given_negatives(labels, d, neg_idx, pos_mask, has_neg)
+        stats = {**stats, **terms}
+        if self.learnable_beta:
+            stats["beta_mean"] = tf.reduce_mean(tf.convert_to_tensor(self.beta))
+        return loss, stats
+
+    def loss_given_negatives(self, labels, distances, negative_index, positive_mask, has_negative):
+        """The loss once negatives are drawn: `negative_index[a, p]` serves the pair (a, p).
+
+        Returns:
+            (loss, stats) with "active_fraction" (triplets with a non-zero term)
+            and "num_triplets".
+        """
+        d_an = tf.gather(distances, negative_index, batch_dims=1)
+        triplets = tf.cast(tf.logical_and(positive_mask, has_negative[:, None]), tf.float32)
+        if self.learnable_beta:
+            # one-hot product rather than gather: a dense gradient for the optimiser
+            onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+            beta = tf.linalg.matvec(onehot, tf.convert_to_tensor(self.beta))[:, None]
+        else:
+            beta = tf.constant(self.beta_init, tf.float32)
+        pos_loss = tf.nn.relu(distances - beta + self.alpha) * triplets
+        neg_loss = tf.nn.relu(beta - d_an + self.alpha) * triplets
+        pos_on = tf.cast(pos_loss > 0, tf.float32)
+        neg_on = tf.cast(neg_loss > 0, tf.float32)
+        pair_count = tf.reduce_sum(pos_on) + tf.reduce_sum(neg_on)
+        total = tf.reduce_sum(pos_loss + neg_loss)
+        if self.learnable_beta and self.nu > 0:
+            total += self.nu * tf.reduce_sum(beta * triplets)
+        num_triplets = tf.reduce_sum(triplets)
+        active = safe_divide(tf.reduce_sum(tf.maximum(pos_on, neg_on)), num_triplets)
+        return safe_divide(total, pair_count), {
+            "active_fraction": active,
+            "num_triplets": num_triplets,
+        }
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta_init,
+            "learnable_beta": self.learnable_beta,
+            "num_classes": self.num_classes,
+            "nu": self.nu,
+            "cutoff": self.cutoff,
+            "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
+            "seed": self.seed,
+        }

@@ -1,0 +1,97 @@
+"""Multi-Similarity loss with its pair mining (Wang et al., CVPR 2019)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfdnc.distances import pairwise_cosine_similarity
+from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.miners import label_masks, multi_similarity_pairs
+
+
+def _log1p_sum_exp(z, mask):
+    """log(1 + sum over mask of exp(z)) per row, computed stably."""
+    neg_inf = tf.fill(tf.shape(z), tf.constant(-float("inf"), z.dtype))
+    z = tf.where(mask, z, neg_inf)
+    return tf.reduce_logsumexp(tf.concat([tf.zeros_like(z[:, :1]), z], axis=1), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="tfdnc")
+class MultiSimilarityLoss(MetricLoss):
+    """Multi-Similarity loss on cosine similarities S.
+
+    Pairs are mined per anchor i: a negative k is kept if S_ik + epsilon >
+    the smallest positive similarity of i, a positive j if S_ij - epsilon < the
+    largest negative similarity. Then
+
+        L_i = 1/alpha log(1 + sum_j exp(-alpha (S_ij - base)))
+            + 1/beta  log(1 + sum_k exp( beta (S_ik - base)))
+
+    over the kept pairs; anchors with no kept positive or no kept negative add
+    0, and the sum is divided by the batch size (as the authors' code does).
+
+    Args:
+        alpha: scale of the positive term.
+        beta: scale of the negative term.
+        base: similarity offset (lambda in the paper).
+        epsilon: mining margin.
+        symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
+
+    Example:
+    >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+    >>> value = loss(labels, l2_normalize(embeddings))
+    """
+
+    expects_normalized = True
+    _higher_is_harder = True
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 50.0,
+        base: float = 0.5,
+        epsilon: float = 0.1,
+        symmetrical: bool = False,
+        symm_rule: str = "paper",
+        name: str = "multi_similarity_loss",
+        **kwargs,
+    ):
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        if alpha <= 0 or beta <= 0:
+            raise ValueError(
+                f"MultiSimilarityLoss: `alpha` and `beta` must be > 0, got {alpha}, {beta}"
+            )
+        if epsilon < 0:
+            raise ValueError(f"MultiSimilarityLoss: `epsilon` must be >= 0, got {epsilon}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.base = float(base)
+        self.epsilon = float(epsilon)
+
+    def _pairwise(self, x, y):
+        return pairwise_cosine_similarity(x, y)
+
+    def _compute(self, labels, embeddings):
+        pos_mask, neg_mask = label_masks(labels)
+        s, stats = self._pair_matrix(labels, embeddings, pos_mask)
+        keep_pos, keep_neg = multi_similarity_pairs(s, pos_mask, neg_mask, self.epsilon)
+        pos_term = _log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
+        neg_term = _log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta
+        anchor_on = tf.reduce_any(keep_pos, axis=1) & tf.reduce_any(keep_neg, axis=1)
+        on = tf.cast(anchor_on, tf.float32)
+        batch = tf.cast(tf.shape(labels)[0], tf.float32)
+        loss = tf.reduce_sum((pos_term + neg_term) * on) / batch
+        kept = tf.cast(keep_pos | keep_neg, tf.float32) * on[:, None]
+        candidates = tf.cast(pos_mask | neg_mask, tf.float32)
+        active = safe_divide(tf.reduce_sum(kept), tf.reduce_sum(candidates))
+        return loss, {**stats, "active_fraction": active}
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "base": self.base,
+            "epsilon": self.epsilon,
+        }

@@ -1,0 +1,167 @@
+"""Tuple mining on a batch: which pairs / triplets a loss looks at.
+
+Miners work on a precomputed (B, B) distance or similarity matrix plus the
+boolean positive / negative masks from :func:`label_masks`. They return masks
+or per-anchor selections of static shape (no boolean gather), so losses built
+on them compile with XLA.
+
+Example:
+>>> labels = tf.constant([0, 0, 1, 1])
+>>> pos, neg = label_masks(labels)
+>>> d = pairwise_euclidean(tf.random.normal((4, 8)))
+>>> hardest_pos, hardest_neg, valid = batch_hard(d, pos, neg)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def label_masks(labels) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positive, negative) boolean (B, B) masks; the diagonal is in neither."""
+    labels = tf.reshape(labels, [-1])
+    same = tf.equal(labels[:, None], labels[None, :])
+    not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
+    return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def masked_max(values, mask, axis: int = -1, keepdims: bool = False):
+    """Max over entries where `mask` holds; rows with no entry give the row minimum."""
+    mask = tf.cast(mask, tf.bool)
+    lowest = tf.fill(tf.shape(values), tf.constant(values.dtype.min, values.dtype))
+    best = tf.reduce_max(tf.where(mask, values, lowest), axis=axis, keepdims=keepdims)
+    fallback = tf.reduce_min(values, axis=axis, keepdims=keepdims)
+    return tf.where(tf.reduce_any(mask, axis=axis, keepdims=keepdims), best, fallback)
+
+
+def masked_min(values, mask, axis: int = -1, keepdims: bool = False):
+    """Min over entries where `mask` holds; rows with no entry give the row maximum."""
+    return -masked_max(-values, mask, axis=axis, keepdims=keepdims)
+
+
+def batch_hard(distances, positive_mask, negative_mask):
+    """Per anchor: the farthest positive and the closest negative (Hermans et al. 2017).
+
+    Returns:
+        (hardest_positive (B,), hardest_negative (B,), valid (B,) bool), valid
+        where the anchor has at least one positive and one negative.
+    """
+    hardest_pos = masked_max(distances, positive_mask)
+    hardest_neg = masked_min(distances, negative_mask)
+    valid = tf.logical_and(
+        tf.reduce_any(positive_mask, axis=1), tf.reduce_any(negative_mask, axis=1)
+    )
+    return hardest_pos, hardest_neg, valid
+
+
+def semi_hard_negatives(distances, negative_mask):
+    """Negative distance for every anchor-positive pair, FaceNet semi-hard rule.
+
+    For anchor a and positive p the negative is the closest n with
+    d(a, n) > d(a, p); where no negative is farther than the positive, the
+    farthest negative is used (as in TensorFlow's classic `triplet_semihard_loss`).
+
+    Returns:
+        (B, B) matrix: entry (a, p) is d(a, n*) for the chosen negative.
+    """
+    d_an = distances[:, None, :]  # (a, ., n)
+    d_ap = distances[:, :, None]  # (a, p, .)
+    b = tf.shape(distances)[0]
+    neg = tf.broadcast_to(negative_mask[:, None, :], [b, b, b])
+    outside = tf.logical_and(neg, d_an > d_ap)
+    d_an_b = tf.broadcast_to(d_an, [b, b, b])
+    closest_outside = masked_min(d_an_b, outside)
+    farthest = masked_max(d_an_b, neg)
+    return tf.where(tf.reduce_any(outside, axis=-1), closest_outside, farthest)
+
+
+def distance_weighted_log_weights(
+    distances,
+    negative_mask,
+    dim: int,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+    epsilon: float = 1e-6,
+):
+    """Log sampling weights of distance-weighted sampling (Wu et al. 2017).
+
+    On the unit sphere in `dim` dimensions, pairwise distances have density
+    q(d) ∝ d^(n-2) (1 - d^2/4)^((n-3)/2). Sampling negatives with weight 1/q(d)
+    spreads them evenly over distances instead of concentrating them near
+    sqrt(2). Distances are clamped at `cutoff` (limits the variance of the
+    weights) and negatives at or beyond `nonzero_loss_cutoff` get weight 0
+    (they cannot give a non-zero margin-loss term).
+
+    Returns:
+        (B, B) logits: log 1/q(d) for eligible negatives, -inf elsewhere. A row
+        with no eligible negative falls back to uniform logits (0) over all its
+        negatives; a row with no negative at all is all -inf.
+    """
+    n = float(dim)
+    d = tf.maximum(distances, cutoff)
+    log_w = (2.0 - n) * tf.math.log(d) - ((n - 3.0) / 2.0) * tf.math.log(
+        tf.maximum(1.0 - 0.25 * tf.square(d), epsilon)
+    )
+    eligible = tf.logical_and(negative_mask, distances < nonzero_loss_cutoff)
+    neg_inf = tf.fill(tf.shape(log_w), tf.constant(-float("inf"), log_w.dtype))
+    has_eligible = tf.reduce_any(eligible, axis=1, keepdims=True)
+    # Uniform fallback over negatives, where the reference code would sample
+    # uniformly over the whole batch (positives included).
+    return tf.where(
+        has_eligible,
+        tf.where(eligible, log_w, neg_inf),
+        tf.where(negative_mask, tf.zeros_like(log_w), neg_inf),
+    )
+
+
+def distance_weighted_sample(
+    distances,
+    negative_mask,
+    dim: int,
+    num_samples: int,
+    seed=None,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+):
+    """Draws `num_samples` negative indices per anchor by distance-weighted sampling.
+
+    Args:
+        distances: (B, B) Euclidean distances between L2-normalised embeddings.
+        negative_mask: (B, B) bool, True where column j is a negative of row i.
+        dim: embedding dimension n of the sphere the distances live on.
+        num_samples: draws per anchor (with replacement).
+        seed: a `keras.random.SeedGenerator`, an int or None.
+
+    Returns:
+        (indices (B, num_samples) int32, valid (B,) bool): valid is False for
+        anchors without any negative (their indices are meaningless).
+    """
+    logits = distance_weighted_log_weights(
+        distances, negative_mask, dim, cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff
+    )
+    valid = tf.reduce_any(negative_mask, axis=1)
+    # Shift by the row max (the -inf entries stay -inf) for a well-conditioned
+    # softmax; rows without negatives get finite dummy logits.
+    row_max = tf.reduce_max(tf.where(tf.math.is_finite(logits), logits, -1e30), 1, keepdims=True)
+    logits = tf.where(valid[:, None], logits - row_max, tf.zeros_like(logits))
+    idx = keras.random.categorical(logits, num_samples, dtype="int32", seed=seed)
+    return idx, valid
+
+
+def multi_similarity_pairs(similarities, positive_mask, negative_mask, epsilon: float = 0.1):
+    """Pair mining of the Multi-Similarity loss (Wang et al. 2019).
+
+    A negative k of anchor i is kept if S_ik + epsilon > min over positives S_ij;
+    a positive j is kept if S_ij - epsilon < max over negatives S_ik.
+
+    Returns:
+        (kept_positive (B, B) bool, kept_negative (B, B) bool).
+    """
+    min_pos = masked_min(similarities, positive_mask, keepdims=True)
+    max_neg = masked_max(similarities, negative_mask, keepdims=True)
+    has_pos = tf.reduce_any(positive_mask, axis=1, keepdims=True)
+    has_neg = tf.reduce_any(negative_mask, axis=1, keepdims=True)
+    keep_neg = negative_mask & has_pos & (similarities + epsilon > min_pos)
+    keep_pos = positive_mask & has_neg & (similarities - epsilon < max_neg)
+    return keep_pos, keep_neg
