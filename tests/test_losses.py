@@ -119,3 +119,171 @@ def test_margin_needs_num_classes_when_learnable():
         MarginLoss(learnable_beta=True)
     with pytest.raises(ValueError, match="cutoff"):
         MarginLoss(cutoff=1.5, nonzero_loss_cutoff=1.4)
+
+
+# --- triplet --------------------------------------------------------------------
+
+
+def np_triplet(labels, x, margin, mining, metric):
+    d = np_dist(x, metric)
+    n = len(labels)
+    terms = []
+    for a in range(n):
+        pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [k for k in range(n) if labels[k] != labels[a]]
+        if not pos or not neg:
+            continue
+        if mining == "batch_all":
+            terms += [max(d[a, p] - d[a, k] + margin, 0) for p in pos for k in neg]
+        elif mining == "batch_hard":
+            terms.append(max(max(d[a, pos]) - min(d[a, neg]) + margin, 0))
+        else:
+            for p in pos:
+                farther = [d[a, k] for k in neg if d[a, k] > d[a, p]]
+                dn = min(farther) if farther else max(d[a, neg])
+                terms.append(max(d[a, p] - dn + margin, 0))
+    terms = np.array(terms)
+    active = (terms > 0).sum()
+    if mining == "batch_all":
+        loss = terms.sum() / active if active else 0.0
+    else:
+        loss = terms.mean()
+    return loss, active / len(terms)
+
+
+@pytest.mark.parametrize("seed,classes,per_class,dim", SHAPES)
+@pytest.mark.parametrize("mining", ["batch_all", "batch_hard", "semi_hard"])
+@pytest.mark.parametrize("metric", ["euclidean", "squared_euclidean", "cosine"])
+def test_triplet_matches_reference(seed, classes, per_class, dim, mining, metric):
+    labels, x = batch(seed, classes, per_class, dim)
+    loss = TripletLoss(margin=0.3, mining=mining, distance=metric)
+    value, stats = loss.compute_loss_and_stats(labels, x)
+    ref, ref_active = np_triplet(labels, x, 0.3, mining, metric)
+    assert float(value) == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert float(stats["active_fraction"]) == pytest.approx(ref_active, abs=1e-6)
+
+
+# --- contrastive ----------------------------------------------------------------
+
+
+def np_contrastive(labels, x, pos_margin, neg_margin):
+    d = np_dist(x)
+    pos_terms, neg_terms = [], []
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if i == j:
+                continue
+            if labels[i] == labels[j]:
+                pos_terms.append(max(d[i, j] - pos_margin, 0))
+            else:
+                neg_terms.append(max(neg_margin - d[i, j], 0))
+    pos_terms, neg_terms = np.array(pos_terms), np.array(neg_terms)
+    avg = lambda t: t.sum() / (t > 0).sum() if (t > 0).any() else 0.0
+    active = ((pos_terms > 0).sum() + (neg_terms > 0).sum()) / (len(pos_terms) + len(neg_terms))
+    return avg(pos_terms) + avg(neg_terms), active
+
+
+@pytest.mark.parametrize("seed,classes,per_class,dim", SHAPES)
+@pytest.mark.parametrize("margins", [(0.0, 0.5), (0.3, 1.3)])
+def test_contrastive_matches_reference(seed, classes, per_class, dim, margins):
+    labels, x = batch(seed, classes, per_class, dim)
+    value, stats = ContrastiveLoss(*margins).compute_loss_and_stats(labels, x)
+    ref, ref_active = np_contrastive(labels, x, *margins)
+    assert float(value) == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert float(stats["active_fraction"]) == pytest.approx(ref_active)
+
+
+# --- multi-similarity -----------------------------------------------------------
+
+
+def np_multi_similarity(labels, x, alpha, beta, base, eps):
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    n = len(labels)
+    total, kept, candidates = 0.0, 0, n * (n - 1)
+    for i in range(n):
+        pos = np.array([s[i, j] for j in range(n) if j != i and labels[j] == labels[i]])
+        neg = np.array([s[i, k] for k in range(n) if labels[k] != labels[i]])
+        if not len(pos) or not len(neg):
+            continue
+        neg_kept = neg[neg + eps > pos.min()]
+        pos_kept = pos[pos - eps < neg.max()]
+        if not len(neg_kept) or not len(pos_kept):
+            continue
+        kept += len(neg_kept) + len(pos_kept)
+        total += np.log1p(np.exp(-alpha * (pos_kept - base)).sum()) / alpha
+        total += np.log1p(np.exp(beta * (neg_kept - base)).sum()) / beta
+    return total / n, kept / candidates
+
+
+@pytest.mark.parametrize("seed,classes,per_class,dim", SHAPES)
+@pytest.mark.parametrize("params", [(2.0, 50.0, 0.5, 0.1), (1.0, 10.0, 0.0, 0.3)])
+def test_multi_similarity_matches_reference(seed, classes, per_class, dim, params):
+    labels, x = batch(seed, classes, per_class, dim)
+    value, stats = MultiSimilarityLoss(*params).compute_loss_and_stats(labels, x)
+    ref, ref_active = np_multi_similarity(labels, x, *params)
+    assert float(value) == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert float(stats["active_fraction"]) == pytest.approx(ref_active)
+
+
+# --- all losses -------------------------------------------------------------------
+
+ALL = [
+    ("margin", {}),
+    ("triplet", {"mining": "batch_all"}),
+    ("triplet", {"mining": "semi_hard", "distance": "squared_euclidean"}),
+    ("triplet", {"mining": "batch_hard"}),
+    ("contrastive", {}),
+    ("multi_similarity", {}),
+]
+
+
+@pytest.mark.parametrize("name,options", ALL)
+def test_gradients_finite_at_duplicate_embeddings(name, options):
+    labels, x = batch(0, 3, 4, 8)
+    x[1] = x[0]  # same class duplicate
+    x[labels == labels[2]] = x[2]  # a whole class collapsed to one point
+    x = tf.constant(x)
+    loss = get_loss(name, **options)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss(labels, x)
+    grad = tape.gradient(value, x)
+    assert np.isfinite(float(value))
+    assert grad is not None and np.all(np.isfinite(grad.numpy()))
+
+
+@pytest.mark.parametrize("name,options", ALL + [("margin", {"learnable_beta": True, "num_classes": 3})])
+def test_serialization_round_trip(name, options):
+    loss = get_loss(name, **options)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss)
+    assert restored.get_config() == loss.get_config()
+    clone = type(loss).from_config(loss.get_config())
+    assert clone.get_config() == loss.get_config()
+
+
+@pytest.mark.parametrize("name,options", ALL)
+def test_compiles_with_xla_and_accepts_column_labels(name, options):
+    labels, x = batch(1, 4, 2, 8)
+    loss = get_loss(name, seed=0, **options) if name == "margin" else get_loss(name, **options)
+    fn = tf.function(loss.compute_loss_and_stats, jit_compile=True)
+    value, stats = fn(tf.constant(labels[:, None]), tf.constant(x))
+    assert np.isfinite(float(value)) and 0.0 <= float(stats["active_fraction"]) <= 1.0
+    if name != "margin":  # margin draws new negatives on every call
+        eager = loss(tf.cast(labels, tf.float32), x)  # Keras casts y_true to floatx
+        assert float(value) == pytest.approx(float(eager), rel=1e-5, abs=1e-7)
+
+
+def test_get_loss_and_bad_input():
+    assert isinstance(get_loss("multi-similarity"), MultiSimilarityLoss)
+    with pytest.raises(ValueError, match="Unknown loss name"):
+        get_loss("hinge")
+    with pytest.raises(ValueError, match="mining"):
+        TripletLoss(mining="hardest")
+    with pytest.raises(ValueError, match="y_pred"):
+        TripletLoss()(np.zeros(4), np.zeros((4, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="y_true"):
+        TripletLoss()(np.zeros((4, 2)), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="4 embeddings"):
+        TripletLoss()(np.zeros(5), np.zeros((4, 3), np.float32))
+    assert all(issubclass(type(get_loss(n, **o)), MetricLoss) for n, o in ALL)
