@@ -1,0 +1,5 @@
+import sys
+
+from tfdnc.pretrain.cli import main
+
+sys.exit(main())
