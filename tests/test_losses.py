@@ -42,8 +42,8 @@ def np_dist(x, metric="euclidean"):
 # --- margin -------------------------------------------------------------------
 
 
-def np_margin(labels, x, neg_idx, alpha=0.2, beta=1.2, nu=0.0):
-    d = np_dist(x)
+def np_margin(labels, x, neg_idx, alpha=0.2, beta=1.2, nu=0.0, d=None):
+    d = np_dist(x) if d is None else d
     beta = np.broadcast_to(beta, (labels.max() + 1,))
     total, count, active, triplets = 0.0, 0, 0, 0
     for a in range(len(labels)):
@@ -124,8 +124,8 @@ def test_margin_needs_num_classes_when_learnable():
 # --- triplet --------------------------------------------------------------------
 
 
-def np_triplet(labels, x, margin, mining, metric):
-    d = np_dist(x, metric)
+def np_triplet(labels, x, margin, mining, metric, d=None):
+    d = np_dist(x, metric) if d is None else d
     n = len(labels)
     terms = []
     for a in range(n):
@@ -166,8 +166,8 @@ def test_triplet_matches_reference(seed, classes, per_class, dim, mining, metric
 # --- contrastive ----------------------------------------------------------------
 
 
-def np_contrastive(labels, x, pos_margin, neg_margin):
-    d = np_dist(x)
+def np_contrastive(labels, x, pos_margin, neg_margin, d=None):
+    d = np_dist(x) if d is None else d
     pos_terms, neg_terms = [], []
     for i in range(len(labels)):
         for j in range(len(labels)):
@@ -196,8 +196,8 @@ def test_contrastive_matches_reference(seed, classes, per_class, dim, margins):
 # --- multi-similarity -----------------------------------------------------------
 
 
-def np_multi_similarity(labels, x, alpha, beta, base, eps):
-    s = x.astype(np.float64) @ x.T.astype(np.float64)
+def np_multi_similarity(labels, x, alpha, beta, base, eps, s=None):
+    s = x.astype(np.float64) @ x.T.astype(np.float64) if s is None else s
     n = len(labels)
     total, kept, candidates = 0.0, 0, n * (n - 1)
     for i in range(n):

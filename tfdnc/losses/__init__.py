@@ -11,10 +11,13 @@ Example:
 
 from __future__ import annotations
 
+from tfdnc.losses.angular import AngularLoss
 from tfdnc.losses.base import MetricLoss
 from tfdnc.losses.contrastive import ContrastiveLoss
+from tfdnc.losses.lifted import LiftedStructureLoss
 from tfdnc.losses.margin import MarginLoss
 from tfdnc.losses.multi_similarity import MultiSimilarityLoss
+from tfdnc.losses.npair import NPairLoss
 from tfdnc.losses.triplet import TripletLoss
 
 LOSSES: dict[str, type[MetricLoss]] = {
@@ -22,6 +25,9 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "triplet": TripletLoss,
     "contrastive": ContrastiveLoss,
     "multi_similarity": MultiSimilarityLoss,
+    "npair": NPairLoss,
+    "lifted": LiftedStructureLoss,
+    "angular": AngularLoss,
 }
 
 
@@ -30,7 +36,8 @@ def get_loss(name: str, **options) -> MetricLoss:
 
     Args:
         name: one of `LOSSES` ("margin", "triplet", "contrastive",
-            "multi_similarity", ...); "-" and "_" are interchangeable.
+            "multi_similarity", "npair", "lifted", "angular"); "-" and "_" are
+            interchangeable.
         **options: constructor arguments of the loss, e.g. `symmetrical=True`.
     """
     key = str(name).lower().replace("-", "_")
@@ -41,10 +48,13 @@ def get_loss(name: str, **options) -> MetricLoss:
 
 __all__ = [
     "LOSSES",
+    "AngularLoss",
     "ContrastiveLoss",
+    "LiftedStructureLoss",
     "MarginLoss",
     "MetricLoss",
     "MultiSimilarityLoss",
+    "NPairLoss",
     "TripletLoss",
     "get_loss",
 ]

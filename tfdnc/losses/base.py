@@ -31,7 +31,8 @@ class MetricLoss(keras.losses.Loss):
     :mod:`tfdnc.layers.synthesis`); positives stay the originals.
     `symm_rule="paper"` takes the hardest of the 16 cross combinations,
     `"code"` the element-wise hardest over the authors' code's 6 set pairs.
-    Subclasses declare how they compare points: `_pairwise(x, y)` and
+    Subclasses declare how they compare points: `_pairwise(x, y)` (`y=None`
+    compares `x` with itself) and
     `_higher_is_harder` (True for similarities, False for distances).
 
     Args:
@@ -107,7 +108,7 @@ class MetricLoss(keras.losses.Loss):
             "synthetic_fraction": the fraction of negative entries whose hardest
             combination involves a synthetic point.
         """
-        matrix = self._pairwise(embeddings, embeddings)
+        matrix = self._pairwise(embeddings, None)  # None: exact zero diagonal
         if not self.symmetrical:
             return matrix, {}
         negative, synthetic = self._symmetrical_negatives(labels, embeddings)
@@ -123,7 +124,10 @@ class MetricLoss(keras.losses.Loss):
     def _symmetrical_negatives(self, labels, embeddings):
         slots = pair_slots(embeddings, labels)
         return hardest_cross_matrix(
-            slots, self._pairwise, rule=self.symm_rule, higher_is_harder=self._higher_is_harder
+            slots,
+            lambda points, _: self._pairwise(points, None),
+            rule=self.symm_rule,
+            higher_is_harder=self._higher_is_harder,
         )
 
     def _standardize(self, labels, embeddings):

@@ -1,0 +1,95 @@
+"""Angular loss (Wang et al., ICCV 2017) on the batch's same-class pairs."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfdnc.distances import pairwise_dot
+from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.npair import _anchor_positive_logits, _embedding_l2
+
+
+@keras.saving.register_keras_serializable(package="tfdnc")
+class AngularLoss(MetricLoss):
+    """Angular loss in its N-pair form.
+
+    The batch is cut into same-class pairs (a, p) as in :class:`NPairLoss`;
+    the negatives of pair i are the positives n of the pairs of other classes.
+    With t = tan(alpha),
+
+        f(a, p, n) = 4 t^2 (a + p) . n - 2 (1 + t^2) a . p
+        L_i = log(1 + sum_n exp(f(a_i, p_i, n)))
+
+    averaged over pairs, plus the N-pair embedding L2 penalty. Embeddings are
+    not normalised. With Symmetrical Synthesis both negative similarities a . n
+    and p . n become the hardest similarity between the two pairs' originals
+    and synthetics.
+
+    Args:
+        alpha: the angle bound in degrees (0 < alpha < 90).
+        l2_regularization: weight of the embedding-norm penalty.
+        symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
+
+    Example:
+    >>> loss = AngularLoss(alpha=40)
+    >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
+    """
+
+    expects_normalized = False
+    _higher_is_harder = True
+
+    def __init__(
+        self,
+        alpha: float = 40.0,
+        l2_regularization: float = 0.002,
+        symmetrical: bool = False,
+        symm_rule: str = "paper",
+        name: str = "angular_loss",
+        **kwargs,
+    ):
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        if not 0 < alpha < 90:
+            raise ValueError(f"AngularLoss: `alpha` must be in (0, 90) degrees, got {alpha}")
+        if l2_regularization < 0:
+            raise ValueError(
+                f"AngularLoss: `l2_regularization` must be >= 0, got {l2_regularization}"
+            )
+        self.alpha = float(alpha)
+        self.l2_regularization = float(l2_regularization)
+
+    def _pairwise(self, x, y):
+        return pairwise_dot(x, y)
+
+    def _compute(self, labels, embeddings):
+        # logits[i, j] = a_i . p_j (negatives synthesised when symmetrical)
+        an, ap, is_anchor, same, positives, stats = _anchor_positive_logits(
+            self, labels, embeddings
+        )
+        pn = pairwise_dot(positives, positives)
+        if self.symmetrical:
+            pn = tf.where(same, pn, an)  # both become the pair-vs-pair hardest value
+        t2 = math.tan(math.radians(self.alpha)) ** 2
+        f = 4.0 * t2 * (an + pn) - 2.0 * (1.0 + t2) * ap[:, None]
+        neg = tf.logical_not(same) & is_anchor[None, :] & is_anchor[:, None]
+        neg_inf = tf.fill(tf.shape(f), tf.constant(-float("inf"), f.dtype))
+        per_row = tf.reduce_logsumexp(
+            tf.concat([tf.zeros_like(f[:, :1]), tf.where(neg, f, neg_inf)], axis=1), axis=1
+        )
+        rows = tf.cast(is_anchor, tf.float32)
+        loss = safe_divide(tf.reduce_sum(per_row * rows), tf.reduce_sum(rows))
+        loss += _embedding_l2(embeddings, positives, is_anchor, self.l2_regularization)
+        active = safe_divide(
+            tf.reduce_sum(tf.cast(neg & (f > 0), tf.float32)),
+            tf.reduce_sum(tf.cast(neg, tf.float32)),
+        )
+        return loss, {**stats, "active_fraction": active}
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "l2_regularization": self.l2_regularization,
+        }
