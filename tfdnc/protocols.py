@@ -75,7 +75,7 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
-        Protocol("default", "default", (1, 2, 4, 8)),
+        Protocol("default", "Test classes", (1, 2, 4, 8)),
         Protocol("cub", "CUB-200-2011", (1, 2, 4, 8)),
         Protocol("cars", "CARS196", (1, 2, 4, 8)),
         Protocol("sop", "Stanford Online Products", (1, 10, 100, 1000)),

@@ -1,0 +1,84 @@
+"""`python -m tfdnc.evaluate` on a run directory, a .keras file and a SavedModel export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfdnc.evaluate import load_embedder, main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import keras
+
+    from tfdnc.backbones import build_backbone
+    from tfdnc.config import TrainConfig
+    from tfdnc.model import DivideAndConquerModel
+
+    run = str(tmp_path_factory.mktemp("run"))
+    keras.utils.set_random_seed(1)
+    model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 1), width=4), embedding_dim=8, k_max=2)
+    model(np.zeros((1, 16, 16, 1), np.float32))
+    model.save(os.path.join(run, "model.keras"))
+    TrainConfig(dataset="digits", image_size=16, embedding_dim=8, k_final=2, run_dir=run).save(
+        os.path.join(run, "config.json"))
+    return run
+
+
+def brute_recall_at_1(x, labels):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(np.mean(labels[np.argmax(sims, axis=1)] == labels))
+
+
+def test_run_dir_results_match_a_direct_computation(run_dir, capsys):
+    from tfdnc.datasets import load_dataset
+
+    report = main([run_dir, "--no-progress", "--batch-size", "100"])
+    out = capsys.readouterr().out
+    assert "R@1" in out and "R@8" in out and "MAP@R" in out
+    written = json.load(open(os.path.join(run_dir, "evaluation_digits.json")))
+    assert written["results"] == report["results"]
+    assert written["recall_ks"] == [1, 2, 4, 8] and written["model_kind"] == "keras"
+    # the same number from the model called directly on the test images
+    embedder = load_embedder(run_dir)
+    test = load_dataset("digits").test
+    x = np.asarray(embedder.model(test.images.astype(np.float32)))
+    assert report["results"]["test"]["recall@1"] == pytest.approx(brute_recall_at_1(x, test.labels), abs=1e-6)
+    assert report["sizes"]["test"] == {"queries": len(test), "gallery": len(test)}
+
+
+def test_export_gives_the_same_results(run_dir, tmp_path):
+    from tfdnc.exporting import export_run
+
+    export_run(run_dir, str(tmp_path / "exports"), "dnc", warmup=False)
+    keras_report = main([run_dir, "--no-progress", "--output", str(tmp_path / "k.json")])
+    export_report = main([str(tmp_path / "exports" / "dnc"), "--dataset", "digits", "--no-progress",
+                          "--output", str(tmp_path / "s.json")])
+    assert export_report["model_kind"] == "savedmodel"
+    assert export_report["image_size"] == 16
+    for key, value in keras_report["results"]["test"].items():
+        assert export_report["results"]["test"][key] == pytest.approx(value, abs=2e-3), key
+
+
+def test_bad_arguments(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main([str(tmp_path / "nothing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a run directory"):
+        main([str(tmp_path / "empty"), "--dataset", "digits"])
+    with pytest.raises(ValueError, match="--image-size"):
+        load_embedder(_copy_without_config(run_dir, tmp_path))
+
+
+def _copy_without_config(run_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "alone.keras"
+    shutil.copy(os.path.join(run_dir, "model.keras"), target)
+    return str(target)

@@ -1,0 +1,157 @@
+"""The run report: figures drawn from a run directory, every link and image resolving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfdnc.report import build_report, read_run
+from tfdnc.report.builder import nearest
+from tfdnc.report.runinfo import normalise_history
+
+FIGURES = {"curves.png", "clusters.png", "masks.png", "embedding_map.png", "retrieval.png"}
+
+
+def write_history(run_dir, epochs=6):
+    history, k = [], 1
+    for epoch in range(epochs):
+        if epoch in (2, 4):
+            k *= 2
+        sizes = np.random.default_rng(epoch).multinomial(450, [1 / k] * k).tolist()
+        history.append({"epoch": epoch, "loss": 0.3 / (epoch + 1), "mask_loss": 0.01, "K": k,
+                        "val_recall@1": 0.5 + 0.02 * epoch, "cluster_sizes": sizes})
+    with open(os.path.join(run_dir, "history.json"), "w") as f:
+        json.dump(history, f)
+    return history
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """What `python train.py --dataset digits` leaves: config, history, metrics, model."""
+    import keras
+
+    from tfdnc.backbones import build_backbone
+    from tfdnc.config import TrainConfig
+    from tfdnc.model import DivideAndConquerModel
+
+    run = str(tmp_path_factory.mktemp("run"))
+    keras.utils.set_random_seed(0)
+    model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 1), width=4), embedding_dim=8, k_max=2)
+    model(np.zeros((1, 16, 16, 1), np.float32))
+    model.save(os.path.join(run, "model.keras"))
+    TrainConfig(dataset="digits", image_size=16, embedding_dim=8, k_final=2, full_embedding_epoch=4,
+                run_dir=run).save(os.path.join(run, "config.json"))
+    write_history(run)
+    with open(os.path.join(run, "metrics.json"), "w") as f:
+        json.dump({"before": {"recall@1": 0.41}, "after": {"recall@1": 0.62}}, f)
+    return run
+
+
+class PageRefs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+
+
+def refs(page):
+    parser = PageRefs()
+    with open(page, encoding="utf-8") as f:
+        parser.feed(f.read())
+    return parser
+
+
+def assert_png(data_or_path):
+    image = Image.open(data_or_path)
+    assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 50
+
+
+def test_report_renders_every_figure_and_every_reference_resolves(run_dir):
+    page = build_report(run_dir, projection="pca", progress=False, num_queries=4, top_k=3)
+    assert page == os.path.join(run_dir, "report", "index.html")
+    found = refs(page)
+    assert {os.path.basename(src) for src in found.images} == FIGURES
+    folder = os.path.dirname(page)
+    for src in found.images:
+        assert not os.path.isabs(src) and not src.startswith("data:")
+        assert_png(os.path.join(folder, src))
+    assert {"evaluation.json", "../config.json", "../history.json", "../metrics.json"} <= set(found.links)
+    for href in found.links:
+        assert os.path.isfile(os.path.join(folder, href)), href
+    text = open(page, encoding="utf-8").read()
+    assert 'class="note"' not in text  # no section skipped
+    assert "after.recall@1" in text  # metrics.json is shown
+
+
+def test_report_evaluation_matches_the_evaluate_command(run_dir, tmp_path):
+    from tfdnc.evaluate import main as evaluate_main
+
+    build_report(run_dir, str(tmp_path / "r"), projection="pca", progress=False, num_queries=0)
+    from_report = json.load(open(tmp_path / "r" / "evaluation.json"))
+    from_cli = evaluate_main([run_dir, "--no-progress", "--output", str(tmp_path / "e.json")])
+    assert from_report["results"]["test"] == pytest.approx(from_cli["results"]["test"])
+    assert set(from_cli["results"]["test"]) >= {"recall@1", "recall@8", "nmi", "f1", "map@r"}
+
+
+def test_inline_report_is_one_file(run_dir, tmp_path):
+    page = build_report(run_dir, str(tmp_path / "inline"), projection="pca", progress=False, inline=True,
+                        num_queries=2, top_k=2)
+    found = refs(page)
+    assert len(found.images) == len(FIGURES)
+    for src in found.images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert_png(io.BytesIO(base64.b64decode(src[len(prefix):])))
+
+
+def test_report_without_model_says_what_is_missing(tmp_path):
+    write_history(str(tmp_path), epochs=3)
+    np.save(tmp_path / "masks.npy", np.random.default_rng(0).random((4, 16)))
+    page = build_report(str(tmp_path), progress=False)
+    found = refs(page)
+    assert {os.path.basename(s) for s in found.images} == {"curves.png", "clusters.png", "masks.png"}
+    text = open(page, encoding="utf-8").read()
+    assert "no model.keras" in text
+    assert found.links == ["../history.json"]
+
+
+def test_history_forms_and_bad_files(tmp_path):
+    as_lists = normalise_history({"loss": [3.0, 2.0], "K": [1, 2]})
+    assert as_lists == [{"loss": 3.0, "K": 1}, {"loss": 2.0, "K": 2}]
+    with pytest.raises(ValueError, match="different lengths"):
+        normalise_history({"loss": [1.0], "K": [1, 2]})
+    (tmp_path / "history.json").write_text("{not json")
+    with pytest.raises(ValueError, match="history.json"):
+        read_run(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="run directory"):
+        read_run(str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="projection"):
+        build_report(str(tmp_path), projection="umap")
+
+
+def test_nearest_matches_brute_force_and_excludes_the_query():
+    rng = np.random.default_rng(2)
+    gallery = rng.normal(size=(40, 5))
+    picks = np.array([3, 17, 28])
+    top = nearest(gallery[picks], gallery, 4, exclude=picks)
+    for row, i in zip(top, picks):
+        sims = gallery @ gallery[i]
+        sims[i] = -np.inf
+        np.testing.assert_array_equal(row, np.argsort(-sims)[:4])
+        assert i not in row
+    # ties: the lower gallery index first
+    tied = nearest(np.ones((1, 2)), np.ones((5, 2)), 3)
+    np.testing.assert_array_equal(tied, [[0, 1, 2]])

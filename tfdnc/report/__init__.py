@@ -1,0 +1,17 @@
+"""An HTML report of a training run: `python -m tfdnc.report RUN_DIR`.
+
+The page (RUN_DIR/report/index.html, PNG figures beside it) shows the
+run's settings, loss and Recall@K curves, K and the cluster sizes over
+time, the masks as a heat map, the evaluation table, a 2-D map of test
+embeddings coloured by class and by cluster, and retrieval examples.
+
+Example:
+>>> from tfdnc.report import build_report
+>>> build_report("runs/default")
+'runs/default/report/index.html'
+"""
+
+from tfdnc.report.builder import build_report
+from tfdnc.report.runinfo import RunInfo, read_run
+
+__all__ = ["RunInfo", "build_report", "read_run"]
