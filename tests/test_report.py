@@ -119,13 +119,18 @@ def test_inline_report_is_one_file(run_dir, tmp_path):
 
 def test_report_without_model_says_what_is_missing(tmp_path):
     write_history(str(tmp_path), epochs=3)
+    # a config from a newer version (unknown field) naming its preset
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"dataset": "cub", "preset": "tpami-cub", "field_from_the_future": 1}, f)
+    assert read_run(str(tmp_path)).config.dataset == "cub"
     np.save(tmp_path / "masks.npy", np.random.default_rng(0).random((4, 16)))
     page = build_report(str(tmp_path), progress=False)
     found = refs(page)
     assert {os.path.basename(s) for s in found.images} == {"curves.png", "clusters.png", "masks.png"}
     text = open(page, encoding="utf-8").read()
     assert "no model.keras" in text
-    assert found.links == ["../history.json"]
+    assert "published recall@1 67.7, nmi 69.8" in text  # the preset's target
+    assert found.links == ["../config.json", "../history.json"]
 
 
 def test_history_forms_and_bad_files(tmp_path):

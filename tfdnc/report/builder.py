@@ -15,7 +15,7 @@ from tfdnc.report.runinfo import RunInfo, read_run
 
 # Settings shown in the summary table, in this order, when the config has them.
 _SUMMARY_KEYS = (
-    "dataset", "data_dir", "backbone", "backbone_weights", "embedding_dim", "k_final", "growth",
+    "preset", "dataset", "data_dir", "backbone", "backbone_weights", "embedding_dim", "k_final", "growth",
     "mask_mode", "recluster_every", "full_embedding_epoch", "final_k1_epochs", "loss",
     "classes_per_batch", "images_per_class", "lr", "epochs", "image_size", "resize_size",
 )
@@ -171,6 +171,15 @@ def _summary_section(info: RunInfo, output_dir: str) -> Section:
         section.table(["setting", "value"], rows)
     else:
         section.note("No config.json in the run directory.")
+    preset = values.get("preset")
+    if preset:
+        from tfdnc.presets import PRESETS
+
+        if preset in PRESETS:
+            target = PRESETS[preset]
+            figures_text = ", ".join(f"{k} {v}" for k, v in target.published.items())
+            section.paragraph(f"Preset {preset}: {target.source}; published {figures_text} (%)"
+                              + (f"; note: {target.note}" if target.note else "") + ".")
     if info.metrics:
         section.paragraph("Metrics recorded by training (metrics.json):")
         section.table(["", "value"], [[k, _fmt(v)] for k, v in _flatten(info.metrics)])

@@ -62,12 +62,18 @@ def read_run(run_dir: str) -> RunInfo:
     config_path = os.path.join(run_dir, "config.json")
     if os.path.isfile(config_path):
         info.config_values = _read_json(config_path)
+        import dataclasses
+
         from tfdnc.config import TrainConfig
 
+        # Fields this version does not know (a newer run) are shown, not fatal.
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
         try:
-            info.config = TrainConfig.from_dict(info.config_values, source=config_path)
+            info.config = TrainConfig.from_dict(
+                {k: v for k, v in info.config_values.items() if k in known}, source=config_path
+            )
         except (TypeError, ValueError):
-            info.config = None  # an older or newer config: still show its values
+            info.config = None  # inconsistent values: still show them
     history_path = os.path.join(run_dir, "history.json")
     if os.path.isfile(history_path):
         info.history = normalise_history(_read_json(history_path), history_path)
