@@ -287,3 +287,27 @@ def test_get_loss_and_bad_input():
     with pytest.raises(ValueError, match="4 embeddings"):
         TripletLoss()(np.zeros(5), np.zeros((4, 3), np.float32))
     assert all(issubclass(type(get_loss(n, **o)), MetricLoss) for n, o in ALL)
+
+
+def test_learnable_beta_saves_with_a_model_that_tracks_the_loss_layer(tmp_path):
+    class Holder(keras.Model):
+        def __init__(self, loss):
+            super().__init__()
+            self.loss_parameters = loss.variables_layer
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    loss = MarginLoss(learnable_beta=True, num_classes=4)
+    assert loss.variables_layer.trainable_weights[0] is loss.trainable_variables[0]
+    assert MarginLoss().variables_layer is None and MarginLoss().trainable_variables == []
+    model = Holder(loss)
+    model(np.zeros((1, 3), np.float32))
+    loss.trainable_variables[0].assign([0.5, 1.0, 1.5, 2.0])
+    model.save_weights(tmp_path / "w.weights.h5")
+    fresh_loss = MarginLoss(learnable_beta=True, num_classes=4)
+    fresh = Holder(fresh_loss)
+    fresh(np.zeros((1, 3), np.float32))
+    fresh.load_weights(tmp_path / "w.weights.h5")
+    np.testing.assert_allclose(fresh_loss.trainable_variables[0].numpy(), [0.5, 1.0, 1.5, 2.0])

@@ -14,6 +14,23 @@ def safe_divide(numerator, denominator):
     return tf.math.divide_no_nan(numerator, denominator)
 
 
+@keras.saving.register_keras_serializable(package="tfdnc")
+class LossParameters(keras.layers.Layer):
+    """Holds a loss's learnable variables as Keras layer weights.
+
+    A `keras.losses.Loss` is not tracked by a model, a layer is: the model keeps
+    `loss.variables_layer` as an attribute, so the variables are saved,
+    restored and checkpointed with the model's weights.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
+
+    def call(self, inputs):
+        return inputs
+
+
 class MetricLoss(keras.losses.Loss):
     """A loss on a batch of embeddings and their integer class labels.
 
@@ -68,7 +85,13 @@ class MetricLoss(keras.losses.Loss):
     @property
     def trainable_variables(self) -> list:
         """Learnable parameters of the loss (empty for most losses)."""
-        return []
+        layer = self.variables_layer
+        return list(layer.trainable_weights) if layer is not None else []
+
+    @property
+    def variables_layer(self) -> LossParameters | None:
+        """The layer that owns the learnable variables (None without any)."""
+        return getattr(self, "_variables_layer", None)
 
     def call(self, y_true, y_pred):
         loss, _ = self.compute_loss_and_stats(y_true, y_pred)

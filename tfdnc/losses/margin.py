@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfdnc.distances import pairwise_euclidean
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import LossParameters, MetricLoss, safe_divide
 from tfdnc.miners import distance_weighted_sample, label_masks
 
 
@@ -93,20 +92,16 @@ class MarginLoss(MetricLoss):
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
-        self.beta = (
-            keras.Variable(
-                np.full((self.num_classes,), self.beta_init, np.float32),
+        self.beta = None
+        if self.learnable_beta:
+            self._variables_layer = LossParameters(name=f"{self.name}_parameters")
+            self.beta = self._variables_layer.add_weight(
+                shape=(self.num_classes,),
+                initializer=keras.initializers.Constant(self.beta_init),
                 trainable=True,
                 dtype="float32",
-                name="margin_beta",
+                name="beta",
             )
-            if self.learnable_beta
-            else None
-        )
-
-    @property
-    def trainable_variables(self) -> list:
-        return [self.beta] if self.learnable_beta else []
 
     def _pairwise(self, x, y):
         return pairwise_euclidean(x, y)
