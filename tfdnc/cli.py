@@ -1,0 +1,260 @@
+"""The `tfdnc` command: `embed` and `search` with an export, and `train`.
+
+`tfdnc embed` / `tfdnc search` load an exported SavedModel in-process (no
+server) and run it on image files or folders:
+
+    tfdnc embed exports/dnc images/ --output embeddings.npy
+    tfdnc search exports/dnc query.jpg -k 5                  # the export's gallery
+    tfdnc search exports/dnc queries/ --gallery gallery/ --output hits.csv
+    tfdnc train --dataset mnist --epochs 4                   # = python train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from tfdnc.exporting import contract
+
+OUTPUT_FORMATS = (".npy", ".json", ".csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfdnc", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed images with an exported SavedModel")
+    embed.add_argument("export", help="export folder: BASE/NAME (latest version) or BASE/NAME/VERSION")
+    embed.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    embed.add_argument("--output", "-o", default=None,
+                       help="write .npy (+ .ids.txt beside it), .json or .csv; default: CSV on stdout")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--learners", action="store_true",
+                       help="per-learner embeddings (embed_learners signature) instead of the full one")
+
+    search = commands.add_parser("search", help="nearest gallery images for query images")
+    search.add_argument("export", help="export folder: BASE/NAME or BASE/NAME/VERSION")
+    search.add_argument("queries", nargs="+", help="query image files and/or folders")
+    search.add_argument("--gallery", default=None,
+                        help="folder of images or .npz (embeddings, ids) to search; "
+                        "default: the gallery built into the export (`search` signature)")
+    search.add_argument("-k", type=int, default=5, help="hits per query (default 5)")
+    search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: table on stdout")
+    search.add_argument("--batch-size", type=int, default=32)
+
+    commands.add_parser("train", help="train a model (arguments as for `python train.py`)",
+                        add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from tfdnc.train import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from tfdnc.serving.errors import ServingError
+
+    try:
+        if args.command == "embed":
+            return _embed(args)
+        return _search(args)
+    except (ServingError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"tfdnc {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# --- embed -------------------------------------------------------------------
+
+
+def _embed(args) -> int:
+    from tfdnc.serving.local import ExportedModel
+
+    _check_output(args.output, OUTPUT_FORMATS)
+    model = ExportedModel(args.export)
+    signature = contract.EMBED_LEARNERS if args.learners else contract.SERVING_DEFAULT
+    if signature not in model.signature_names:
+        raise ValueError(f"export {model.path!r} has no {signature!r} signature "
+                         f"(it has {model.signature_names})")
+    entries = collect_images(args.images)
+    output = contract.LEARNER_EMBEDDINGS if args.learners else contract.EMBEDDINGS
+    embeddings = embed_files(model, entries, signature, output, args.batch_size)
+    ids = [image_id for image_id, _ in entries]
+    _write_embeddings(args.output, ids, embeddings, model.path)
+    if args.output:
+        print(f"{len(ids)} embeddings of shape {embeddings.shape[1:]} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
+    """Files and folders -> (id, path) pairs; ids of folder images are relative paths."""
+    from tfdnc.serving.images import list_images
+
+    entries = []
+    for item in items:
+        if os.path.isdir(item):
+            entries.extend(list_images(item))
+        elif os.path.isfile(item):
+            entries.append((item, item))
+        else:
+            raise FileNotFoundError(f"image file or folder {item!r} does not exist")
+    return entries
+
+
+def embed_files(model, entries, signature, output, batch_size) -> np.ndarray:
+    """Embeds files in batches; a bad image is reported by its file name."""
+    return run_files(model, entries, signature, batch_size)[output].astype(np.float32)
+
+
+def run_files(model, entries, signature, batch_size) -> dict[str, np.ndarray]:
+    """Runs `signature` on image files in batches; outputs concatenated.
+
+    A request with a bad image fails as a whole; the batch is then retried
+    image by image so the error names the file.
+    """
+    from tfdnc.serving.errors import ServingError
+    from tfdnc.serving.images import read_image_bytes
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    parts = []
+    for start in range(0, len(entries), batch_size):
+        batch = entries[start : start + batch_size]
+        contents = np.array([read_image_bytes(path) for _, path in batch], dtype=object)
+        try:
+            parts.append(model.predict({contract.IMAGE_BYTES: contents}, signature))
+        except ServingError as err:
+            if err.code != "INVALID_ARGUMENT":
+                raise
+            for (_, path), one in zip(batch, contents):
+                try:
+                    model.predict({contract.IMAGE_BYTES: np.array([one], dtype=object)}, signature)
+                except ServingError as single:
+                    raise ValueError(f"cannot process image file {path!r}: {single.details}") from None
+            raise
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _write_embeddings(output, ids, embeddings, source) -> None:
+    if output is None:
+        writer = csv.writer(sys.stdout)
+        for image_id, row in zip(ids, embeddings.reshape(len(ids), -1)):
+            writer.writerow([image_id, *(f"{v:.7g}" for v in row)])
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix == ".npy":
+        np.save(output, embeddings)
+        with open(os.path.splitext(output)[0] + ".ids.txt", "w") as f:
+            f.writelines(f"{image_id}\n" for image_id in ids)
+    elif suffix == ".json":
+        with open(output, "w") as f:
+            json.dump({"export": source, "ids": ids, "embeddings": embeddings.tolist()}, f)
+    else:
+        flat = embeddings.reshape(len(ids), -1)
+        with open(output, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", *(f"e{i}" for i in range(flat.shape[1]))])
+            for image_id, row in zip(ids, flat):
+                writer.writerow([image_id, *(f"{v:.9g}" for v in row)])
+
+
+# --- search ------------------------------------------------------------------
+
+
+def _search(args) -> int:
+    from tfdnc.serving.client import SearchResult
+    from tfdnc.serving.local import ExportedModel
+
+    _check_output(args.output, (".json", ".csv"))
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    model = ExportedModel(args.export)
+    queries = collect_images(args.queries)
+    query_ids = [image_id for image_id, _ in queries]
+    if args.gallery is None:
+        if contract.SEARCH not in model.signature_names:
+            raise ValueError(
+                f"export {model.path!r} has no gallery (`search` signature); give --gallery "
+                "or export with `python -m export ... --gallery DIR`"
+            )
+        outputs = run_files(model, queries, contract.SEARCH, args.batch_size)
+        available = outputs[contract.IDS].shape[1]
+        if args.k > available:
+            raise ValueError(f"-k {args.k} exceeds the {available} hits the export's `search` returns "
+                             "(re-export with a larger --top-k)")
+        result = SearchResult(
+            outputs[contract.IDS][:, : args.k],
+            outputs[contract.SIMILARITIES][:, : args.k],
+            outputs[contract.INDICES][:, : args.k],
+        )
+    else:
+        queries_emb = embed_files(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+                                  args.batch_size)
+        gallery_ids, gallery_emb = _load_gallery(model, args.gallery, args.batch_size)
+        result = brute_force_search(queries_emb, gallery_emb, gallery_ids, args.k)
+    records = result.to_records(query_ids)
+    _write_records(args.output, records)
+    return 0
+
+
+def _load_gallery(model, gallery, batch_size):
+    if os.path.isdir(gallery):
+        entries = collect_images([gallery])
+        embeddings = embed_files(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
+        return np.array([i for i, _ in entries], dtype=object), embeddings
+    from tfdnc.exporting.gallery import Gallery
+
+    loaded = Gallery.from_npz(gallery)
+    return loaded.ids, loaded.embeddings
+
+
+def brute_force_search(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):
+    """Cosine top-k of every query among the gallery rows."""
+    from tfdnc.serving.client import SearchResult
+
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"gallery embeddings have {gallery.shape[1]} dims, the export's have {queries.shape[1]}")
+    similarities = unit(queries) @ unit(gallery).T
+    k = min(k, gallery.shape[0])
+    order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    return SearchResult(
+        ids=np.asarray(ids)[order],
+        similarities=np.take_along_axis(similarities, order, axis=1).astype(np.float32),
+        indices=order.astype(np.int32),
+    )
+
+
+def _write_records(output, records) -> None:
+    if output is None:
+        for r in records:
+            print(f"{r['query']}\t{r['rank']}\t{r['id']}\t{r['similarity']:.4f}")
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if output.lower().endswith(".json"):
+        with open(output, "w") as f:
+            json.dump(records, f, indent=1)
+    else:
+        with open(output, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["query", "rank", "id", "similarity", "index"])
+            writer.writeheader()
+            writer.writerows(records)
+
+
+def _check_output(output, formats) -> None:
+    if output is not None and os.path.splitext(output)[1].lower() not in formats:
+        raise ValueError(f"--output {output!r} must end in one of {', '.join(formats)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Export trained embedding models as SavedModels for TensorFlow Serving.
+
+`tfdnc.exporting.contract` (signature and tensor names) imports no
+TensorFlow; the exporter itself is loaded on first use, so clients that only
+need the names stay light.
+
+Example:
+>>> from tfdnc.exporting import export_run
+>>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/1
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_checkpoint": "tfdnc.exporting.exporter",
+    "export_model": "tfdnc.exporting.exporter",
+    "export_run": "tfdnc.exporting.exporter",
+    "load_keras_model": "tfdnc.exporting.exporter",
+    "Gallery": "tfdnc.exporting.gallery",
+    "list_versions": "tfdnc.exporting.versions",
+    "next_version": "tfdnc.exporting.versions",
+    "resolve_version_dir": "tfdnc.exporting.versions",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdnc.exporting' has no attribute {name!r}")

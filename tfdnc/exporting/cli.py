@@ -1,0 +1,62 @@
+"""`python -m export`: export a run directory or a .keras file for TF Serving."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a trained tfdnc model as a TF Serving SavedModel version "
+        "(BASE/NAME/VERSION).",
+    )
+    parser.add_argument("source", help="run directory (model.keras + config.json) or a .keras file")
+    parser.add_argument("--base", required=True, help="model base folder TF Serving watches")
+    parser.add_argument("--name", required=True, help="model name (folder under --base)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="integer version (default: next free; never overwrites)")
+    parser.add_argument("--gallery", default=None,
+                        help="folder of images or .npz (embeddings, ids): adds the `search` signature")
+    parser.add_argument("--top-k", type=int, default=10, help="hits returned by `search` (default 10)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="crop side (required for a .keras file; overrides config.json)")
+    parser.add_argument("--resize-size", type=int, default=None,
+                        help="eval resize of the shorter side (default: image size)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up records")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tfdnc.exporting.exporter import export_checkpoint, export_model, export_run, load_keras_model
+
+    try:
+        if os.path.isdir(args.source):
+            if args.image_size is None:
+                path = export_run(args.source, args.base, args.name, version=args.version,
+                                  gallery=args.gallery, warmup=not args.no_warmup, top_k=args.top_k)
+            else:
+                model = load_keras_model(os.path.join(args.source, "model.keras"))
+                path = export_model(model, args.base, args.name, image_size=args.image_size,
+                                    resize_size=args.resize_size, version=args.version,
+                                    gallery=args.gallery, top_k=args.top_k,
+                                    warmup=not args.no_warmup, source=os.path.abspath(args.source))
+        elif args.source.endswith(".keras"):
+            if args.image_size is None:
+                raise ValueError("--image-size is required when exporting a .keras file "
+                                 "(a run directory's config.json gives it)")
+            path = export_checkpoint(args.source, args.base, args.name, args.image_size,
+                                     args.resize_size, version=args.version, gallery=args.gallery,
+                                     top_k=args.top_k, warmup=not args.no_warmup)
+        else:
+            raise FileNotFoundError(
+                f"{args.source!r} is neither a run directory nor a .keras file"
+            )
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"python -m export: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -1,0 +1,271 @@
+"""Export a trained embedding model as a TF Serving SavedModel version."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import tfdnc
+from tfdnc.exporting import contract
+from tfdnc.exporting.gallery import Gallery
+from tfdnc.exporting.signatures import ServingGraphs, encode_png
+from tfdnc.exporting.versions import staged_version
+from tfdnc.exporting.warmup import warmup_available, write_warmup_requests
+
+# Modules whose import registers tfdnc's Keras objects (for load_model).
+_CUSTOM_OBJECT_MODULES = ("tfdnc.layers", "tfdnc.layers.masks", "tfdnc.losses", "tfdnc.model")
+
+
+def export_model(
+    model,
+    base: str | os.PathLike,
+    name: str,
+    *,
+    image_size: int,
+    resize_size: int | None = None,
+    channels: int | None = None,
+    version: int | None = None,
+    gallery=None,
+    top_k: int = 10,
+    warmup: bool = True,
+    source: str | None = None,
+) -> str:
+    """Writes `model` as SavedModel version BASE/NAME/VERSION; returns its path.
+
+    Args:
+        model: a Keras model taking float (B, H, W, C) pixels in [0, 255] and
+            returning (B, d) embeddings (e.g. a `DivideAndConquerModel`).
+        base: the model base folder TF Serving is pointed at.
+        name: the model name (TF Serving's `name` and folder under `base`).
+        image_size, resize_size: the evaluation transform (shorter side to
+            `resize_size`, centre crop `image_size`) run inside the graph on
+            encoded images.
+        channels: channels images are decoded to; default: the model's.
+        version: integer version; default: the next free one. An existing
+            version is never overwritten.
+        gallery: None, a `Gallery`, an .npz file (`embeddings`, `ids`), a
+            folder of images (ids: relative paths) or (embeddings, ids);
+            adds the `search` signature.
+        top_k: how many gallery hits `search` returns (clipped to its size).
+        warmup: write TF Serving warm-up requests (skipped with a warning
+            when `tensorflow-serving-api` is not installed).
+        source: where the model came from, recorded in the export metadata.
+
+    Example:
+    >>> path = export_model(model, "exports", "dnc", image_size=28)
+    >>> # exports/dnc/1, ready for `tensorflow_model_server --model_base_path`
+    """
+    import keras
+
+    if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"export: model `name` must be a plain folder name, got {name!r}")
+    channels = channels if channels is not None else _model_channels(model)
+    graphs = ServingGraphs(
+        model,
+        image_size=image_size,
+        resize_size=resize_size,
+        channels=channels,
+        num_learners=_num_learners(model),
+    )
+    started = time.perf_counter()
+    embed_bytes = _eager_embedder(graphs)
+    gallery_obj = None
+    if gallery is not None:
+        gallery_obj = Gallery.load(gallery, embed_bytes)
+        dim = int(embed_bytes([encode_png(np.zeros(graphs.image_shape, np.uint8))]).shape[-1])
+        if gallery_obj.dim != dim:
+            raise ValueError(
+                f"export: gallery embeddings have {gallery_obj.dim} dims, the model's have {dim}"
+            )
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k).items():
+        archive.add_endpoint(endpoint, fn, input_signature=spec)
+    if gallery_obj is not None:
+        archive.add_variable_collection("gallery", graphs.gallery_variables())
+
+    model_dir = os.path.join(os.fspath(base), name)
+    with staged_version(model_dir, version) as staged:
+        archive.write_out(staged.staging, verbose=False)
+        signatures = _describe_signatures(archive)
+        extra = os.path.join(staged.staging, contract.ASSETS_EXTRA)
+        os.makedirs(extra, exist_ok=True)
+        warmup_records = 0
+        if warmup:
+            if warmup_available():
+                warmup_records = write_warmup_requests(
+                    os.path.join(extra, contract.WARMUP_FILE), name, _warmup_requests(graphs, signatures)
+                )
+            else:
+                import warnings
+
+                warnings.warn(
+                    "export: tensorflow-serving-api is not installed; no warm-up requests written "
+                    "(pip install 'tfdnc[serving]')",
+                    stacklevel=2,
+                )
+        metadata = {
+            "tfdnc_version": tfdnc.__version__,
+            "tensorflow_version": tf.__version__,
+            "model": name,
+            "source": source,
+            "image_size": graphs.image_size,
+            "resize_size": graphs.resize_size,
+            "channels": graphs.channels,
+            "num_learners": graphs.num_learners if graphs.has_learners else None,
+            "gallery_size": len(gallery_obj) if gallery_obj is not None else 0,
+            "top_k": min(int(top_k), len(gallery_obj)) if gallery_obj is not None else None,
+            "warmup_requests": warmup_records,
+            "signatures": signatures,
+            "export_seconds": round(time.perf_counter() - started, 3),
+        }
+        with open(os.path.join(extra, contract.METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=2, sort_keys=True)
+    return staged.path
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    base: str | os.PathLike,
+    name: str,
+    version: int | None = None,
+    gallery=None,
+    warmup: bool = True,
+    top_k: int = 10,
+) -> str:
+    """Exports RUN_DIR/model.keras with the image sizes of RUN_DIR/config.json.
+
+    Returns the path of the new version folder (BASE/NAME/VERSION).
+
+    Example:
+    >>> export_run("runs/default", "exports", "dnc")  # 'exports/dnc/1'
+    """
+    from tfdnc.config import TrainConfig
+
+    run_dir = os.fspath(run_dir)
+    model_path = os.path.join(run_dir, "model.keras")
+    config_path = os.path.join(run_dir, "config.json")
+    for path in (model_path, config_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"export: run directory {run_dir!r} has no {os.path.basename(path)} "
+                "(give the folder `python train.py` wrote, or a .keras file with --image-size)"
+            )
+    config = TrainConfig.load(config_path)
+    model = load_keras_model(model_path)
+    return export_model(
+        model,
+        base,
+        name,
+        image_size=config.image_size,
+        resize_size=config.eval_resize,
+        version=version,
+        gallery=gallery,
+        top_k=top_k,
+        warmup=warmup,
+        source=os.path.abspath(run_dir),
+    )
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    base: str | os.PathLike,
+    name: str,
+    image_size: int,
+    resize_size: int | None = None,
+    **kwargs: Any,
+) -> str:
+    """Exports a `.keras` file; the image sizes must be given (no config.json)."""
+    checkpoint = os.fspath(checkpoint)
+    model = load_keras_model(checkpoint)
+    return export_model(
+        model, base, name, image_size=image_size, resize_size=resize_size,
+        source=os.path.abspath(checkpoint), **kwargs,
+    )
+
+
+def load_keras_model(path: str | os.PathLike):
+    """`keras.saving.load_model` with tfdnc's custom objects registered."""
+    import keras
+
+    path = os.fspath(path)
+    if not path.endswith(".keras") or not os.path.isfile(path):
+        raise FileNotFoundError(f"export: {path!r} is not a .keras model file")
+    for module in _CUSTOM_OBJECT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+        raise ValueError(f"export: cannot load Keras model {path!r}: {exc}") from exc
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _model_channels(model) -> int:
+    shape = getattr(model, "image_shape", None)
+    if shape is None:
+        try:
+            shape = model.input_shape[1:]
+        except (AttributeError, ValueError):
+            shape = None
+    if not shape or shape[-1] is None:
+        raise ValueError(
+            "export: cannot tell the model's image channels; pass `channels=` (1 or 3)"
+        )
+    return int(shape[-1])
+
+
+def _num_learners(model) -> int | None:
+    count = getattr(model, "num_learners", None)
+    return int(count) if count is not None else None
+
+
+def _eager_embedder(graphs: ServingGraphs):
+    fn = tf.function(lambda b: graphs.embed(graphs.decode(b, "gallery")))
+
+    def embed(contents):
+        return fn(tf.constant(list(contents), tf.string)).numpy()
+
+    return embed
+
+
+def _describe_signatures(archive) -> dict:
+    """name -> {"inputs"/"outputs": {tensor: {"dtype", "shape"}}}, from the archive."""
+    described = {}
+    for endpoint in archive._endpoint_names:  # the archive's public API has no accessor
+        fn = getattr(archive._tf_trackable, endpoint)
+        concrete = fn.get_concrete_function()
+        inputs = {
+            spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
+            for spec in concrete.structured_input_signature[0]
+        }
+        outputs = {
+            key: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
+            for key, spec in concrete.structured_outputs.items()
+        }
+        described[endpoint] = {"inputs": inputs, "outputs": outputs}
+    return described
+
+
+def _warmup_requests(graphs: ServingGraphs, signatures: dict) -> list:
+    # A mid-grey image: decodes everywhere and exercises the whole graph.
+    image = encode_png(np.full(graphs.image_shape, 128, np.uint8))
+    requests = []
+    for endpoint in signatures:
+        if endpoint == contract.EMBED_PIXELS:
+            inputs = {contract.PIXELS: np.full((1, *graphs.image_shape), 128.0, np.float32)}
+        else:
+            inputs = {contract.IMAGE_BYTES: np.array([image], dtype=object)}
+        requests.append((endpoint, inputs))
+    return requests

@@ -1,0 +1,229 @@
+"""The serving graphs of an export, as `tf.function`s built from a Keras model.
+
+Everything here is core TensorFlow (decode, resize, matmul, top-k, asserts),
+so TF Serving can run the exported graphs without custom ops or Python.
+
+Bad requests fail with `InvalidArgument` for that request only (TF Serving
+answers HTTP 400 / gRPC INVALID_ARGUMENT and keeps serving): an empty batch,
+an empty or non-image string (the message names its index in the batch),
+a corrupt image (the decoder's own message) and pixels of the wrong shape.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfdnc.data.transforms import decode_image, eval_transform
+from tfdnc.exporting import contract
+
+# (offset, magic bytes) per format; an image matches if any entry matches.
+_MAGIC = (
+    (0, b"\xff\xd8\xff"),  # JPEG
+    (0, b"\x89PNG\r\n\x1a\n"),  # PNG
+    (0, b"GIF87a"),
+    (0, b"GIF89a"),
+    (0, b"BM"),  # BMP
+    (8, b"WEBP"),  # RIFF....WEBP
+)
+_HEADER_LEN = 12
+
+
+class ServingGraphs:
+    """Builds the export's signature functions around one embedding model.
+
+    Args:
+        model: a Keras model taking float32 (B, H, W, C) images with values
+            in [0, 255] and returning (B, d) embeddings. If it has a
+            `learner_embeddings` method (a `DivideAndConquerModel`), the
+            `embed_learners` signature is built too.
+        image_size: side of the square crop the model sees (H = W).
+        resize_size: the evaluation resize of the shorter side before the
+            centre crop (None: `image_size`), as in `eval_transform`.
+        channels: C, what images are decoded to (1 grey, 3 RGB).
+        num_learners: how many learner embeddings `embed_learners` returns
+            (the active ones); None: all the model has.
+
+    Example:
+    >>> graphs = ServingGraphs(model, image_size=28, channels=1)
+    >>> fn, spec = graphs.endpoints()["serving_default"]
+    """
+
+    def __init__(
+        self,
+        model,
+        image_size: int,
+        resize_size: int | None = None,
+        channels: int = 3,
+        num_learners: int | None = None,
+    ):
+        if int(image_size) < 1:
+            raise ValueError(f"ServingGraphs: `image_size` must be >= 1, got {image_size}")
+        if resize_size is not None and int(resize_size) < int(image_size):
+            raise ValueError(
+                f"ServingGraphs: `resize_size` ({resize_size}) must be >= `image_size` ({image_size})"
+            )
+        if channels not in (1, 3):
+            raise ValueError(f"ServingGraphs: `channels` must be 1 or 3, got {channels}")
+        self.model = model
+        self.image_size = int(image_size)
+        self.resize_size = int(resize_size) if resize_size else self.image_size
+        self.channels = int(channels)
+        self.num_learners = num_learners
+        self.image_shape = (self.image_size, self.image_size, self.channels)
+
+    # --- specs ---------------------------------------------------------------
+    @property
+    def bytes_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec((None,), tf.string, name=contract.IMAGE_BYTES)
+
+    @property
+    def pixels_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec((None, *self.image_shape), tf.float32, name=contract.PIXELS)
+
+    @property
+    def has_learners(self) -> bool:
+        return callable(getattr(self.model, "learner_embeddings", None))
+
+    # --- building blocks -----------------------------------------------------
+    def decode(self, image_bytes: tf.Tensor, signature: str) -> tf.Tensor:
+        """(B,) encoded images -> float32 (B, H, W, C) under the eval transform."""
+        count = tf.shape(image_bytes)[0]
+        non_empty = tf.debugging.Assert(
+            count > 0,
+            [f"{signature}: `{contract.IMAGE_BYTES}` is an empty batch; send at least one image"],
+        )
+
+        def one(args):
+            index, contents = args
+            message = tf.strings.join([
+                f"{signature}: `{contract.IMAGE_BYTES}`[",
+                tf.strings.as_string(index),
+                "] (",
+                tf.strings.as_string(tf.strings.length(contents)),
+                " bytes) is not a " + "/".join(contract.IMAGE_FORMATS) + " image",
+            ])
+            check = tf.debugging.Assert(_looks_like_image(contents), [message])
+            with tf.control_dependencies([check]):
+                image = decode_image(contents, self.channels)
+            return eval_transform(image, self.image_size, self.resize_size)
+
+        with tf.control_dependencies([non_empty]):
+            indices = tf.range(count)
+        return tf.map_fn(
+            one,
+            (indices, image_bytes),
+            fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32),
+        )
+
+    def check_pixels(self, pixels: tf.Tensor, signature: str) -> tf.Tensor:
+        """Returns `pixels` after run-time checks of batch size and image shape."""
+        shape = tf.shape(pixels)
+        expected = tf.constant(self.image_shape, tf.int32)
+        checks = [
+            tf.debugging.Assert(
+                shape[0] > 0,
+                [f"{signature}: `{contract.PIXELS}` is an empty batch; send at least one image"],
+            ),
+            tf.debugging.Assert(
+                tf.reduce_all(tf.equal(shape[1:], expected)),
+                [
+                    f"{signature}: `{contract.PIXELS}` must have shape (batch, "
+                    + ", ".join(map(str, self.image_shape))
+                    + "), got",
+                    shape,
+                ],
+                summarize=4,
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(pixels)
+
+    def embed(self, pixels: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.model(pixels, training=False), tf.float32)
+
+    def learner_embeddings(self, pixels: tf.Tensor) -> tf.Tensor:
+        out = tf.cast(self.model.learner_embeddings(pixels, training=False), tf.float32)
+        if self.num_learners is not None:
+            out = out[:, : self.num_learners]
+        return out
+
+    # --- signatures ----------------------------------------------------------
+    def endpoints(self, gallery=None, top_k: int = 10) -> dict[str, tuple[Callable, list]]:
+        """name -> (function returning a dict of outputs, input signature).
+
+        `gallery`: a `tfdnc.exporting.Gallery` whose embeddings and ids become
+        variables; the `search` signature is only built when one is given.
+        """
+        endpoints = {}
+
+        def serving_default(image_bytes):
+            pixels = self.decode(image_bytes, contract.SERVING_DEFAULT)
+            return {contract.EMBEDDINGS: self.embed(pixels)}
+
+        def embed_pixels(pixels):
+            pixels = self.check_pixels(pixels, contract.EMBED_PIXELS)
+            return {contract.EMBEDDINGS: self.embed(pixels)}
+
+        endpoints[contract.SERVING_DEFAULT] = (serving_default, [self.bytes_spec])
+        endpoints[contract.EMBED_PIXELS] = (embed_pixels, [self.pixels_spec])
+
+        if self.has_learners:
+
+            def embed_learners(image_bytes):
+                pixels = self.decode(image_bytes, contract.EMBED_LEARNERS)
+                return {contract.LEARNER_EMBEDDINGS: self.learner_embeddings(pixels)}
+
+            endpoints[contract.EMBED_LEARNERS] = (embed_learners, [self.bytes_spec])
+
+        if gallery is not None:
+            if int(top_k) < 1:
+                raise ValueError(f"ServingGraphs: `top_k` must be >= 1, got {top_k}")
+            k = min(int(top_k), len(gallery))
+            # tf.Variables (not constants) so the gallery lives in the
+            # SavedModel's variables/ checkpoint, not in the graph proto.
+            self.gallery_embeddings = tf.Variable(
+                gallery.normalized_embeddings(), trainable=False, name="gallery_embeddings"
+            )
+            self.gallery_ids = tf.Variable(gallery.ids, trainable=False, name="gallery_ids")
+
+            def search(image_bytes):
+                pixels = self.decode(image_bytes, contract.SEARCH)
+                queries = self.embed(pixels)
+                similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
+                top = tf.math.top_k(similarities, k=k)
+                return {
+                    contract.IDS: tf.gather(self.gallery_ids, top.indices),
+                    contract.SIMILARITIES: top.values,
+                    contract.INDICES: top.indices,
+                }
+
+            endpoints[contract.SEARCH] = (search, [self.bytes_spec])
+        return endpoints
+
+    def gallery_variables(self) -> list:
+        return [v for v in (getattr(self, "gallery_embeddings", None),
+                            getattr(self, "gallery_ids", None)) if v is not None]
+
+
+def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
+    # Pad so fixed-offset slices never run past a short string.
+    head = tf.strings.substr(
+        tf.strings.join([contents, tf.constant(b"\0" * _HEADER_LEN)]), 0, _HEADER_LEN
+    )
+    matches = [
+        tf.equal(tf.strings.substr(head, offset, len(magic)), magic) for offset, magic in _MAGIC
+    ]
+    riff = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
+    matches[-1] = tf.logical_and(riff, matches[-1])
+    return tf.logical_and(tf.strings.length(contents) > 0, tf.reduce_any(tf.stack(matches)))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 (H, W, C) array -> PNG bytes (for warm-up requests and tests)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()

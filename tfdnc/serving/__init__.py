@@ -1,0 +1,35 @@
+"""Clients for exported tfdnc models: TF Serving over REST or gRPC, or in-process.
+
+All three share one interface (`ServingClient`): `embed`, `embed_pixels`,
+`embed_learners`, `search`, `predict`, `status`, `metadata`; every failure
+is a `ServingError` naming the model, version and signature.
+
+Example:
+>>> from tfdnc.serving import RestClient, GrpcClient, ExportedModel
+>>> RestClient("http://localhost:8501", model="dnc").embed(["query.jpg"])
+>>> GrpcClient("localhost:8500", model="dnc").search(["query.jpg"]).to_records()
+>>> ExportedModel("exports/dnc").embed(["query.jpg"])  # no server
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ServingClient": "tfdnc.serving.client",
+    "SearchResult": "tfdnc.serving.client",
+    "ServingError": "tfdnc.serving.errors",
+    "RestClient": "tfdnc.serving.rest",
+    "GrpcClient": "tfdnc.serving.grpc_client",
+    "ExportedModel": "tfdnc.serving.local",
+    "list_images": "tfdnc.serving.images",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    # Lazy, so the REST client works without importing TensorFlow or gRPC.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdnc.serving' has no attribute {name!r}")

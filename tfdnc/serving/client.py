@@ -1,0 +1,224 @@
+"""What every way of reaching an export shares: embed, search, status, metadata.
+
+`RestClient`, `GrpcClient` (TF Serving) and `ExportedModel` (in-process)
+implement `_predict`, `_status` and `_metadata`; this base class adds input
+checks, batching, retries on UNAVAILABLE and result types.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from tfdnc.exporting import contract
+from tfdnc.serving.errors import ServingError
+from tfdnc.serving.images import ImageLike, as_image_list
+
+
+@dataclass
+class SearchResult:
+    """Top-k gallery hits per query: each array is (queries, k)."""
+
+    ids: np.ndarray
+    similarities: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_records(self, query_ids: Iterable[str] | None = None) -> list[dict]:
+        """One {"query", "rank", "id", "similarity", "index"} dict per hit."""
+        query_ids = list(query_ids) if query_ids is not None else list(range(len(self.ids)))
+        records = []
+        for q, query in enumerate(query_ids):
+            for rank in range(self.ids.shape[1]):
+                hit = self.ids[q, rank]
+                records.append({
+                    "query": query,
+                    "rank": rank + 1,
+                    "id": hit.decode() if isinstance(hit, bytes) else hit.item() if hasattr(hit, "item") else hit,
+                    "similarity": float(self.similarities[q, rank]),
+                    "index": int(self.indices[q, rank]),
+                })
+        return records
+
+
+class ServingClient(abc.ABC):
+    """Base of the clients; see `RestClient`, `GrpcClient`, `ExportedModel`.
+
+    Args:
+        model: the model name on the server.
+        version: a specific integer version (None: the latest it serves).
+        version_label: a TF Serving version label ("stable") instead.
+        timeout: seconds per request.
+        retries: extra attempts when the server is UNAVAILABLE (loading,
+            restarting, overloaded); other errors are raised at once.
+        backoff: seconds before the first retry, doubled each time.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: int | None = None,
+        version_label: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+    ):
+        if not model:
+            raise ValueError(f"{type(self).__name__}: `model` must be a model name, got {model!r}")
+        if version is not None and version_label is not None:
+            raise ValueError(f"{type(self).__name__}: give `version` or `version_label`, not both")
+        if timeout <= 0:
+            raise ValueError(f"{type(self).__name__}: `timeout` must be > 0, got {timeout}")
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"{type(self).__name__}: `retries` and `backoff` must be >= 0")
+        self.model = model
+        self.version = int(version) if version is not None else None
+        self.version_label = version_label
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+
+    # --- transport (subclasses) ----------------------------------------------
+    @abc.abstractmethod
+    def _predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        """One Predict call; raises ServingError."""
+
+    @abc.abstractmethod
+    def _status(self) -> list[dict]:
+        """[{"version": int, "state": str, "error": str}]."""
+
+    @abc.abstractmethod
+    def _metadata(self) -> dict:
+        """{signature: {"inputs"/"outputs": {tensor: {"dtype", "shape"}}}}."""
+
+    # --- generic calls -------------------------------------------------------
+    def predict(
+        self, inputs: Mapping[str, Any], signature: str = contract.SERVING_DEFAULT
+    ) -> dict[str, np.ndarray]:
+        """Runs `signature` on named input arrays; returns its named outputs."""
+        if not isinstance(inputs, Mapping) or not inputs:
+            raise ValueError(
+                f"{self._where(signature)}: `inputs` must be a non-empty dict of tensor name -> array"
+            )
+        arrays = {}
+        for name, value in inputs.items():
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if array.ndim == 0 or array.shape[0] == 0:
+                raise ValueError(
+                    f"{self._where(signature)}: input {name!r} is an empty batch or a scalar "
+                    f"(shape {array.shape}); send a batch of at least one"
+                )
+            arrays[name] = array
+        return self._with_retries(lambda: self._predict(arrays, signature))
+
+    def status(self) -> list[dict]:
+        """The server's versions of the model and their states."""
+        return self._with_retries(self._status)
+
+    def metadata(self) -> dict:
+        """Signatures with input/output names, dtypes and shapes."""
+        return self._with_retries(self._metadata)
+
+    # --- embedding and search ------------------------------------------------
+    def embed(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
+    ) -> np.ndarray:
+        """Encoded images (bytes or file paths) -> (N, d) L2-normalised embeddings."""
+        return self._embed_bytes(images, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
+
+    def embed_learners(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
+    ) -> np.ndarray:
+        """Encoded images -> (N, K, d) per-learner masked embeddings."""
+        return self._embed_bytes(
+            images, contract.EMBED_LEARNERS, contract.LEARNER_EMBEDDINGS, batch_size
+        )
+
+    def embed_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Float (N, H, W, C) images in [0, 255] -> (N, d) embeddings."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4:
+            raise ValueError(
+                f"{self._where(contract.EMBED_PIXELS)}: `pixels` must be (batch, height, width, "
+                f"channels), got shape {pixels.shape}"
+            )
+        return self._batched(
+            pixels, batch_size,
+            lambda chunk: self.predict({contract.PIXELS: chunk}, contract.EMBED_PIXELS)[contract.EMBEDDINGS],
+        )
+
+    def search(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
+    ) -> SearchResult:
+        """Encoded query images -> top-k ids and similarities of the export's gallery."""
+        contents = self._image_batch(images, contract.SEARCH)
+        parts = [
+            self.predict({contract.IMAGE_BYTES: chunk}, contract.SEARCH)
+            for chunk in _chunks(contents, batch_size)
+        ]
+        return SearchResult(
+            ids=np.concatenate([p[contract.IDS] for p in parts]),
+            similarities=np.concatenate([p[contract.SIMILARITIES] for p in parts]).astype(np.float32),
+            indices=np.concatenate([p[contract.INDICES] for p in parts]).astype(np.int32),
+        )
+
+    # --- helpers -------------------------------------------------------------
+    def _embed_bytes(self, images, signature, output, batch_size) -> np.ndarray:
+        contents = self._image_batch(images, signature)
+        return self._batched(
+            contents, batch_size,
+            lambda chunk: self.predict({contract.IMAGE_BYTES: chunk}, signature)[output],
+        ).astype(np.float32)
+
+    def _image_batch(self, images, signature) -> np.ndarray:
+        contents = as_image_list(images)
+        if not contents:
+            raise ValueError(f"{self._where(signature)}: no images given; send at least one")
+        return np.array(contents, dtype=object)
+
+    @staticmethod
+    def _batched(array, batch_size, run) -> np.ndarray:
+        return np.concatenate([np.asarray(run(chunk)) for chunk in _chunks(array, batch_size)])
+
+    def _with_retries(self, call):
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except ServingError as err:
+                if err.code != "UNAVAILABLE" or attempt == self.retries:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+
+    def _where(self, signature: str | None = None) -> str:
+        where = f"{type(self).__name__}: model {self.model!r}"
+        where += f", version {self._version_name()}"
+        return where + (f", signature {signature!r}" if signature else "")
+
+    def _version_name(self):
+        if self.version is not None:
+            return self.version
+        return f"label {self.version_label!r}" if self.version_label else "latest"
+
+    def _error(self, details: str, code: str, signature: str | None = None) -> ServingError:
+        version = self.version if self.version is not None else (
+            f"label {self.version_label!r}" if self.version_label else None
+        )
+        return ServingError(details, model=self.model, version=version, signature=signature, code=code)
+
+
+def _chunks(array, batch_size):
+    if batch_size is None:
+        yield array
+        return
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    for start in range(0, len(array), int(batch_size)):
+        yield array[start : start + int(batch_size)]
