@@ -1,0 +1,129 @@
+"""tf.data pipelines: per-cluster training batches and evaluation batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfdnc.data.sampling import ClusterBatchSampler
+from tfdnc.data.transforms import crop_to_box, decode_image, eval_transform, random_flip, random_resized_crop
+from tfdnc.datasets.base import ImageSet
+
+
+def image_channels(image_set: ImageSet) -> int:
+    """Channels of the images (read from the array, or 3 for files)."""
+    return int(image_set.images.shape[-1]) if image_set.images is not None else 3
+
+
+def _image_loader(image_set: ImageSet, channels: int):
+    """Returns index -> uint8 image tensor (H, W, C), cropped to its box if any."""
+    if image_set.images is not None:
+        images = tf.constant(image_set.images)
+
+        def load(index):
+            image = tf.gather(images, index)
+            return image
+    else:
+        paths = tf.constant(image_set.paths)
+
+        def load(index):
+            return decode_image(tf.io.read_file(tf.gather(paths, index)), channels)
+
+    if image_set.boxes is None:
+        return load
+    boxes = tf.constant(image_set.boxes)
+    return lambda index: crop_to_box(load(index), tf.gather(boxes, index))
+
+
+def make_train_dataset(
+    image_set: ImageSet,
+    sampler: ClusterBatchSampler,
+    steps_per_epoch: int,
+    image_size: int,
+    labels: np.ndarray | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    wait_timeout: float | None = 3600.0,
+) -> tf.data.Dataset:
+    """An endless dataset of per-cluster, class-balanced training batches.
+
+    Elements: `({"images": float32 (B, S, S, C) in [0, 255], "cluster": int32
+    (B,)}, labels int32 (B,))`. Each epoch's `steps_per_epoch` batches are
+    planned only once the sampler publishes that epoch (the schedule callback
+    does so in `on_epoch_begin`), so re-clustering takes effect exactly at
+    the epoch boundary. Augmentation seeds come from the plan, so a resumed
+    run repeats the same crops.
+
+    Args:
+        image_set: the training images.
+        sampler: plans which indices form each batch.
+        steps_per_epoch: batches per epoch (pass the same value to `fit`).
+        image_size: side of the square training crop.
+        labels: training labels for the loss (default: `image_set.labels`);
+            pass contiguous ids when the loss has per-class parameters.
+        crop_scale, crop_ratio: RandomResizedCrop ranges.
+        flip: random horizontal flips.
+        wait_timeout: seconds to wait for an epoch to be published.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"make_train_dataset: `steps_per_epoch` must be >= 1, got {steps_per_epoch}")
+    batch_size = sampler.batch_size
+    channels = image_channels(image_set)
+    load = _image_loader(image_set, channels)
+    label_table = tf.constant(np.asarray(image_set.labels if labels is None else labels, dtype=np.int32))
+
+    def plan():
+        epoch = -1
+        while True:
+            epoch = sampler.wait_for_epoch_after(epoch, timeout=wait_timeout)
+            if epoch is None:
+                return
+            rng = np.random.default_rng([sampler.seed, epoch, 1])
+            for indices, cluster in sampler.plan_epoch(epoch, steps_per_epoch):
+                seeds = rng.integers(0, 2**31 - 1, size=(batch_size, 2), dtype=np.int64)
+                yield indices.astype(np.int32), np.full(batch_size, cluster, np.int32), seeds.astype(np.int32)
+
+    def augment(index, cluster, seed):
+        image = random_resized_crop(load(index), image_size, seed, crop_scale, crop_ratio)
+        if flip:
+            image = random_flip(image, seed + 1)
+        image.set_shape([image_size, image_size, channels])
+        return image, cluster, tf.gather(label_table, index)
+
+    spec = (
+        tf.TensorSpec((batch_size,), tf.int32),
+        tf.TensorSpec((batch_size,), tf.int32),
+        tf.TensorSpec((batch_size, 2), tf.int32),
+    )
+    dataset = tf.data.Dataset.from_generator(plan, output_signature=spec)
+    dataset = dataset.unbatch().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda images, cluster, labels: ({"images": images, "cluster": cluster}, labels))
+    return dataset.prefetch(2)
+
+
+def make_eval_dataset(
+    image_set: ImageSet,
+    image_size: int,
+    resize_size: int | None = None,
+    batch_size: int = 128,
+    with_labels: bool = False,
+) -> tf.data.Dataset:
+    """Images in order under the evaluation transform (resize, centre crop)."""
+    channels = image_channels(image_set)
+    load = _image_loader(image_set, channels)
+
+    def transform(index):
+        image = eval_transform(load(index), image_size, resize_size)
+        image.set_shape([image_size, image_size, channels])
+        return image
+
+    dataset = tf.data.Dataset.range(len(image_set)).map(
+        lambda i: tf.cast(i, tf.int32), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    images = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if with_labels:
+        labels = tf.data.Dataset.from_tensor_slices(image_set.labels.astype(np.int32))
+        images = tf.data.Dataset.zip((images, labels))
+    return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,255 @@
+"""The Divide & Conquer model: backbone, embedding head, subspace masks, custom steps."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfdnc.layers.masks import SubspaceMasks
+from tfdnc.layers.normalization import l2_normalize
+
+
+@keras.saving.register_keras_serializable(package="tfdnc")
+class DivideAndConquerModel(keras.Model):
+    """Backbone -> dense embedding -> K subspace learners, trained per cluster.
+
+    Calling the model gives the full L2-normalised embedding (what
+    evaluation and serving use). Training batches come from one cluster each
+    and carry its id; `train_step` selects that learner's mask, applies the
+    metric loss on the learner's embedding and adds the mask orthogonality
+    loss. With `full_embedding=True` (the "conquer" phase) the loss uses the
+    full embedding instead.
+
+    Args:
+        backbone: a Keras model mapping [0, 255] images to pooled features
+            (see `tfdnc.backbones.build_backbone`).
+        embedding_dim: d.
+        k_max: the final number of learners K.
+        mask_mode: "learnable" (TPAMI) or "fixed" (CVPR).
+        initial_k: learners active at the start.
+        loss: a `tfdnc.losses.MetricLoss` (default: margin loss).
+        mask_loss_weight: lambda of the mask orthogonality loss.
+        mask_learning_rate: Adam learning rate of the masks (the papers use
+            100x the network's).
+
+    Training data: `({"images": (B, H, W, C), "cluster": (B,) int}, labels)`,
+    every sample of a batch in the same cluster.
+
+    Example:
+    >>> backbone = build_backbone("small_cnn", (28, 28, 1))
+    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_max=4)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> embeddings = model(images)  # (batch, 64), unit norm
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        embedding_dim: int = 128,
+        k_max: int = 32,
+        mask_mode: str = "learnable",
+        initial_k: int = 1,
+        loss=None,
+        mask_loss_weight: float = 0.01,
+        mask_learning_rate: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
+        if mask_loss_weight < 0:
+            raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
+        if mask_learning_rate <= 0:
+            raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
+        if loss is None:
+            from tfdnc.losses import MarginLoss
+
+            loss = MarginLoss()
+        self.backbone = backbone
+        self.embedding_dim = int(embedding_dim)
+        self.mask_loss_weight = float(mask_loss_weight)
+        self.mask_learning_rate = float(mask_learning_rate)
+        self.metric_loss = loss
+        feature_dim = backbone.output_shape[-1]
+        self.head = keras.layers.Dense(self.embedding_dim, name="embedding")
+        self.head.build((None, feature_dim))
+        self.masks = SubspaceMasks(self.embedding_dim, k_max, mode=mask_mode, initial_k=initial_k, name="subspace_masks")
+        # Keras layers created inside the loss (learnable per-class beta) are
+        # tracked through this attribute, so they train and save with the model.
+        self.loss_weights_layer = getattr(loss, "variables_layer", None)
+        self.embedder = keras.Model(backbone.inputs, self.head(backbone.outputs[0]), name="embedder")
+        self.mask_optimizer = keras.optimizers.Adam(self.mask_learning_rate, name="mask_adam")
+        # Built now, so its state loads from any saved model, compiled or not.
+        self.mask_optimizer.build(self.masks.trainable_variables)
+        self._full_embedding = False
+        self._backbone_frozen = False
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.metric_loss_tracker = keras.metrics.Mean(name="metric_loss")
+        self.mask_loss_tracker = keras.metrics.Mean(name="mask_loss")
+        self.active_tracker = keras.metrics.Mean(name="active_fraction")
+        self.k_tracker = keras.metrics.Mean(name="K")
+        self.built = True
+
+    # --- inference ------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.backbone.input_shape[1:])
+
+    @property
+    def num_learners(self) -> int:
+        return self.masks.num_active
+
+    def call(self, inputs, training=False):
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        return l2_normalize(self.embedder(images, training=training))
+
+    def features(self, images, training=False):
+        """Backbone ("penultimate") features, as the reference code clusters them."""
+        return self.backbone(images, training=training)
+
+    def learner_embeddings(self, images, training=False):
+        """(batch, k_max, d) L2-normalised masked embeddings; the first K are active."""
+        return self.masks.all_learners(self.embedder(images, training=training))
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["images"]
+        return (input_shape[0], self.embedding_dim)
+
+    # --- phases (set between epochs by the schedule callback) -------------------
+    @property
+    def full_embedding(self) -> bool:
+        return self._full_embedding
+
+    @full_embedding.setter
+    def full_embedding(self, value: bool) -> None:
+        if bool(value) != self._full_embedding:
+            self._full_embedding = bool(value)
+            self._retrace()
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    @backbone_frozen.setter
+    def backbone_frozen(self, value: bool) -> None:
+        if bool(value) != self._backbone_frozen:
+            self._backbone_frozen = bool(value)
+            self._retrace()
+
+    def _retrace(self):
+        # The phase flags are read while tracing train_step; a new train
+        # function picks them up, also in the middle of `fit`.
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+
+    # --- optimisation -----------------------------------------------------------
+    def network_variables(self) -> list:
+        """Variables the main optimizer updates: backbone, head, loss parameters."""
+        mask_ids = {id(v) for v in self.masks.trainable_variables}
+        variables = [v for v in self.trainable_variables if id(v) not in mask_ids]
+        seen = {id(v) for v in variables}
+        # Loss parameters (e.g. the margin loss's per-class beta).
+        extra = getattr(self.metric_loss, "trainable_variables", [])
+        return variables + [v for v in extra if id(v) not in seen]
+
+    def compile(self, optimizer="adam", **kwargs):
+        if "loss" in kwargs and kwargs["loss"] is not None:
+            raise ValueError(
+                "DivideAndConquerModel: pass the metric loss to the constructor (`loss=`), not to compile()"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        # Build both optimizers on fixed variable lists, so their state saves
+        # and restores one-to-one (BackupAndRestore, load_weights).
+        self.optimizer.build(self.network_variables())
+
+    def reset_mask_optimizer(self) -> None:
+        """Zeros the mask optimizer's moments (after K doubles, as TPAMI does)."""
+        for variable in self.mask_optimizer.variables:
+            variable.assign(ops.zeros_like(variable))
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.metric_loss_tracker, self.mask_loss_tracker,
+                self.active_tracker, self.k_tracker]
+
+    def _learner_loss(self, images, labels, cluster, training):
+        normalize = getattr(self.metric_loss, "expects_normalized", True)
+        z = self.embedder(images, training=training and not self._backbone_frozen)
+        if training and self._backbone_frozen:
+            # Only the embedding layer (and masks) learn on this epoch.
+            z = self.head(ops.stop_gradient(self.backbone(images, training=False)))
+        z = ops.cast(z, "float32")
+        if self._full_embedding or not training:
+            embeddings = l2_normalize(z) if normalize else z
+        else:
+            embeddings = self.masks(z, cluster=cluster, normalize=normalize)
+        return self.metric_loss.compute_loss_and_stats(labels, embeddings)
+
+    def train_step(self, data):
+        x, labels = data[0], data[1]
+        images, cluster = x["images"], x["cluster"]
+        cluster = ops.reshape(cluster, (-1,))[0]
+        labels = ops.reshape(labels, (-1,))
+        variables = self.network_variables()
+        if self._backbone_frozen:
+            frozen = {id(v) for v in self.backbone.trainable_variables}
+            variables = [v for v in variables if id(v) not in frozen]
+        mask_variables = self.masks.trainable_variables
+        with tf.GradientTape() as tape:
+            metric_loss, stats = self._learner_loss(images, labels, cluster, training=True)
+            mask_loss = ops.zeros(())
+            if mask_variables and not self._full_embedding:
+                mask_loss = self.mask_loss_weight * self.masks.orthogonality_loss()
+            total = metric_loss + mask_loss
+            if self.losses:
+                total = total + ops.sum(self.losses)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables + mask_variables)
+        network_grads = gradients[: len(variables)]
+        self.optimizer.apply(network_grads, variables)
+        if mask_variables and not self._full_embedding:
+            mask_grads = gradients[len(variables):]
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                # The mask optimizer has no loss scale of its own.
+                scale = ops.cast(self.optimizer.dynamic_scale, "float32")
+                mask_grads = [g / scale for g in mask_grads]
+            self.mask_optimizer.apply(mask_grads, mask_variables)
+        return self._update_metrics(total, metric_loss, mask_loss, stats)
+
+    def test_step(self, data):
+        x, labels = data[0], data[1]
+        images = x["images"] if isinstance(x, dict) else x
+        labels = ops.reshape(labels, (-1,))
+        metric_loss, stats = self._learner_loss(images, labels, 0, training=False)
+        return self._update_metrics(metric_loss, metric_loss, ops.zeros(()), stats)
+
+    def _update_metrics(self, total, metric_loss, mask_loss, stats):
+        self.loss_tracker.update_state(total)
+        self.metric_loss_tracker.update_state(metric_loss)
+        self.mask_loss_tracker.update_state(mask_loss)
+        self.active_tracker.update_state(stats.get("active_fraction", 0.0))
+        self.k_tracker.update_state(ops.cast(self.masks.num_active_var, "float32"))
+        return {m.name: m.result() for m in self.metrics}
+
+    # --- serialisation ------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "embedding_dim": self.embedding_dim,
+            "k_max": self.masks.k_max,
+            "mask_mode": self.masks.mode,
+            "initial_k": self.masks.initial_k,
+            "loss": keras.saving.serialize_keras_object(self.metric_loss),
+            "mask_loss_weight": self.mask_loss_weight,
+            "mask_learning_rate": self.mask_learning_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)

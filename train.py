@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Train Divide & Conquer on the embedded MNIST sample (or any data set): see --help."""
+
+import sys
+
+from tfdnc.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
