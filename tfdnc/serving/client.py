@@ -162,8 +162,13 @@ class ServingClient(abc.ABC):
             self.predict({contract.IMAGE_BYTES: chunk}, contract.SEARCH)
             for chunk in _chunks(contents, batch_size)
         ]
+        ids = np.concatenate([p[contract.IDS] for p in parts])
+        if ids.dtype.kind in "OS":
+            # Same type whatever the transport: gRPC and in-process give bytes, REST text.
+            ids = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
+                               otypes=[object])(ids)
         return SearchResult(
-            ids=np.concatenate([p[contract.IDS] for p in parts]),
+            ids=ids,
             similarities=np.concatenate([p[contract.SIMILARITIES] for p in parts]).astype(np.float32),
             indices=np.concatenate([p[contract.INDICES] for p in parts]).astype(np.int32),
         )

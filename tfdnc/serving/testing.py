@@ -240,14 +240,16 @@ class _RestHandler(BaseHTTPRequestHandler):
         _, outputs = self.repo.predict(name, version, signature, inputs)
         if "instances" in request:
             if len(outputs) == 1:
-                return {"predictions": to_json_value(next(iter(outputs.values())))}
+                name, value = next(iter(outputs.items()))
+                return {"predictions": _output_json(name, value)}
             count = len(next(iter(outputs.values())))
             return {"predictions": [
-                {k: to_json_value(v[i]) for k, v in outputs.items()} for i in range(count)
+                {k: _output_json(k, v[i]) for k, v in outputs.items()} for i in range(count)
             ]}
         if len(outputs) == 1:
-            return {"outputs": to_json_value(next(iter(outputs.values())))}
-        return {"outputs": {k: to_json_value(v) for k, v in outputs.items()}}
+            name, value = next(iter(outputs.items()))
+            return {"outputs": _output_json(name, value)}
+        return {"outputs": {k: _output_json(k, v) for k, v in outputs.items()}}
 
     def _metadata(self, name, version):
         from google.protobuf import json_format
@@ -266,6 +268,16 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _output_json(name: str, value: np.ndarray):
+    # TF Serving writes string outputs as UTF-8 text, and as {"b64": ...}
+    # only when the output's name ends in "_bytes".
+    value = np.asarray(value)
+    if value.dtype.kind in "SO" and not name.endswith("_bytes"):
+        return np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v,
+                            otypes=[object])(value).tolist()
+    return to_json_value(value)
 
 
 def _json_default(value):

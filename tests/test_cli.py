@@ -1,0 +1,160 @@
+"""`python -m export` and the `tfdnc` command (embed, search, train)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from tfdnc import cli
+from tfdnc.backbones import build_backbone
+from tfdnc.config import TrainConfig
+from tfdnc.exporting.signatures import encode_png
+from tfdnc.model import DivideAndConquerModel
+from tfdnc.serving import ExportedModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        folder = root / ("a" if i < 3 else "b")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_png(rng.integers(0, 256, (20 + i, 18, 3), dtype=np.uint8)))
+    (root / "notes.txt").write_text("not an image, not listed")
+    return root
+
+
+@pytest.fixture(scope="module")
+def export_base(images, tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    model = DivideAndConquerModel(build_backbone("small_cnn", (SIZE, SIZE, 3), width=4),
+                                  embedding_dim=8, k_max=2, initial_k=2)
+    model.save(run / "model.keras")
+    TrainConfig(image_size=SIZE, embedding_dim=8).save(str(run / "config.json"))
+    base = tmp_path_factory.mktemp("exports")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [sys.executable, "-m", "export", str(run), "--base", str(base), "--name", "cli",
+            "--gallery", str(images), "--top-k", "3"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(base / "cli" / "1")
+    # The same version again is refused with a clear message, exit status 2.
+    proc = subprocess.run(args + ["--version", "1", "--no-warmup"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    return base
+
+
+@pytest.fixture(scope="module")
+def exported(export_base):
+    return ExportedModel(export_base / "cli")
+
+
+def _files(images):
+    paths = sorted(p for p in images.rglob("*.png"))
+    return [p.relative_to(images).as_posix() for p in paths], paths
+
+
+def test_embed_writes_npy_json_csv(export_base, exported, images, tmp_path, capsys):
+    ids, paths = _files(images)
+    expected = exported.embed([str(p) for p in paths])
+    assert cli.main(["embed", str(export_base / "cli"), str(images), "-o", str(tmp_path / "e.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+    assert (tmp_path / "e.ids.txt").read_text().split() == ids
+
+    assert cli.main(["embed", str(export_base / "cli" / "1"), str(images), "-o", str(tmp_path / "e.json"),
+                     "--batch-size", "2"]) == 0
+    data = json.load(open(tmp_path / "e.json"))
+    assert data["ids"] == ids
+    np.testing.assert_allclose(data["embeddings"], expected, atol=1e-6)
+
+    assert cli.main(["embed", str(export_base / "cli"), str(paths[0]), str(paths[1]),
+                     "-o", str(tmp_path / "e.csv")]) == 0
+    rows = list(csv.reader(open(tmp_path / "e.csv")))
+    assert rows[0] == ["id"] + [f"e{i}" for i in range(8)]
+    np.testing.assert_allclose(np.array(rows[1][1:], float), expected[0], atol=1e-6)
+
+    capsys.readouterr()
+    assert cli.main(["embed", str(export_base / "cli"), str(images)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ids
+
+
+def test_embed_learners(export_base, exported, images, tmp_path):
+    _, paths = _files(images)
+    assert cli.main(["embed", str(export_base / "cli"), str(images), "--learners",
+                     "-o", str(tmp_path / "l.npy")]) == 0
+    learners = np.load(tmp_path / "l.npy")
+    assert learners.shape == (5, 2, 8)
+    np.testing.assert_allclose(learners, exported.embed_learners([str(p) for p in paths]), atol=1e-6)
+
+
+def test_search_with_the_exports_gallery(export_base, images, tmp_path):
+    ids, paths = _files(images)
+    out = tmp_path / "hits.json"
+    assert cli.main(["search", str(export_base / "cli"), str(paths[3]), "-k", "2", "-o", str(out)]) == 0
+    hits = json.load(open(out))
+    assert [h["rank"] for h in hits] == [1, 2]
+    assert hits[0]["id"] == ids[3] and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert cli.main(["search", str(export_base / "cli"), str(paths[3]), "-k", "9"]) == 2
+
+
+def test_search_with_a_gallery_folder_or_npz_matches_brute_force(export_base, exported, images, tmp_path, capsys):
+    ids, paths = _files(images)
+    gallery = exported.embed([str(p) for p in paths])
+    queries = exported.embed([str(paths[0]), str(paths[4])])
+    sims = queries @ gallery.T
+    order = np.argsort(-sims, axis=1)[:, :3]
+    out = tmp_path / "hits.csv"
+    assert cli.main(["search", str(export_base / "cli"), str(paths[0]), str(paths[4]),
+                     "--gallery", str(images), "-k", "3", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["id"] for r in rows] == [ids[j] for j in order.reshape(-1)]
+    np.testing.assert_allclose([float(r["similarity"]) for r in rows], np.take_along_axis(sims, order, 1).reshape(-1),
+                               atol=1e-5)
+
+    np.savez(tmp_path / "g.npz", embeddings=gallery, ids=np.array(ids))
+    capsys.readouterr()
+    assert cli.main(["search", str(export_base / "cli"), str(paths[0]), "--gallery",
+                     str(tmp_path / "g.npz"), "-k", "1"]) == 0
+    assert capsys.readouterr().out.split("\t")[2] == ids[order[0, 0]]
+
+
+def test_bad_image_file_is_named(export_base, images, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    _, paths = _files(images)
+    (folder / "good.png").write_bytes(paths[0].read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert cli.main(["embed", str(export_base / "cli"), str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "tfdnc embed: error" in err
+    assert cli.main(["embed", str(export_base / "cli"), str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli.main(["embed", str(export_base / "cli"), str(folder), "-o", str(tmp_path / "x.txt")]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert cli.main(["embed", str(tmp_path), str(folder)]) == 2  # not an export
+    assert "saved_model.pb" in capsys.readouterr().err
+
+
+def test_train_forwards_its_arguments(monkeypatch):
+    seen = []
+    fake = types.ModuleType("tfdnc.train")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "tfdnc.train", fake)
+    assert cli.main(["train", "--epochs", "2", "--help"]) == 0
+    assert seen == [["--epochs", "2", "--help"]]
