@@ -34,24 +34,16 @@ def write_history(run_dir, epochs=6):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """What `python train.py --dataset digits` leaves: config, history, metrics, model."""
-    import keras
-
-    from tfdnc.backbones import build_backbone
+    """A real (tiny) run of the default training on the digits data: what `python train.py` leaves."""
     from tfdnc.config import TrainConfig
-    from tfdnc.model import DivideAndConquerModel
+    from tfdnc.train import run
 
-    run = str(tmp_path_factory.mktemp("run"))
-    keras.utils.set_random_seed(0)
-    model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 1), width=4), embedding_dim=8, k_max=2)
-    model(np.zeros((1, 16, 16, 1), np.float32))
-    model.save(os.path.join(run, "model.keras"))
-    TrainConfig(dataset="digits", image_size=16, embedding_dim=8, k_final=2, full_embedding_epoch=4,
-                run_dir=run).save(os.path.join(run, "config.json"))
-    write_history(run)
-    with open(os.path.join(run, "metrics.json"), "w") as f:
-        json.dump({"before": {"recall@1": 0.41}, "after": {"recall@1": 0.62}}, f)
-    return run
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    config = TrainConfig(dataset="digits", image_size=16, embedding_dim=8, k_final=2, recluster_every=1,
+                         epochs=2, steps_per_epoch=3, full_embedding_epoch=None, kmeans_iters=10,
+                         run_dir=run_dir)
+    run(config, export=False, verbose=0)
+    return run_dir
 
 
 class PageRefs(HTMLParser):
@@ -93,7 +85,10 @@ def test_report_renders_every_figure_and_every_reference_resolves(run_dir):
         assert os.path.isfile(os.path.join(folder, href)), href
     text = open(page, encoding="utf-8").read()
     assert 'class="note"' not in text  # no section skipped
-    assert "after.recall@1" in text  # metrics.json is shown
+    after = json.load(open(os.path.join(run_dir, "metrics.json")))["after"]["results"]["test"]["recall@1"]
+    assert f"<td>after</td><td>test</td><td>{100 * after:.2f}</td>" in text  # metrics.json is shown
+    history = read_run(run_dir).history
+    assert history[-1]["K"] == 2 and "cluster_sizes" in history[-1]  # what the K figure draws
 
 
 def test_report_evaluation_matches_the_evaluate_command(run_dir, tmp_path):

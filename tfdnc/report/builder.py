@@ -181,14 +181,34 @@ def _summary_section(info: RunInfo, output_dir: str) -> Section:
             section.paragraph(f"Preset {preset}: {target.source}; published {figures_text} (%)"
                               + (f"; note: {target.note}" if target.note else "") + ".")
     if info.metrics:
-        section.paragraph("Metrics recorded by training (metrics.json):")
-        section.table(["", "value"], [[k, _fmt(v)] for k, v in _flatten(info.metrics)])
+        _metrics_tables(section, info.metrics)
     files = [(name, os.path.relpath(os.path.join(info.run_dir, name), output_dir).replace(os.sep, "/"))
              for name in ("config.json", "history.json", "metrics.json")
              if os.path.isfile(os.path.join(info.run_dir, name))]
     if files:
         section.links(files)
     return section
+
+
+def _metrics_tables(section: Section, metrics: dict) -> None:
+    """metrics.json: protocol results (before / after training) as one table, the rest as another."""
+    stages = {k: v for k, v in metrics.items() if isinstance(v, dict) and isinstance(v.get("results"), dict)}
+    if stages:
+        keys: list[str] = []
+        for stage in stages.values():
+            for values in stage["results"].values():
+                keys += [k for k in values if k not in keys and k != "num_queries"]
+        rows = []
+        for name, stage in stages.items():
+            for set_name, values in stage["results"].items():
+                rows.append([name, set_name] + [
+                    f"{100 * values[k]:.2f}" if isinstance(values.get(k), (int, float)) else "-" for k in keys
+                ])
+        section.paragraph("Evaluations recorded by training (metrics.json), in percent:")
+        section.table(["when", "set"] + keys, rows)
+    rest = [[k, _fmt(v)] for k, v in _flatten({k: v for k, v in metrics.items() if k not in stages})]
+    if rest:
+        section.table(["metrics.json", "value"], rest)
 
 
 def _load_model(info: RunInfo):

@@ -18,6 +18,12 @@ def _save(fig: Figure, path: str) -> str:
     return path
 
 
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _phase_lines(ax, info: RunInfo) -> None:
     """Marks the start of the full-embedding ("conquer") phase."""
     config = info.config
@@ -40,6 +46,8 @@ def training_curves(info: RunInfo, path: str) -> str | None:
         epochs, values = info.series(key)
         axes[0].plot(epochs, values, marker="o", markersize=3, label=key)
     axes[0].set(title="training losses", xlabel="epoch", ylabel="loss")
+    for ax in axes:
+        _epoch_axis(ax)
     if loss_keys:
         axes[0].legend(fontsize=8)
         _phase_lines(axes[0], info)
@@ -71,6 +79,8 @@ def clusters_over_time(info: RunInfo, path: str) -> str | None:
         axes[0].step(k_epochs, k_values, where="post", marker="o", markersize=3)
         axes[0].set_yscale("log", base=2)
     axes[0].set(title="number of learners K", xlabel="epoch", ylabel="K")
+    for ax in axes:
+        _epoch_axis(ax)
     if sizes:
         width = 0.8
         k_max = max(len(s) for _, s in sizes)
