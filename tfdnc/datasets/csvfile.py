@@ -54,7 +54,7 @@ def load_csv(
     path = _csv_path(data_dir)
     rows, files, labels, splits = [], [], [], []
     folder = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # tolerate a BOM (Excel)
         for number, record in enumerate(csv.reader(f), start=1):
             record = [field.strip() for field in record]
             if not any(record):
