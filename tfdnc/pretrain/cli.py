@@ -206,8 +206,8 @@ def run(args) -> dict:
                .repeat().batch(args.batch_size, drop_remainder=True).prefetch(2))
     start = time.time()
     if initial_epoch < args.epochs:
-        model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
-                  callbacks=callbacks, verbose=args.verbose)
+        model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  shuffle=False, callbacks=callbacks, verbose=args.verbose)
     seconds = time.time() - start
     scores = heldout.score(model)
 
