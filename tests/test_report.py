@@ -155,3 +155,44 @@ def test_nearest_matches_brute_force_and_excludes_the_query():
     # ties: the lower gallery index first
     tied = nearest(np.ones((1, 2)), np.ones((5, 2)), 3)
     np.testing.assert_array_equal(tied, [[0, 1, 2]])
+
+
+def test_report_for_a_query_gallery_data_set(tmp_path):
+    """Image files listed in a CSV with query / gallery splits, and an RGB model."""
+    import keras
+
+    from tfdnc.backbones import build_backbone
+    from tfdnc.config import TrainConfig
+    from tfdnc.model import DivideAndConquerModel
+
+    rng = np.random.default_rng(3)
+    lines = ["path,label,split"]
+    for item in range(12):
+        colour = rng.integers(0, 255, size=3)
+        for j, split in enumerate(["train", "train"] if item < 4 else ["query", "query", "gallery"]):
+            pixels = np.clip(colour + rng.normal(0, 20, size=(20, 18, 3)), 0, 255).astype(np.uint8)
+            name = f"img/{item}_{j}.png"
+            os.makedirs(tmp_path / "img", exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / name)
+            lines.append(f"{name},item{item:02d},{split}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 3), width=4), embedding_dim=8, k_max=2)
+    model(np.zeros((1, 16, 16, 3), np.float32))
+    model.save(str(run / "model.keras"))
+    TrainConfig(dataset="csv", data_dir=str(tmp_path / "list.csv"), image_size=16, resize_size=18,
+                embedding_dim=8, k_final=2, run_dir=str(run)).save(str(run / "config.json"))
+
+    page = build_report(str(run), projection="tsne", progress=False, num_queries=3, top_k=4, max_points=50)
+    found = refs(page)
+    assert {os.path.basename(s) for s in found.images} == FIGURES - {"curves.png", "clusters.png"}
+    for src in found.images:
+        assert_png(os.path.join(os.path.dirname(page), src))
+    evaluation = json.load(open(run / "report" / "evaluation.json"))
+    assert list(evaluation["results"]) == ["query/gallery"]
+    assert evaluation["sizes"]["query/gallery"] == {"queries": 16, "gallery": 8}
+    text = open(page, encoding="utf-8").read()
+    assert "top 4 gallery images" in text and "history.json has no losses" in text
