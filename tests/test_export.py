@@ -162,6 +162,20 @@ def test_signatures_names_dtypes_shapes(loaded):
     }
 
 
+def test_graph_uses_only_core_tensorflow_ops(exported):
+    """TF Serving cannot load custom ops: every op must be a registered core op."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(open(os.path.join(exported[1], "saved_model.pb"), "rb").read())
+    graph = saved.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    functions = {f.signature.name for f in graph.library.function}
+    unknown = sorted(op for op in ops - functions if not hasattr(tf.raw_ops, op))
+    assert not unknown, unknown
+    assert {"DecodeImage", "TopKV2", "Assert"} <= ops  # the in-graph decode, search and checks
+
+
 def test_embed_signatures_match_keras_model(model, loaded):
     rng = np.random.default_rng(1)
     pngs = [random_png(rng, h, w) for h, w in [(16, 16), (30, 22), (17, 41)]]
