@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfdnc.layers.synthesis import (
     SymmetricalSynthesis,
-    hardest_cross_matrix,
+    hardest_negatives,
     pair_slots,
     pair_within_classes,
     synthesize,
@@ -134,7 +134,7 @@ def test_layer_config_and_validation():
     with pytest.raises(ValueError, match="alpha"):
         SymmetricalSynthesis(alpha=0)
     with pytest.raises(ValueError, match="symm_rule"):
-        hardest_cross_matrix(tf.zeros((4, 2, 3)), pairwise_dot, rule="mean")
+        hardest_negatives(tf.zeros((2, 3)), tf.constant([0, 0]), pairwise_dot, rule="mean")
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -147,8 +147,14 @@ def test_hardest_combination_equals_brute_force(seed, rule, kind):
         fn, f, harder, high = pairwise_dot, lambda u, v: u @ v, max, True
     else:
         fn, f, harder, high = pairwise_euclidean, lambda u, v: np.linalg.norm(u - v), min, False
-    slots = pair_slots(tf.constant(x), tf.constant(labels))
-    value, synthetic = hardest_cross_matrix(slots, fn, rule=rule, higher_is_harder=high)
+    value, synthetic = hardest_negatives(
+        tf.constant(x), tf.constant(labels), fn, rule=rule, higher_is_harder=high
+    )
+    # The four points of each sample's pair, against the NumPy reference.
+    np.testing.assert_allclose(
+        np.transpose(pair_slots(tf.constant(x), tf.constant(labels)).numpy(), (1, 0, 2)),
+        np_pair_sets(labels, x.astype(np.float64)), rtol=1e-4, atol=1e-5,
+    )
     ref = np_symm_matrix(labels, x.astype(np.float64), f, rule, harder)
     np.testing.assert_allclose(value.numpy(), ref, rtol=1e-4, atol=1e-4)
     # Between classes, "synthetic" flags the entries no original-original

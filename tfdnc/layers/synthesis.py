@@ -82,64 +82,93 @@ def synthesize(embeddings, partner, alpha: float = 2.0, beta: float = 1.0, paire
     return q
 
 
-def pair_slots(embeddings, labels, alpha: float = 2.0, beta: float = 1.0) -> tf.Tensor:
-    """The four points of each sample's pair: (anchor, positive, s_anchor, s_positive).
+def pair_slot_indices(labels) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Where each sample's four pair points sit in `concat([embeddings, synthetics])`.
 
-    "anchor" is the first member of the sample's pair, "positive" the second,
-    s_* their synthetics; both members of a pair get the same four points.
+    The four points of a sample's pair are (anchor, positive, s_anchor,
+    s_positive): "anchor" is the first member of the pair, "positive" the
+    second, s_* their synthetics; both members of a pair get the same four.
+
+    Returns:
+        (indices (4, B) int32 into the 2B stacked points, partner (B,), paired (B,)).
+    """
+    partner, first, paired = pair_within_classes(labels)
+    idx = tf.range(tf.shape(partner)[0], dtype=tf.int32)
+    a_idx = tf.where(first | ~paired, idx, partner)
+    p_idx = tf.where(first | ~paired, partner, idx)
+    b = tf.shape(idx)[0]
+    return tf.stack([a_idx, p_idx, a_idx + b, p_idx + b]), partner, paired
+
+
+def pair_slots(embeddings, labels, alpha: float = 2.0, beta: float = 1.0) -> tf.Tensor:
+    """The four points (anchor, positive, s_anchor, s_positive) of each sample's pair.
 
     Returns:
         (4, B, D) tensor.
     """
     x = tf.convert_to_tensor(embeddings)
-    partner, first, paired = pair_within_classes(labels)
-    synth = synthesize(x, partner, alpha, beta, paired=paired)
-    idx = tf.range(tf.shape(partner)[0], dtype=tf.int32)
-    a_idx = tf.where(first | ~paired, idx, partner)
-    p_idx = tf.where(first | ~paired, partner, idx)
-    return tf.stack(
-        [tf.gather(x, a_idx), tf.gather(x, p_idx), tf.gather(synth, a_idx), tf.gather(synth, p_idx)]
-    )
+    slots, partner, paired = pair_slot_indices(labels)
+    points = tf.concat([x, synthesize(x, partner, alpha, beta, paired=paired)], axis=0)
+    return tf.gather(points, slots)
 
 
-def hardest_cross_matrix(
-    slots,
+def hardest_negatives(
+    embeddings,
+    labels,
     pairwise_fn,
     rule: str = "paper",
     higher_is_harder: bool = True,
+    alpha: float = 2.0,
+    beta: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hardest negative value between the pair sets of every two samples.
+    """Hardest value between the pair sets of every two samples.
 
     Args:
-        slots: (4, B, D) from :func:`pair_slots`.
-        pairwise_fn: (N, D), (M, D) -> (N, M) similarity or distance.
-        rule: "paper": hardest of the 4 x 4 = 16 combinations of the two sets;
-            "code": element-wise hardest over the 6 set pairs (X_i, Y_j) of the
-            authors' N-pair code.
+        embeddings: (B, D).
+        labels: (B,) integer labels (defines the pairs).
+        pairwise_fn: (N, D) -> (N, N) similarity or distance matrix.
+        rule: "paper": hardest of the 4 x 4 = 16 combinations of the two
+            samples' pair points; "code": element-wise hardest over the 6 set
+            pairs (X_i, Y_j) of the authors' N-pair code.
         higher_is_harder: True for similarities (take the max), False for
             distances (take the min).
+        alpha, beta: the synthesis (see :func:`synthesize`).
 
     Returns:
         (matrix (B, B), synthetic (B, B) bool): the hardest value, and whether
-        the hardest combination involves a synthetic point.
+        it is strictly harder than every original-original combination of the
+        rule (i.e. a synthetic point made the difference).
     """
     if rule not in SYMM_RULES:
         raise ValueError(f"`symm_rule` must be one of {SYMM_RULES}, got {rule!r}")
-    b = tf.shape(slots)[1]
-    flat = tf.reshape(slots, [4 * b, -1])
-    full = tf.reshape(pairwise_fn(flat, flat), [4, b, 4, b])
-    full = tf.transpose(full, [1, 3, 0, 2])  # (i, j, X, Y)
+    x = tf.convert_to_tensor(embeddings)
+    slots, partner, paired = pair_slot_indices(labels)
+    points = tf.concat([x, synthesize(x, partner, alpha, beta, paired=paired)], axis=0)
+    # One (2B, 2B) matrix over originals and synthetics, then gathers: each
+    # pair point is compared once, not once per member of its pair.
+    full = pairwise_fn(points)
+    if not higher_is_harder:
+        full = -full
     if rule == "paper":
-        combos = tf.reshape(full, [b, b, 16])
-        involves_synth = tf.constant([x >= 2 or y >= 2 for x in range(4) for y in range(4)])
+        # max over Y in set(j), then over X in set(i), of full[X, Y]
+        per_col = _max_over(full, slots, axis=1)
+        value = _max_over(per_col, slots, axis=0)
+        originals = _max_over(_max_over(full, slots[:2], axis=1), slots[:2], axis=0)
     else:
-        combos = tf.stack([full[:, :, x, y] for x, y in _CODE_SET_PAIRS], axis=-1)
-        involves_synth = tf.constant([x >= 2 or y >= 2 for x, y in _CODE_SET_PAIRS])
-    pick = combos if higher_is_harder else -combos
-    best = tf.argmax(pick, axis=-1, output_type=tf.int32)
-    value = tf.reduce_max(pick, axis=-1)
-    value = value if higher_is_harder else -value
-    return value, tf.gather(involves_synth, best)
+        rows = [tf.gather(full, slots[k], axis=0) for k in range(4)]
+        pairs = [tf.gather(rows[a], slots[b], axis=1) for a, b in _CODE_SET_PAIRS]
+        value = tf.reduce_max(tf.stack(pairs), axis=0)
+        originals = pairs[0]  # (anchor, positive): the only original-original set pair
+    synthetic = tf.stop_gradient(value) > tf.stop_gradient(originals)
+    return (value if higher_is_harder else -value), synthetic
+
+
+def _max_over(matrix, indices, axis: int):
+    """max over k of tf.gather(matrix, indices[k], axis=axis)."""
+    out = tf.gather(matrix, indices[0], axis=axis)
+    for k in range(1, indices.shape[0]):
+        out = tf.maximum(out, tf.gather(matrix, indices[k], axis=axis))
+    return out
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")

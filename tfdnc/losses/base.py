@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.layers.synthesis import SYMM_RULES, hardest_cross_matrix, pair_slots
+from tfdnc.layers.synthesis import SYMM_RULES, hardest_negatives
 
 
 def safe_divide(numerator, denominator):
@@ -129,7 +129,7 @@ class MetricLoss(keras.losses.Loss):
         Returns:
             (matrix (B, B), stats); with synthesis the stats hold
             "synthetic_fraction": the fraction of negative entries whose hardest
-            combination involves a synthetic point.
+            combination is strictly harder than every original-original one.
         """
         matrix = self._pairwise(embeddings, None)  # None: exact zero diagonal
         if not self.symmetrical:
@@ -145,10 +145,10 @@ class MetricLoss(keras.losses.Loss):
         return matrix, {"synthetic_fraction": frac}
 
     def _symmetrical_negatives(self, labels, embeddings):
-        slots = pair_slots(embeddings, labels)
-        return hardest_cross_matrix(
-            slots,
-            lambda points, _: self._pairwise(points, None),
+        return hardest_negatives(
+            embeddings,
+            labels,
+            lambda points: self._pairwise(points, None),
             rule=self.symm_rule,
             higher_is_harder=self._higher_is_harder,
         )
