@@ -36,7 +36,7 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def export_base(images, tmp_path_factory):
+def run_dir(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(0)
@@ -45,6 +45,12 @@ def export_base(images, tmp_path_factory):
                                   embedding_dim=8, k_max=2, initial_k=2)
     model.save(run / "model.keras")
     TrainConfig(image_size=SIZE, embedding_dim=8).save(str(run / "config.json"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def export_base(run_dir, images, tmp_path_factory):
+    run = run_dir
     base = tmp_path_factory.mktemp("exports")
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     args = [sys.executable, "-m", "export", str(run), "--base", str(base), "--name", "cli",
@@ -52,11 +58,19 @@ def export_base(images, tmp_path_factory):
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(base / "cli" / "1")
-    # The same version again is refused with a clear message, exit status 2.
-    proc = subprocess.run(args + ["--version", "1", "--no-warmup"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
     return base
+
+
+def test_export_cli_refuses_an_existing_version_and_bad_sources(run_dir, export_base, tmp_path, capsys):
+    from tfdnc.exporting.cli import main as export_main
+
+    assert export_main([str(run_dir), "--base", str(export_base), "--name", "cli", "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert export_main([str(tmp_path), "--base", str(export_base), "--name", "x"]) == 2
+    assert "model.keras" in capsys.readouterr().err
+    (tmp_path / "m.keras").write_bytes(b"")
+    assert export_main([str(tmp_path / "m.keras"), "--base", str(export_base), "--name", "x"]) == 2
+    assert "--image-size is required" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

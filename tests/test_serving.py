@@ -318,6 +318,22 @@ def test_unreachable_server_is_unavailable_after_retries(kind, monkeypatch):
     assert sleeps == [0.5, 1.0]  # two retries with doubling backoff
 
 
+def test_rest_client_needs_no_tensorflow():
+    """The REST client is stdlib + NumPy: importing it must not load TensorFlow."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from tfdnc.serving import RestClient, ServingError; "
+            "RestClient('http://127.0.0.1:1', 'dnc'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'grpc')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def test_client_argument_checks():
     with pytest.raises(ValueError, match="request_format"):
         RestClient("http://127.0.0.1:1", "dnc", request_format="rows")
