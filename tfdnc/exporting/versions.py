@@ -53,11 +53,11 @@ class StagedVersion:
     def __init__(self, model_dir: str, staging: str, version: int | None):
         self.model_dir = model_dir
         self.staging = staging
-        self.requested = version
-        self.version: int | None = None
+        self.version: int | None = version
 
     @property
     def path(self) -> str:
+        """The final BASE/NAME/VERSION folder (valid once the block has ended)."""
         if self.version is None:
             raise RuntimeError("the export is not in place yet")
         return os.path.join(self.model_dir, str(self.version))
@@ -98,8 +98,9 @@ def _check_free(model_dir: str, version: int) -> None:
 
 def _rename_into_place(staging: str, model_dir: str, version: int | None) -> int:
     for _ in range(100):
+        if version is not None:
+            _check_free(model_dir, version)  # it may have appeared while exporting
         chosen = version if version is not None else next_version(model_dir)
-        _check_free(model_dir, chosen) if version is not None else None
         target = os.path.join(model_dir, str(chosen))
         if os.path.exists(target):
             continue  # taken by a concurrent export since next_version()
