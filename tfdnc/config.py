@@ -23,6 +23,7 @@ class TrainConfig:
     paper-sized settings are the presets in `tfdnc.presets`.
     """
 
+    preset: str | None = None  # the paper preset the run started from (informational)
     # data
     dataset: str = "mnist"
     data_dir: str | None = None

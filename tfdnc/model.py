@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
 from tfdnc.layers.normalization import l2_normalize
 
@@ -110,7 +111,7 @@ class DivideAndConquerModel(keras.Model):
 
     def learner_embeddings(self, images, training=False):
         """(batch, k_max, d) L2-normalised masked embeddings; the first K are active."""
-        return self.masks.all_learners(self.embedder(images, training=training))
+        return self.masks(self.embedder(images, training=training))
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, dict):
@@ -164,6 +165,16 @@ class DivideAndConquerModel(keras.Model):
         # and restores one-to-one (BackupAndRestore, load_weights).
         self.optimizer.build(self.network_variables())
 
+    def get_compile_config(self):
+        if self.optimizer is None:
+            return None
+        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+
+    def compile_from_config(self, config):
+        # Restores the optimizer (and its state, loaded after this) on load_model.
+        if config and config.get("optimizer") is not None:
+            self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+
     def reset_mask_optimizer(self) -> None:
         """Zeros the mask optimizer's moments (after K doubles, as TPAMI does)."""
         for variable in self.mask_optimizer.variables:
@@ -185,6 +196,8 @@ class DivideAndConquerModel(keras.Model):
             embeddings = l2_normalize(z) if normalize else z
         else:
             embeddings = self.masks(z, cluster=cluster, normalize=normalize)
+        # Under a distribution strategy the loss mines the global batch.
+        embeddings, labels = all_gather_batch(embeddings, labels)
         return self.metric_loss.compute_loss_and_stats(labels, embeddings)
 
     def train_step(self, data):
@@ -205,15 +218,19 @@ class DivideAndConquerModel(keras.Model):
             total = metric_loss + mask_loss
             if self.losses:
                 total = total + ops.sum(self.losses)
-            scaled = self.optimizer.scale_loss(total)
+            # Every replica computes the global-batch loss and the optimizers
+            # sum the replicas' gradients, hence the 1 / replicas.
+            scaled = self.optimizer.scale_loss(total * replica_loss_scale())
         gradients = tape.gradient(scaled, variables + mask_variables)
         network_grads = gradients[: len(variables)]
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        # Read before apply(), which may halve or double the scale.
+        scale = ops.cast(self.optimizer.dynamic_scale, "float32") if loss_scaled else None
         self.optimizer.apply(network_grads, variables)
         if mask_variables and not self._full_embedding:
             mask_grads = gradients[len(variables):]
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            if loss_scaled:
                 # The mask optimizer has no loss scale of its own.
-                scale = ops.cast(self.optimizer.dynamic_scale, "float32")
                 mask_grads = [g / scale for g in mask_grads]
             self.mask_optimizer.apply(mask_grads, mask_variables)
         return self._update_metrics(total, metric_loss, mask_loss, stats)

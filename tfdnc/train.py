@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 one line per epoch")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "preset":
+            continue  # the --preset flag above sets it
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         text = _HELP.get(f.name, f.name.replace("_", " "))
@@ -102,7 +104,7 @@ def _scalar_parser(kind):
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset, then config file, then explicit flags; the run's config on --resume."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+                 if f.name != "preset" and getattr(args, f.name) is not None}
     if args.resume:
         run_dir = overrides.get("run_dir", TrainConfig.run_dir)
         path = os.path.join(run_dir, "config.json")
@@ -120,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from tfdnc.presets import get_preset
 
         values.update(get_preset(args.preset))
+        values["preset"] = args.preset
     if args.config:
         values.update(_read_json(args.config))
     values.update(overrides)

@@ -36,6 +36,7 @@ class SubspaceMasks(keras.layers.Layer):
     >>> masks = SubspaceMasks(embedding_dim=8, k_max=4, mode="fixed", initial_k=2)
     >>> z = np.random.randn(3, 8).astype("float32")
     >>> learner1 = masks(z, cluster=1)  # normalised dims 4..7, zeros elsewhere
+    >>> every_learner = masks(z)  # (3, 4, 8)
     """
 
     def __init__(
@@ -83,8 +84,13 @@ class SubspaceMasks(keras.layers.Layer):
         """The effective masks, (k_max, d): relu(m) or the block indicators."""
         return ops.relu(self.masks) if self.mode == "learnable" else ops.convert_to_tensor(self.masks)
 
-    def call(self, inputs, cluster=0, normalize: bool = True):
-        """Learner `cluster`'s (masked, by default L2-normalised) embedding of `inputs`."""
+    def call(self, inputs, cluster=None, normalize: bool = True):
+        """Learner `cluster`'s masked (by default L2-normalised) embedding of `inputs`.
+
+        With `cluster=None`, every learner's: shape (batch, k_max, d).
+        """
+        if cluster is None:
+            return self.all_learners(inputs, normalize=normalize)
         mask = ops.take(self.mask_tensor(), ops.cast(cluster, "int32"), axis=0)
         masked = inputs * ops.cast(mask, inputs.dtype)
         return l2_normalize(masked) if normalize else masked
@@ -111,9 +117,6 @@ class SubspaceMasks(keras.layers.Layer):
         pair = active[:, None] * active[None, :] * (1.0 - ops.eye(self.k_max))
         kf = ops.cast(k, "float32")
         return ops.sum(cosine * pair) / ops.maximum(kf * (kf - 1.0), 1.0)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     # --- schedule (eager; called between epochs) ------------------------------
     @property

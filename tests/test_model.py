@@ -1,0 +1,137 @@
+"""DivideAndConquerModel: per-cluster steps, phases, saving, resuming optimizer state."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdnc.losses import MarginLoss, TripletLoss
+
+
+def _batch(cluster, n_classes=4, per_class=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), per_class).astype("int32")
+    images = rng.uniform(0, 255, size=(len(labels), size, size, 1)).astype("float32")
+    return {"images": tf.constant(images), "cluster": tf.fill([len(labels)], cluster)}, tf.constant(labels)
+
+
+def _values(variables):
+    return [np.array(v.numpy() if hasattr(v, "numpy") else keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def test_call_gives_unit_norm_full_embedding_and_learner_embeddings(make_tiny_model):
+    model = make_tiny_model(embedding_dim=12, k_max=4)
+    x, _ = _batch(0)
+    out = model(x["images"]).numpy()
+    assert out.shape == (16, 12)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    learners = model.learner_embeddings(x["images"]).numpy()
+    assert learners.shape == (16, 4, 12)
+    assert model.features(x["images"]).shape[0] == 16
+
+
+def test_step_trains_only_the_batch_learner_mask(make_tiny_model):
+    model = make_tiny_model(k_max=4, mask_loss_weight=0.0, loss=TripletLoss(margin=0.5, mining="batch_all"))
+    model.masks.set_num_active(4)
+    before = keras.ops.convert_to_numpy(model.masks.masks).copy()
+    head_before = model.head.kernel.numpy().copy()
+    x, y = _batch(cluster=2)
+    logs = model.train_step((x, y))
+    after = keras.ops.convert_to_numpy(model.masks.masks)
+    changed = np.abs(after - before).max(axis=1) > 0
+    assert changed.tolist() == [False, False, True, False]
+    assert np.abs(model.head.kernel.numpy() - head_before).max() > 0
+    assert float(logs["K"]) == 4.0 and 0.0 <= float(logs["active_fraction"]) <= 1.0
+
+
+def test_mask_loss_moves_all_active_masks_and_is_logged(make_tiny_model):
+    model = make_tiny_model(k_max=4, mask_loss_weight=1.0)
+    model.masks.set_num_active(2)
+    rng = np.random.default_rng(0)
+    model.masks.masks.assign(rng.uniform(0.5, 1.5, size=(4, 16)).astype("float32"))
+    before = keras.ops.convert_to_numpy(model.masks.masks).copy()
+    logs = model.train_step(_batch(cluster=0))
+    after = keras.ops.convert_to_numpy(model.masks.masks)
+    assert np.abs(after[1] - before[1]).max() > 0  # moved by the mask loss alone
+    np.testing.assert_array_equal(after[2:], before[2:])  # inactive masks stay
+    assert float(logs["mask_loss"]) > 0
+
+
+def test_full_embedding_phase_leaves_masks_alone(make_tiny_model):
+    model = make_tiny_model(k_max=2)
+    model.masks.set_num_active(2)
+    model.full_embedding = True
+    before = keras.ops.convert_to_numpy(model.masks.masks).copy()
+    logs = model.train_step(_batch(cluster=1))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.masks.masks), before)
+    assert float(logs["mask_loss"]) == 0.0
+
+
+def test_frozen_backbone_epoch_updates_head_only(make_tiny_model):
+    model = make_tiny_model()
+    model.backbone_frozen = True
+    backbone_before = _values(model.backbone.weights)
+    head_before = model.head.kernel.numpy().copy()
+    model.train_step(_batch(cluster=0))
+    for a, b in zip(backbone_before, _values(model.backbone.weights)):
+        np.testing.assert_array_equal(a, b)  # BatchNorm statistics included
+    assert np.abs(model.head.kernel.numpy() - head_before).max() > 0
+
+
+def test_learnable_beta_trains_and_saves_with_the_model(make_tiny_model, tmp_path):
+    loss = MarginLoss(learnable_beta=True, num_classes=4)
+    model = make_tiny_model(loss=loss)
+    beta = loss.trainable_variables[0]
+    before = keras.ops.convert_to_numpy(beta).copy()
+    model.train_step(_batch(cluster=0))
+    trained = keras.ops.convert_to_numpy(beta).copy()
+    assert np.abs(trained - before).max() > 0
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.metric_loss.trainable_variables[0]), trained)
+
+
+def test_save_and_load_keras_gives_identical_embeddings_and_state(make_tiny_model, tmp_path):
+    model = make_tiny_model(k_max=4)
+    model.masks.grow()
+    model.train_step(_batch(cluster=1))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x, _ = _batch(0, seed=3)
+    np.testing.assert_allclose(loaded(x["images"]).numpy(), model(x["images"]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(loaded.learner_embeddings(x["images"]).numpy(),
+                               model.learner_embeddings(x["images"]).numpy(), atol=1e-6)
+    assert loaded.num_learners == 2
+    assert loaded.masks.mode == "learnable" and loaded.embedding_dim == model.embedding_dim
+    assert int(loaded.optimizer.iterations) == 1 and int(loaded.mask_optimizer.iterations) == 1
+
+
+def test_weights_file_restores_both_optimizers(make_tiny_model, tmp_path):
+    model = make_tiny_model(k_max=2)
+    model.masks.grow()
+    for step in range(3):
+        model.train_step(_batch(cluster=step % 2, seed=step))
+    path = str(tmp_path / "ckpt.weights.h5")
+    model.save_weights(path)
+    fresh = make_tiny_model(k_max=2)
+    fresh.load_weights(path)
+    assert int(fresh.optimizer.iterations) == 3 and int(fresh.mask_optimizer.iterations) == 3
+    for a, b in zip(_values(model.optimizer.variables), _values(fresh.optimizer.variables)):
+        np.testing.assert_array_equal(a, b)
+    assert fresh.num_learners == 2
+
+
+def test_reset_mask_optimizer_zeroes_moments(make_tiny_model):
+    model = make_tiny_model(k_max=2)
+    model.train_step(_batch(cluster=0))
+    assert any(np.abs(v).max() > 0 for v in _values(model.mask_optimizer.variables[2:]))
+    model.reset_mask_optimizer()
+    assert all(np.abs(v).max() == 0 for v in _values(model.mask_optimizer.variables))
+
+
+def test_compile_with_a_keras_loss_is_refused(make_tiny_model):
+    model = make_tiny_model()
+    with pytest.raises(ValueError, match="constructor"):
+        model.compile(optimizer="adam", loss="mse")
