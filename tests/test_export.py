@@ -126,6 +126,24 @@ def test_failed_export_leaves_no_version(model, tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "m") == []  # neither a version nor a staging folder
 
 
+def test_any_keras_embedding_model_exports(tmp_path):
+    """A plain functional model (no learners, no `image_shape`) gets the two embed signatures."""
+    import keras
+
+    from tfdnc.layers import L2Normalize
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    features = build_backbone("small_cnn", (IMAGE_SIZE, IMAGE_SIZE, 3), width=4)(inputs)
+    plain = keras.Model(inputs, L2Normalize()(keras.layers.Dense(5)(features)))
+    path = export_model(plain, tmp_path, "plain", image_size=IMAGE_SIZE, warmup=False)
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "embed_pixels"}
+    png = random_png(np.random.default_rng(9), 21, 16)
+    pixels = eval_transform(decode_image(png, 3), IMAGE_SIZE)[None]
+    np.testing.assert_allclose(loaded.signatures["serving_default"](image_bytes=tf.constant([png]))["embeddings"],
+                               plain(pixels).numpy(), atol=1e-5)
+
+
 def test_bad_arguments_are_named(model, tmp_path):
     with pytest.raises(ValueError, match="resize_size"):
         export_model(model, tmp_path, "m", image_size=IMAGE_SIZE, resize_size=8)

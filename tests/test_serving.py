@@ -132,7 +132,7 @@ def test_status_and_metadata(client, local):
         {"version": 2, "state": "AVAILABLE", "error": ""},
     ]
     meta = client.metadata()
-    assert meta == local.metadata()
+    assert meta == local.metadata() == local.export_metadata["signatures"]
     assert meta["serving_default"] == {
         "inputs": {"image_bytes": {"dtype": "string", "shape": [-1]}},
         "outputs": {"embeddings": {"dtype": "float32", "shape": [-1, DIM]}},

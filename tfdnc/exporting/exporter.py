@@ -86,15 +86,17 @@ def export_model(
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k).items():
-        archive.add_endpoint(endpoint, fn, input_signature=spec)
+    functions = {
+        endpoint: archive.add_endpoint(endpoint, fn, input_signature=spec)
+        for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k).items()
+    }
     if gallery_obj is not None:
         archive.add_variable_collection("gallery", graphs.gallery_variables())
 
     model_dir = os.path.join(os.fspath(base), name)
     with staged_version(model_dir, version) as staged:
         archive.write_out(staged.staging, verbose=False)
-        signatures = _describe_signatures(archive)
+        signatures = _describe_signatures(functions)
         extra = os.path.join(staged.staging, contract.ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
         warmup_records = 0
@@ -240,21 +242,20 @@ def _eager_embedder(graphs: ServingGraphs):
     return embed
 
 
-def _describe_signatures(archive) -> dict:
-    """name -> {"inputs"/"outputs": {tensor: {"dtype", "shape"}}}, from the archive."""
+def _describe_signatures(functions: dict) -> dict:
+    """name -> {"inputs"/"outputs": {tensor: {"dtype", "shape"}}}; -1: any size."""
+
+    def spec(tensor_spec):
+        dims = [-1 if d is None else int(d) for d in tensor_spec.shape.as_list()]
+        return {"dtype": tensor_spec.dtype.name, "shape": dims}
+
     described = {}
-    for endpoint in archive._endpoint_names:  # the archive's public API has no accessor
-        fn = getattr(archive._tf_trackable, endpoint)
+    for endpoint, fn in functions.items():
         concrete = fn.get_concrete_function()
-        inputs = {
-            spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
-            for spec in concrete.structured_input_signature[0]
+        described[endpoint] = {
+            "inputs": {s.name: spec(s) for s in concrete.structured_input_signature[0]},
+            "outputs": {k: spec(v) for k, v in concrete.structured_outputs.items()},
         }
-        outputs = {
-            key: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
-            for key, spec in concrete.structured_outputs.items()
-        }
-        described[endpoint] = {"inputs": inputs, "outputs": outputs}
     return described
 
 
