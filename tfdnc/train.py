@@ -208,12 +208,6 @@ def run(
         print(f"\n{title}\n{result.table()}")
         return result.to_dict()
 
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    metrics = _read_json(metrics_path) if resume and os.path.exists(metrics_path) else {}
-    if "before" not in metrics:
-        metrics["before"] = evaluate("Before training")
-        _write_json(metrics_path, metrics)
-
     schedule = DivideAndConquerSchedule(
         sampler, train_set, k_final=config.k_final, image_size=config.image_size, resize_size=config.eval_resize,
         growth=config.growth, recluster_every=config.recluster_every,
@@ -222,6 +216,12 @@ def run(
         cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters, seed=config.seed,
         state_dir=run_dir, verbose=verbose,
     )
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    metrics = _read_json(metrics_path) if resume and os.path.exists(metrics_path) else {}
+    if "before" not in metrics:
+        metrics["before"] = evaluate("Before training")
+        _write_json(metrics_path, metrics)
+
     backup_dir = os.path.join(run_dir, "backup")
     callbacks = [
         NonFiniteLossGuard(checkpoint_hint=backup_dir),
