@@ -43,6 +43,7 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     model = DivideAndConquerModel(build_backbone("small_cnn", (SIZE, SIZE, 3), width=4),
                                   embedding_dim=8, k_max=2, initial_k=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))  # as train.py saves it
     model.save(run / "model.keras")
     TrainConfig(image_size=SIZE, embedding_dim=8).save(str(run / "config.json"))
     return run

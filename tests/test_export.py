@@ -197,6 +197,7 @@ def test_graph_uses_only_core_tensorflow_ops(exported):
 def test_embed_signatures_match_keras_model(model, loaded):
     rng = np.random.default_rng(1)
     pngs = [random_png(rng, h, w) for h, w in [(16, 16), (30, 22), (17, 41)]]
+    pngs.append(tf.io.encode_jpeg(rng.integers(0, 256, (23, 19, 3), dtype=np.uint8)).numpy())
     expected = keras_reference(model, pngs)
     got = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs))["embeddings"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)

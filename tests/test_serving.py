@@ -169,6 +169,11 @@ def test_bad_requests_name_model_version_and_signature(client):
         client.predict({"wrong_name": np.array([good], dtype=object)})
     assert err.value.code == "INVALID_ARGUMENT"
 
+    # A list of bytes ending in NUL keeps its last byte (not NumPy's fixed-width bytes).
+    with pytest.raises(ServingError) as err:
+        client.predict({"image_bytes": [good, b"junk\0\0"]})
+    assert "(6 bytes)" in err.value.details
+
     with pytest.raises(ValueError, match="no images"):
         client.embed([])
     with pytest.raises(ValueError, match="empty batch"):

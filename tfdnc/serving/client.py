@@ -108,7 +108,7 @@ class ServingClient(abc.ABC):
             )
         arrays = {}
         for name, value in inputs.items():
-            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            array = _as_array(value)
             if array.ndim == 0 or array.shape[0] == 0:
                 raise ValueError(
                     f"{self._where(signature)}: input {name!r} is an empty batch or a scalar "
@@ -217,6 +217,17 @@ class ServingClient(abc.ABC):
             f"label {self.version_label!r}" if self.version_label else None
         )
         return ServingError(details, model=self.model, version=version, signature=signature, code=code)
+
+
+def _as_array(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind in "SU":
+        # NumPy's fixed-width bytes drop trailing NULs, which would corrupt
+        # encoded images; keep the Python objects as they are.
+        array = np.array(value, dtype=object)
+    return array
 
 
 def _chunks(array, batch_size):

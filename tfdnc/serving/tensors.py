@@ -14,6 +14,9 @@ import numpy as np
 
 def to_json_value(value: np.ndarray) -> Any:
     """An array -> nested lists; bytes elements -> {"b64": ...} objects."""
+    if isinstance(value, (bytes, bytearray)):
+        # Not via np.asarray: fixed-width NumPy bytes drop trailing NULs.
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
     array = np.asarray(value)
     if array.dtype.kind in "SO":
         flat = [{"b64": base64.b64encode(_as_bytes(v)).decode("ascii")} for v in array.reshape(-1)]
