@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train a Divide & Conquer embedding, evaluate it and export a SavedModel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="JSON file of TrainConfig settings (flags override it)")
     parser.add_argument("--preset", help="paper preset, e.g. tpami-cub (see tfdnc.presets)")
@@ -75,15 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         text = _HELP.get(f.name, f.name.replace("_", " "))
+        # SUPPRESS: a flag not given leaves no attribute, so "none" can set None.
+        unset = argparse.SUPPRESS
+        text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=text)
         elif f.name == "loss_options":
-            parser.add_argument(flag, type=json.loads, default=None, help=text)
+            parser.add_argument(flag, type=json.loads, default=unset, help=text)
         elif typing.get_origin(kind) is tuple:
             elem = float if typing.get_args(kind)[0] is float else int
-            parser.add_argument(flag, type=elem, nargs="+", default=None, help=text)
+            parser.add_argument(flag, type=elem, nargs="+", default=unset, help=text)
         else:
-            parser.add_argument(flag, type=_scalar_parser(kind), default=None, help=text)
+            parser.add_argument(flag, type=_scalar_parser(kind), default=unset, help=text)
     return parser
 
 
@@ -104,7 +106,7 @@ def _scalar_parser(kind):
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset, then config file, then explicit flags; the run's config on --resume."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name != "preset" and getattr(args, f.name) is not None}
+                 if f.name != "preset" and hasattr(args, f.name)}
     if args.resume:
         run_dir = overrides.get("run_dir", TrainConfig.run_dir)
         path = os.path.join(run_dir, "config.json")
