@@ -141,11 +141,20 @@ def distance_weighted_sample(
         distances, negative_mask, dim, cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff
     )
     valid = tf.reduce_any(negative_mask, axis=1)
-    # Shift by the row max (the -inf entries stay -inf) for a well-conditioned
-    # softmax; rows without negatives get finite dummy logits.
-    row_max = tf.reduce_max(tf.where(tf.math.is_finite(logits), logits, -1e30), 1, keepdims=True)
-    logits = tf.where(valid[:, None], logits - row_max, tf.zeros_like(logits))
-    idx = keras.random.categorical(logits, num_samples, dtype="int32", seed=seed)
+    # Inverse-CDF sampling: normalised weights, their running sum, and for each
+    # uniform draw the number of categories whose CDF lies below it. Costs
+    # O(B * num_samples * B) comparisons, far cheaper than a multinomial op
+    # (notably under XLA on CPU). Zero-weight columns are never drawn.
+    finite = tf.math.is_finite(logits)
+    row_max = tf.reduce_max(tf.where(finite, logits, -1e30), axis=1, keepdims=True)
+    weights = tf.where(finite, tf.exp(logits - row_max), tf.zeros_like(logits))
+    weights = tf.where(valid[:, None], weights, tf.ones_like(weights))
+    cdf = tf.cumsum(weights, axis=1)
+    total = cdf[:, -1:]
+    b = tf.shape(distances)[0]
+    u = keras.random.uniform(tf.stack([b, num_samples]), seed=seed, dtype=cdf.dtype) * total
+    below = tf.cast(cdf[:, None, :] <= u[:, :, None], tf.int32)
+    idx = tf.minimum(tf.reduce_sum(below, axis=-1), b - 1)
     return idx, valid
 
 
