@@ -44,7 +44,7 @@ def make_train_dataset(
     crop_scale: tuple[float, float] = (0.08, 1.0),
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
-    wait_timeout: float | None = 3600.0,
+    wait_timeout: float | None = None,
 ) -> tf.data.Dataset:
     """An endless dataset of per-cluster, class-balanced training batches.
 
@@ -64,7 +64,13 @@ def make_train_dataset(
             pass contiguous ids when the loss has per-class parameters.
         crop_scale, crop_ratio: RandomResizedCrop ranges.
         flip: random horizontal flips.
-        wait_timeout: seconds to wait for an epoch to be published.
+        wait_timeout: seconds to wait for an epoch to be published before
+            failing (None: wait, printing a line every 10 minutes).
+
+    The plan generator blocks between epochs until the next one is
+    published; `DivideAndConquerSchedule` closes the sampler at the end of
+    `fit` so the iterator can shut down. Iterating the dataset by hand, call
+    `sampler.close()` before dropping the iterator.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"make_train_dataset: `steps_per_epoch` must be >= 1, got {steps_per_epoch}")

@@ -134,22 +134,32 @@ class ClusterBatchSampler:
             self._closed = True
             self._condition.notify_all()
 
-    def wait_for_epoch_after(self, previous: int, timeout: float | None = None) -> int | None:
+    def wait_for_epoch_after(self, previous: int, timeout: float | None = None, warn_every: float = 600.0) -> int | None:
         """Blocks until an epoch later than `previous` is published; returns it.
 
-        Returns None once the sampler is closed.
+        Returns None once the sampler is closed. Waiting is normal while the
+        schedule re-clusters; every `warn_every` seconds a line says what the
+        pipeline waits for, so a missing callback does not look like a hang.
         """
+        waited = 0.0
         with self._condition:
-            ok = self._condition.wait_for(lambda: self._closed or self._published > previous, timeout=timeout)
-            if self._closed:
-                return None
-            if not ok:
-                raise RuntimeError(
-                    f"ClusterBatchSampler: no epoch after {previous} was published within {timeout} s. "
-                    "Pass the sampler to a DivideAndConquerSchedule callback in fit(), "
-                    "or call sampler.publish(epoch) yourself"
-                )
-            return self._published
+            while True:
+                slice_ = warn_every if timeout is None else min(warn_every, timeout - waited)
+                self._condition.wait_for(lambda: self._closed or self._published > previous, timeout=slice_)
+                if self._closed:
+                    return None
+                if self._published > previous:
+                    return self._published
+                waited += slice_
+                if timeout is not None and waited >= timeout:
+                    raise RuntimeError(
+                        f"ClusterBatchSampler: no epoch after {previous} was published within {timeout} s. "
+                        "Pass the sampler to a DivideAndConquerSchedule callback in fit(), "
+                        "or call sampler.publish(epoch) yourself"
+                    )
+                print(f"[tfdnc] input pipeline waiting {waited:.0f} s for epoch {previous + 1} to be published "
+                      "(normal during re-clustering; otherwise add DivideAndConquerSchedule to fit's callbacks)",
+                      flush=True)
 
 
 class _ClusterStream:
