@@ -267,6 +267,60 @@ def test_bad_images_fail_the_request_with_a_clear_error(loaded, batch, message):
     assert fn(image_bytes=tf.constant([png]))["embeddings"].shape == (1, EMBED_DIM)
 
 
+def _pil_encode(fmt, height, width, mode="RGB", **options) -> bytes:
+    import io
+
+    from PIL import Image
+
+    array = np.random.default_rng(height * width).integers(0, 256, (height, width, len(mode)), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fmt, mode, options",
+    [("PNG", "RGB", {}), ("JPEG", "RGB", {}), ("GIF", "RGB", {}), ("BMP", "RGB", {}),
+     ("WEBP", "RGB", {"lossless": True}), ("WEBP", "RGB", {"quality": 80}),
+     ("WEBP", "RGBA", {"quality": 80})],  # VP8L, VP8 and VP8X headers
+)
+def test_declared_image_size_matches_the_decoder(fmt, mode, options):
+    from tfdnc.exporting.signatures import declared_image_size
+
+    for height, width in [(17, 300), (301, 5)]:
+        data = _pil_encode(fmt, height, width, mode, **options)
+        decoded = tf.io.decode_image(data, expand_animations=False).shape
+        assert [int(v) for v in declared_image_size(tf.constant(data))] == list(decoded[:2])
+
+
+def test_top_down_bmp_and_unknown_data_sizes():
+    from tfdnc.exporting.signatures import declared_image_size
+
+    data = bytearray(_pil_encode("BMP", 9, 13))
+    data[22:26] = (-9).to_bytes(4, "little", signed=True)  # rows stored top-down
+    assert [int(v) for v in declared_image_size(tf.constant(bytes(data)))] == [9, 13]
+    assert [int(v) for v in declared_image_size(tf.constant(b"no image"))] == [0, 0]
+
+
+def test_oversized_images_are_refused_before_decoding(model, loaded):
+    from tfdnc.exporting.signatures import ServingGraphs
+
+    graphs = ServingGraphs(model, IMAGE_SIZE, channels=1, max_pixels=300)
+    decode = tf.function(lambda b: graphs.decode(b, "serving_default"))
+    rng = np.random.default_rng(4)
+    assert decode(tf.constant([random_png(rng, 15, 20)])).shape == (1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    for data in (random_png(rng, 20, 16), _pil_encode("JPEG", 16, 20)):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"`image_bytes`\[0\] is (16x20|20x16) pixels; this export decodes at most 300"):
+            decode(tf.constant([data]))
+    # A PNG header declaring 60000 x 60000 pixels over a few bytes (a
+    # decompression bomb) fails the request under the default limit.
+    bomb = bytearray(random_png(rng, 8, 8))
+    bomb[16:24] = (60000).to_bytes(4, "big") * 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="is 60000x60000 pixels"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([bytes(bomb)]))
+
+
 def test_wrong_pixels_fail_with_a_clear_error(loaded):
     fn = loaded.signatures["embed_pixels"]
     with pytest.raises(tf.errors.InvalidArgumentError,

@@ -26,31 +26,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize-size", type=int, default=None,
                         help="eval resize of the shorter side (default: image size)")
     parser.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up records")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="largest image (height x width) a request may send "
+                        "(default 40,000,000; 0: no limit)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tfdnc.exporting.exporter import export_checkpoint, export_model, export_run, load_keras_model
+    from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS
+
+    options = {"max_pixels": DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)}
 
     try:
         if os.path.isdir(args.source):
             if args.image_size is None:
                 path = export_run(args.source, args.base, args.name, version=args.version,
-                                  gallery=args.gallery, warmup=not args.no_warmup, top_k=args.top_k)
+                                  gallery=args.gallery, warmup=not args.no_warmup, top_k=args.top_k,
+                                  **options)
             else:
                 model = load_keras_model(os.path.join(args.source, "model.keras"))
                 path = export_model(model, args.base, args.name, image_size=args.image_size,
                                     resize_size=args.resize_size, version=args.version,
                                     gallery=args.gallery, top_k=args.top_k,
-                                    warmup=not args.no_warmup, source=os.path.abspath(args.source))
+                                    warmup=not args.no_warmup, source=os.path.abspath(args.source),
+                                    **options)
         elif args.source.endswith(".keras"):
             if args.image_size is None:
                 raise ValueError("--image-size is required when exporting a .keras file "
                                  "(a run directory's config.json gives it)")
             path = export_checkpoint(args.source, args.base, args.name, args.image_size,
                                      args.resize_size, version=args.version, gallery=args.gallery,
-                                     top_k=args.top_k, warmup=not args.no_warmup)
+                                     top_k=args.top_k, warmup=not args.no_warmup, **options)
         else:
             raise FileNotFoundError(
                 f"{args.source!r} is neither a run directory nor a .keras file"

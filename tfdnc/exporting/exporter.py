@@ -14,7 +14,7 @@ import tensorflow as tf
 import tfdnc
 from tfdnc.exporting import contract
 from tfdnc.exporting.gallery import Gallery
-from tfdnc.exporting.signatures import ServingGraphs, encode_png
+from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS, ServingGraphs, encode_png
 from tfdnc.exporting.versions import staged_version
 from tfdnc.exporting.warmup import warmup_available, write_warmup_requests
 
@@ -34,6 +34,7 @@ def export_model(
     gallery=None,
     top_k: int = 10,
     warmup: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     source: str | None = None,
 ) -> str:
     """Writes `model` as SavedModel version BASE/NAME/VERSION; returns its path.
@@ -55,6 +56,8 @@ def export_model(
         top_k: how many gallery hits `search` returns (clipped to its size).
         warmup: write TF Serving warm-up requests (skipped with a warning
             when `tensorflow-serving-api` is not installed).
+        max_pixels: largest image (height x width) a request may send,
+            checked from its header before decoding; None: no limit.
         source: where the model came from, recorded in the export metadata.
 
     Example:
@@ -72,6 +75,7 @@ def export_model(
         resize_size=resize_size,
         channels=channels,
         num_learners=_num_learners(model),
+        max_pixels=max_pixels,
     )
     started = time.perf_counter()
     embed_bytes = _eager_embedder(graphs)
@@ -121,6 +125,7 @@ def export_model(
             "image_size": graphs.image_size,
             "resize_size": graphs.resize_size,
             "channels": graphs.channels,
+            "max_pixels": graphs.max_pixels,
             "num_learners": graphs.num_learners if graphs.has_learners else None,
             "gallery_size": len(gallery_obj) if gallery_obj is not None else 0,
             "top_k": min(int(top_k), len(gallery_obj)) if gallery_obj is not None else None,
@@ -141,6 +146,7 @@ def export_run(
     gallery=None,
     warmup: bool = True,
     top_k: int = 10,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> str:
     """Exports RUN_DIR/model.keras with the image sizes of RUN_DIR/config.json.
 
@@ -172,6 +178,7 @@ def export_run(
         gallery=gallery,
         top_k=top_k,
         warmup=warmup,
+        max_pixels=max_pixels,
         source=os.path.abspath(run_dir),
     )
 

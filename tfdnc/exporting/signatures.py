@@ -29,6 +29,10 @@ _MAGIC = (
     (8, b"WEBP"),  # RIFF....WEBP
 )
 _HEADER_LEN = 12
+_SIZE_HEADER_LEN = 32
+# 40 megapixels: an 8K photo fits; decoding it takes 120 MB (uint8 RGB) and
+# the float32 copy the resize starts from 480 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class ServingGraphs:
@@ -45,6 +49,10 @@ class ServingGraphs:
         channels: C, what images are decoded to (1 grey, 3 RGB).
         num_learners: how many learner embeddings `embed_learners` returns
             (the active ones); None: all the model has.
+        max_pixels: largest image (height x width, read from its header
+            before decoding) a request may send; bigger ones fail that
+            request instead of letting a decompression bomb exhaust the
+            server's memory. None: no limit.
 
     Example:
     >>> graphs = ServingGraphs(model, image_size=28, channels=1)
@@ -58,6 +66,7 @@ class ServingGraphs:
         resize_size: int | None = None,
         channels: int = 3,
         num_learners: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         if int(image_size) < 1:
             raise ValueError(f"ServingGraphs: `image_size` must be >= 1, got {image_size}")
@@ -67,11 +76,14 @@ class ServingGraphs:
             )
         if channels not in (1, 3):
             raise ValueError(f"ServingGraphs: `channels` must be 1 or 3, got {channels}")
+        if max_pixels is not None and int(max_pixels) < 1:
+            raise ValueError(f"ServingGraphs: `max_pixels` must be >= 1 or None, got {max_pixels}")
         self.model = model
         self.image_size = int(image_size)
         self.resize_size = int(resize_size) if resize_size else self.image_size
         self.channels = int(channels)
         self.num_learners = num_learners
+        self.max_pixels = int(max_pixels) if max_pixels is not None else None
         self.image_shape = (self.image_size, self.image_size, self.channels)
 
     # --- specs ---------------------------------------------------------------
@@ -107,6 +119,10 @@ class ServingGraphs:
             ])
             check = tf.debugging.Assert(_looks_like_image(contents), [message])
             with tf.control_dependencies([check]):
+                checks = [tf.identity(index)]
+                if self.max_pixels is not None:
+                    checks = [self._size_check(index, contents, signature)]
+            with tf.control_dependencies(checks):
                 image = decode_image(contents, self.channels)
             return eval_transform(image, self.image_size, self.resize_size)
 
@@ -117,6 +133,20 @@ class ServingGraphs:
             (indices, image_bytes),
             fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32),
         )
+
+    def _size_check(self, index, contents, signature):
+        height, width = declared_image_size(contents)
+        message = tf.strings.join([
+            f"{signature}: `{contract.IMAGE_BYTES}`[",
+            tf.strings.as_string(index),
+            "] is ",
+            tf.strings.as_string(width),
+            "x",
+            tf.strings.as_string(height),
+            f" pixels; this export decodes at most {self.max_pixels} pixels per image "
+            "(export option max_pixels)",
+        ])
+        return tf.debugging.Assert(height * width <= self.max_pixels, [message])
 
     def check_pixels(self, pixels: tf.Tensor, signature: str) -> tf.Tensor:
         """Returns `pixels` after run-time checks of batch size and image shape."""
@@ -219,6 +249,51 @@ def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
     riff = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
     matches[-1] = tf.logical_and(riff, matches[-1])
     return tf.logical_and(tf.strings.length(contents) > 0, tf.reduce_any(tf.stack(matches)))
+
+
+def declared_image_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(height, width) as int64 from an image's header, without decoding it.
+
+    JPEG through `tf.image.extract_jpeg_shape`; PNG, GIF, BMP and WebP
+    (VP8, VP8L, VP8X) from their fixed header fields. (0, 0) for other data.
+    """
+    head = tf.strings.substr(
+        tf.strings.join([contents, tf.constant(b"\0" * _SIZE_HEADER_LEN)]), 0, _SIZE_HEADER_LEN
+    )
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def little(start, count):
+        return tf.add_n([b[start + k] * 256**k for k in range(count)])
+
+    def big(start, count):
+        return tf.add_n([b[start + k] * 256 ** (count - 1 - k) for k in range(count)])
+
+    def starts(magic, offset=0):
+        return tf.equal(tf.strings.substr(head, offset, len(magic)), magic)
+
+    bmp_height = little(22, 4)
+    bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)  # top-down BMPs
+    vp8l = little(21, 4)
+    webp = tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8))
+    candidates = [  # (is this format, height, width)
+        (starts(b"\x89PNG\r\n\x1a\n"), big(20, 4), big(16, 4)),
+        (starts(b"GIF8"), little(8, 2), little(6, 2)),
+        (starts(b"BM"), bmp_height, little(18, 4)),
+        (tf.logical_and(webp, starts(b"VP8X", 12)), little(27, 3) + 1, little(24, 3) + 1),
+        (tf.logical_and(webp, starts(b"VP8L", 12)), (vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1),
+        (tf.logical_and(webp, starts(b"VP8 ", 12)), little(28, 2) % 16384, little(26, 2) % 16384),
+    ]
+    jpeg = starts(b"\xff\xd8\xff")
+    jpeg_shape = tf.cond(
+        jpeg,
+        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
+        lambda: tf.zeros([2], tf.int64),
+    )
+    height, width = jpeg_shape[0], jpeg_shape[1]
+    for is_format, h, w in candidates:
+        height = tf.where(is_format, h, height)
+        width = tf.where(is_format, w, width)
+    return height, width
 
 
 def encode_png(image: np.ndarray) -> bytes:
