@@ -9,6 +9,7 @@ from keras import ops
 from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
 from tfdnc.layers.normalization import l2_normalize
+from tfdnc.losses import MarginLoss  # also registers every loss, for load_model
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -64,8 +65,6 @@ class DivideAndConquerModel(keras.Model):
         if mask_learning_rate <= 0:
             raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
         if loss is None:
-            from tfdnc.losses import MarginLoss
-
             loss = MarginLoss()
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
