@@ -118,11 +118,13 @@ class ServingGraphs:
                 " bytes) is not a " + "/".join(contract.IMAGE_FORMATS) + " image",
             ])
             check = tf.debugging.Assert(_looks_like_image(contents), [message])
+            # Format check, then size check, then decode: each gates the next.
             with tf.control_dependencies([check]):
-                checks = [tf.identity(index)]
-                if self.max_pixels is not None:
-                    checks = [self._size_check(index, contents, signature)]
-            with tf.control_dependencies(checks):
+                if self.max_pixels is None:
+                    gate = tf.no_op()
+                else:
+                    gate = self._size_check(index, contents, signature)
+            with tf.control_dependencies([gate]):
                 image = decode_image(contents, self.channels)
             return eval_transform(image, self.image_size, self.resize_size)
 
