@@ -166,6 +166,21 @@ def test_policy_moves_probability_to_the_best_arm_of_a_bandit():
     assert end[2] > 0.6 and np.argmax(end) == 2, end
 
 
+def test_advantage_is_normalised_and_clipped():
+    state = np.eye(3, dtype=np.float32)
+    trainer = ReinforceTrainer(PermutationPolicy(4), baseline_momentum=0.5, advantage_clip=2.0)
+    trainer.build(state)
+    counts = np.array([1.0, 0.0, 0.0], np.float32)
+    assert trainer.update(state, counts, 1.0)["advantage"] == 0.0  # the first reward is the baseline
+    info = trainer.update(state, counts, 1.5)  # reward std still 0: raw advantage
+    assert info["baseline"] == 1.0 and info["advantage"] == pytest.approx(0.5)
+    # running variance 0.5 * 0.25 = 0.125 -> (3 - 1.25) / 0.354 = 4.9, clipped to 2
+    info = trainer.update(state, counts, 3.0)
+    assert info["baseline"] == pytest.approx(1.25) and info["advantage"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="finite"):
+        trainer.update(state, counts, float("nan"))
+
+
 def test_uniform_mix_keeps_every_permutation_reachable():
     trainer = ReinforceTrainer(PermutationPolicy(4), uniform_mix=0.2)
     state = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
@@ -306,3 +321,42 @@ def test_cli_writes_loadable_weights_and_resumes(tmp_path):
     backbone = build_backbone("small_cnn", (16, 16, 1), weights=out, width=4)
     assert backbone.output_shape[-1] == 32
     assert main(args + ["--epochs", "1", "--out", str(tmp_path / "bad.h5")]) == 2
+
+
+def test_pretext_model_config_round_trip(digit_images):
+    model = _tiny_model()
+    x, labels = model.make_examples(tf.constant(digit_images[:4]), labels=np.arange(4))
+    expected = model(x).numpy()
+    clone = OrderPredictionModel.from_config(model.get_config())
+    clone(x)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.permutations, model.permutations)
+    assert clone.items.get_config() == model.items.get_config()
+    np.testing.assert_allclose(clone(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="yields 9 items"):
+        OrderPredictionModel(model.backbone, generate_permutations(4, 4), JigsawTiles())
+
+
+def test_temporal_variant_from_the_command_line(tmp_path):
+    from tfdnc.pretrain.cli import main
+
+    # Clips of a bright square moving left to right: frame order is learnable.
+    clips = np.zeros((120, 4, 12, 12, 1), np.uint8)
+    rng = np.random.default_rng(0)
+    for n in range(120):
+        y = rng.integers(0, 8)
+        for t in range(4):
+            clips[n, t, y : y + 4, 2 * t : 2 * t + 4] = 255
+    path = tmp_path / "clips.npy"
+    np.save(path, clips)
+    out = str(tmp_path / "frames.weights.h5")
+    assert main(["--clips", str(path), "--num-permutations", "24", "--heldout", "24",
+                 "--width", "4", "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "3",
+                 "--sampling", "uniform", "--item-units", "8", "--hidden-units", "16",
+                 "--out", out, "--verbose", "0"]) == 0
+    summary = json.load(open(str(tmp_path / "frames.json")))
+    assert summary["pretrain"]["temporal"] and summary["pretrain"]["num_items"] == 4
+    assert summary["image_shape"] == [12, 12, 1]
+    build_backbone("small_cnn", (12, 12, 1), weights=out, width=4)
+    assert main(["--clips", str(path), "--num-permutations", "25", "--heldout", "25",
+                 "--out", out, "--verbose", "0"]) == 2  # 4! = 24 permutations only

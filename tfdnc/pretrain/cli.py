@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--uniform-mix", type=float, default=0.1,
                      help="share of uniform draws mixed into the policy's distribution")
     pol.add_argument("--baseline-momentum", type=float, default=0.9)
+    pol.add_argument("--advantage-clip", type=float, default=5.0,
+                     help="bound on the normalised advantage of one policy update")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="backbone weights file to write (*.weights.h5)")
     out.add_argument("--run-dir", default=None,
@@ -184,7 +186,7 @@ def run(args) -> dict:
         trainer = ReinforceTrainer(
             PermutationPolicy(args.policy_hidden), learning_rate=args.policy_lr,
             baseline_momentum=args.baseline_momentum, entropy_weight=args.entropy_weight,
-            uniform_mix=args.uniform_mix)
+            uniform_mix=args.uniform_mix, advantage_clip=args.advantage_clip)
         trainer.build(np.zeros((args.num_permutations, len(STATE_FEATURES)), np.float32))
         policy_cb = PolicySamplingCallback(trainer, heldout, args.block_steps)
         callbacks.append(policy_cb)

@@ -88,6 +88,9 @@ class ReinforceTrainer(tf.Module):
         entropy_weight: weight of an entropy bonus that keeps the policy from
             collapsing onto a few permutations on noisy rewards.
         uniform_mix: share of uniform sampling in the behaviour distribution.
+        advantage_clip: bound on the normalised advantage; the running
+            standard deviation rests on very few rewards in the first
+            updates, where one large reward would otherwise give a huge step.
 
     Example:
     >>> trainer = ReinforceTrainer(PermutationPolicy())
@@ -97,7 +100,7 @@ class ReinforceTrainer(tf.Module):
 
     def __init__(self, policy: PermutationPolicy, learning_rate: float = 1e-2,
                  baseline_momentum: float = 0.9, entropy_weight: float = 1e-2,
-                 uniform_mix: float = 0.1, name: str | None = None):
+                 uniform_mix: float = 0.1, advantage_clip: float = 5.0, name: str | None = None):
         super().__init__(name=name)
         if learning_rate <= 0:
             raise ValueError(f"ReinforceTrainer: `learning_rate` must be > 0, got {learning_rate}")
@@ -108,7 +111,10 @@ class ReinforceTrainer(tf.Module):
             raise ValueError(f"ReinforceTrainer: `entropy_weight` must be >= 0, got {entropy_weight}")
         if not 0.0 <= uniform_mix < 1.0:
             raise ValueError(f"ReinforceTrainer: `uniform_mix` must be in [0, 1), got {uniform_mix}")
+        if advantage_clip <= 0:
+            raise ValueError(f"ReinforceTrainer: `advantage_clip` must be > 0, got {advantage_clip}")
         self.policy = policy
+        self.advantage_clip = float(advantage_clip)
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.baseline_momentum = float(baseline_momentum)
         self.entropy_weight = float(entropy_weight)
@@ -152,6 +158,7 @@ class ReinforceTrainer(tf.Module):
         baseline = reward if first else float(self.baseline.numpy())
         scale = np.sqrt(float(self.reward_variance.numpy())) if not first else 0.0
         advantage = (reward - baseline) / (scale + 1e-8) if scale > 0 else reward - baseline
+        advantage = float(np.clip(advantage, -self.advantage_clip, self.advantage_clip))
         with tf.GradientTape() as tape:
             log_probs = self.log_probabilities(state)
             log_policy = tf.nn.log_softmax(self.policy(state))
