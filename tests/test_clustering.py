@@ -107,6 +107,20 @@ def test_kmeans_recovers_separated_blobs():
     assert len({(t, p) for t, p in zip(truth, a)}) == 3
 
 
+def test_kmeans_falls_back_to_sklearn_without_faiss(monkeypatch):
+    import tfdnc.clustering as clustering
+
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(120, 4))
+    monkeypatch.setattr(clustering, "_faiss", lambda: None)
+    a, c = clustering.kmeans(x, 3, seed=2)
+    a_ref, c_ref = clustering.kmeans(x, 3, seed=2, backend="sklearn")
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(c, c_ref)
+    with pytest.raises(ValueError, match="faiss is not installed"):
+        clustering.kmeans(x, 3, backend="faiss")
+
+
 def test_kmeans_errors_name_the_argument():
     x = np.zeros((10, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="`k`.*cannot exceed"):

@@ -159,9 +159,10 @@ def kmeans(
 
     Example:
 
-    >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))].astype("float32")
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + 0.01 * rng.normal(size=(10, 2))
     >>> a, c = kmeans(x, 2)
-    >>> len(set(a[:5])), len(set(a[5:])), a[0] != a[5]
+    >>> len(set(a[:5])), len(set(a[5:])), bool(a[0] != a[5])
     (1, 1, True)
     """
     x = _check_features(features)
