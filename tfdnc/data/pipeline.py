@@ -45,6 +45,8 @@ def make_train_dataset(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
     wait_timeout: float | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> tf.data.Dataset:
     """An endless dataset of per-cluster, class-balanced training batches.
 
@@ -66,6 +68,10 @@ def make_train_dataset(
         flip: random horizontal flips.
         wait_timeout: seconds to wait for an epoch to be published before
             failing (None: wait, printing a line every 10 minutes).
+        num_shards, shard_index: yield only part `shard_index` of
+            `num_shards` equal contiguous parts of every batch (one
+            worker's share of the global batch; all parts of a step come
+            from the same plan, hence the same cluster).
 
     The plan generator blocks between epochs until the next one is
     published; `DivideAndConquerSchedule` closes the sampler at the end of
@@ -74,7 +80,12 @@ def make_train_dataset(
     """
     if steps_per_epoch < 1:
         raise ValueError(f"make_train_dataset: `steps_per_epoch` must be >= 1, got {steps_per_epoch}")
-    batch_size = sampler.batch_size
+    if num_shards < 1 or not 0 <= shard_index < num_shards or sampler.batch_size % num_shards:
+        raise ValueError(
+            f"make_train_dataset: the batch ({sampler.batch_size}) must split into `num_shards` ({num_shards}) "
+            f"equal parts and `shard_index` ({shard_index}) must be in [0, {num_shards})"
+        )
+    batch_size = sampler.batch_size // num_shards
     channels = image_channels(image_set)
     load = _image_loader(image_set, channels)
     label_table = tf.constant(np.asarray(image_set.labels if labels is None else labels, dtype=np.int32))
@@ -87,8 +98,10 @@ def make_train_dataset(
                 return
             rng = np.random.default_rng([sampler.seed, epoch, 1])
             for indices, cluster in sampler.plan_epoch(epoch, steps_per_epoch):
-                seeds = rng.integers(0, 2**31 - 1, size=(batch_size, 2), dtype=np.int64)
-                yield indices.astype(np.int32), np.full(batch_size, cluster, np.int32), seeds.astype(np.int32)
+                seeds = rng.integers(0, 2**31 - 1, size=(sampler.batch_size, 2), dtype=np.int64)
+                part = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+                yield (indices[part].astype(np.int32), np.full(batch_size, cluster, np.int32),
+                       seeds[part].astype(np.int32))
 
     def augment(index, cluster, seed):
         image = random_resized_crop(load(index), image_size, seed, crop_scale, crop_ratio)
