@@ -179,24 +179,33 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         """Re-clusters after `epoch`; the result applies from epoch + 1."""
         features = self.clustering_features()
         seed = self.seed + 1000 * (epoch + 1)
-        if self.growth == "double" and self.k < self.k_final:
-            assignments = clustering.split_clusters(
-                features, self.labels, self.assignments, self.k, seed=seed, niter=self.kmeans_iters
-            )
+        split = self.growth == "double" and self.k < self.k_final
+        assignments = self.compute_assignments(features, self.k, seed, split)
+        if split:
             self.k = self.model.masks.grow()
             self.model.reset_mask_optimizer()
-        else:
-            fresh = clustering.cluster_balanced(features, self.labels, self.k, seed=seed, niter=self.kmeans_iters)
-            if self.k > 1:
-                mapping = clustering.match_clusters(fresh, self.assignments, self.k, self.k)
-                fresh = mapping[fresh]
-            assignments = fresh
         self._set(assignments, self.k)
         self.last_recluster_epoch = epoch
         self._save_state(valid_from=epoch + 1)
         if self.verbose:
             sizes = self.sampler.cluster_sizes()
             print(f"\n[tfdnc] re-clustered after epoch {epoch + 1}: K={self.k}, cluster sizes {sizes}")
+
+    def compute_assignments(self, features: np.ndarray, k: int, seed: int, split: bool) -> np.ndarray:
+        """New cluster ids from `features` (the distributed schedule clusters on the chief only).
+
+        `split`: every current cluster c splits into 2c and 2c + 1.
+        Otherwise `k` balanced clusters, renumbered by Hungarian matching to
+        the current ones when K stays the same.
+        """
+        if split:
+            return clustering.split_clusters(
+                features, self.labels, self.assignments, self.k, seed=seed, niter=self.kmeans_iters
+            )
+        fresh = clustering.cluster_balanced(features, self.labels, k, seed=seed, niter=self.kmeans_iters)
+        if self.k > 1 and k == self.k:
+            fresh = clustering.match_clusters(fresh, self.assignments, k, k)[fresh]
+        return fresh
 
     def _set(self, assignments: np.ndarray, k: int) -> None:
         self.assignments = np.asarray(assignments, np.int64)
@@ -220,9 +229,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         if self.growth == "fixed" and self.k_final > 1:
             # CVPR: K is fixed from the first clustering.
             features = self.clustering_features()
-            assignments = clustering.cluster_balanced(
-                features, self.labels, self.k_final, seed=self.seed, niter=self.kmeans_iters
-            )
+            assignments = self.compute_assignments(features, self.k_final, self.seed, split=False)
             self.model.masks.set_num_active(self.k_final)
             self._set(assignments, self.k_final)
             self._save_state(valid_from=epoch)
