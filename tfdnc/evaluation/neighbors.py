@@ -63,7 +63,8 @@ def iter_topk(
     import tensorflow as tf
 
     q = prepare(queries, metric)
-    g = prepare(gallery, metric)
+    # all-vs-all: one normalised copy serves as both (saves N x D floats)
+    g = q if gallery is queries else prepare(gallery, metric)
     n_q, n_g = q.shape[0], g.shape[0]
     if exclude_self and n_q != n_g:
         raise ValueError(f"exclude_self needs queries == gallery, got {n_q} queries and {n_g} gallery items")
