@@ -12,6 +12,7 @@ LOSSES = ("margin", "triplet", "contrastive", "multi_similarity", "npair", "lift
 MASK_MODES = ("learnable", "fixed")
 GROWTH = ("double", "fixed")
 CLUSTER_FEATURES = ("penultimate", "embedding")
+STRATEGIES = ("default", "mirrored", "multi-worker")  # tfdnc.distributed.strategy.STRATEGIES
 
 
 @dataclass
@@ -70,6 +71,9 @@ class TrainConfig:
     # speed
     jit_compile: bool = False
     mixed_precision: str | None = None
+    # scale: "default" (one device), "mirrored" (the GPUs of this host),
+    # "multi-worker" (hosts listed in TF_CONFIG); see tfdnc.distributed
+    strategy: str = "default"
 
     def __post_init__(self):
         self.crop_scale = tuple(self.crop_scale)
@@ -120,6 +124,8 @@ class TrainConfig:
             bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         if self.full_embedding_epoch is not None and self.full_embedding_epoch < 0:
             bad("full_embedding_epoch", f"must be >= 0, got {self.full_embedding_epoch}")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
         values = TrainConfig.load(path).to_dict()
-        allowed = {"epochs", "run_dir"}
+        allowed = {"epochs", "run_dir", "strategy"}
         ignored = sorted(set(overrides) - allowed - {k for k, v in overrides.items() if values.get(k) == v})
         if ignored:
             print(f"[tfdnc] --resume keeps the run's settings; ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}")
@@ -158,13 +159,22 @@ def run(
     from tfdnc.model import DivideAndConquerModel
     from tfdnc.protocols import run_protocol
 
+    from tfdnc.distributed import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
+
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    strategy = build_strategy(config.strategy)
+    multi_worker = is_multi_worker(strategy)
+    if multi_worker and resume:
+        raise ValueError("--resume is not supported with --strategy multi-worker yet; resume with mirrored/default")
+    chief = worker_info(strategy).is_chief
     run_dir = config.run_dir
     if not resume and os.path.exists(os.path.join(run_dir, "backup")):
         raise FileExistsError(
             f"--run-dir {run_dir!r} already holds a run; pass --resume to continue it or choose another --run-dir"
         )
     os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, "config.json"))
+    if chief:
+        config.save(os.path.join(run_dir, "config.json"))
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -184,17 +194,21 @@ def run(
         loss_options["symmetrical"] = True
     if config.loss == "margin" and loss_options.get("learnable_beta"):
         loss_options.setdefault("num_classes", len(classes))
-    loss = get_loss(config.loss, **loss_options)
-    backbone = build_backbone(
-        config.backbone, (config.image_size, config.image_size, channels), weights=config.backbone_weights,
-        freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
-    )
-    model = DivideAndConquerModel(
-        backbone, embedding_dim=config.embedding_dim, k_max=config.k_final, mask_mode=config.mask_mode,
-        initial_k=1, loss=loss, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
-    )
-    model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=config.weight_decay or None),
-                  jit_compile=config.jit_compile)
+    with strategy.scope():
+        loss = get_loss(config.loss, **loss_options)
+        backbone = build_backbone(
+            config.backbone, (config.image_size, config.image_size, channels), weights=config.backbone_weights,
+            freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
+        )
+        model = DivideAndConquerModel(
+            backbone, embedding_dim=config.embedding_dim, k_max=config.k_final, mask_mode=config.mask_mode,
+            initial_k=1, loss=loss, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=config.weight_decay or None),
+                      jit_compile=config.jit_compile)
+    if strategy.num_replicas_in_sync > 1:
+        # Replicas normalise with global-batch moments, as one device would.
+        synchronize_batchnorm(model)
 
     sampler = ClusterBatchSampler(contiguous, config.classes_per_batch, config.images_per_class, seed=config.seed)
     steps = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
@@ -203,6 +217,12 @@ def run(
 
     def embed(image_set):
         dataset = make_eval_dataset(image_set, config.image_size, config.eval_resize, batch_size=256)
+        if multi_worker:  # Keras predict cannot run under MultiWorkerMirroredStrategy
+            import tensorflow as tf
+
+            from tfdnc.distributed.recluster import embed_images
+
+            return embed_images(tf.function(lambda x: model(x, training=False)), dataset, len(image_set))
         return model.predict(dataset, verbose=0)
 
     def evaluate(title: str) -> dict:
@@ -210,6 +230,10 @@ def run(
         print(f"\n{title}\n{result.table()}")
         return result.to_dict()
 
+    if multi_worker:
+        from tfdnc.distributed.recluster import DistributedSchedule
+
+        DivideAndConquerSchedule = functools.partial(DistributedSchedule, strategy)  # noqa: N806
     schedule = DivideAndConquerSchedule(
         sampler, train_set, k_final=config.k_final, image_size=config.image_size, resize_size=config.eval_resize,
         growth=config.growth, recluster_every=config.recluster_every,
@@ -220,7 +244,7 @@ def run(
     )
     metrics_path = os.path.join(run_dir, "metrics.json")
     metrics = _read_json(metrics_path) if resume and os.path.exists(metrics_path) else {}
-    if "before" not in metrics:
+    if "before" not in metrics and chief:
         metrics["before"] = evaluate("Before training")
         _write_json(metrics_path, metrics)
 
@@ -237,9 +261,30 @@ def run(
     ]
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     start = time.perf_counter()
-    model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks, verbose=verbose,
-              shuffle=False)
+    if multi_worker:
+        from tfdnc.distributed.driver import fit_custom_loop, per_replica_dataset_fn
+
+        def worker_dataset(num_shards, shard_index):
+            return make_train_dataset(train_set, sampler, steps, config.image_size, labels=contiguous,
+                                      crop_scale=config.crop_scale, crop_ratio=config.crop_ratio, flip=config.flip,
+                                      num_shards=num_shards, shard_index=shard_index)
+
+        # The chief alone checkpoints, logs and evaluates; the others train and re-cluster in step.
+        callbacks = [c for c in callbacks if chief or isinstance(c, (NonFiniteLossGuard, DistributedSchedule))]
+        callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.BackupAndRestore)]
+        fit_custom_loop(model, strategy, per_replica_dataset_fn(worker_dataset, sampler.batch_size),
+                        steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    elif config.strategy == "mirrored":
+        from tfdnc.distributed.driver import fit_mirrored
+
+        fit_mirrored(model, strategy, train_ds, steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks,
+                     verbose=verbose, shuffle=False)
+    else:
+        model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
     train_seconds = time.perf_counter() - start
+    if not chief:
+        return {}
 
     model.save(os.path.join(run_dir, "model.keras"))
     metrics["after"] = evaluate("After training")

@@ -31,12 +31,13 @@ from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
+from tfdnc.config import STRATEGIES
+
 __all__ = [
     "STRATEGIES", "WorkerInfo", "build_strategy", "read_tf_config", "worker_info", "is_multi_worker",
     "synchronize_batchnorm",
 ]
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
 class WorkerInfo(NamedTuple):
