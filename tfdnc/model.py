@@ -165,7 +165,7 @@ class DivideAndConquerModel(keras.Model):
         self.optimizer.build(self.network_variables())
 
     def get_compile_config(self):
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:
             return None
         return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
 
