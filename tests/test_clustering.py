@@ -21,11 +21,6 @@ from tfdnc.clustering import (
 BACKENDS = ["faiss", "sklearn"]
 
 
-def blobs(rng, centers, labels, scale=0.05):
-    """Points of class `labels[i]` around `centers[blob_of[labels[i]]]`."""
-    return (centers + scale * rng.normal(size=centers.shape)).astype(np.float32)
-
-
 def usable_counts_reference(assignments, labels, k, min_images=2):
     """Per cluster, the number of classes with >= min_images images, by Python loops."""
     out = []
