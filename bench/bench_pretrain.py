@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         r = rows[v]
         acc = _fmt([x["pretext_accuracy"] for x in r]) if v != "random" else "-"
         sec = _fmt([x["pretrain_seconds"] for x in r], 1.0, 0) if v != "random" else "-"
-        top = _fmt([x["max_sampling_prob"] for x in r]) if v == "policy" else "-"
+        top = _fmt([x["max_sampling_prob"] for x in r], digits=2) if v == "policy" else "-"
         print(f"| {v} | {acc} | {sec} | {top} | {_fmt([x['r1_before'] for x in r])} | "
               f"{_fmt([x['r1_after'] for x in r])} | {_fmt([x['map_r_after'] for x in r])} |")
     print("\nper seed, R@1 after D&C %:")
@@ -163,10 +163,11 @@ def _pretext_only(args, out_dir: str, start: float) -> int:
     steps = args.pretrain_epochs * args.pretrain_steps
     print(f"\nPretext task on {args.dataset}: held-out permutation accuracy after {steps} steps x "
           f"{args.batch_size} images, N = {args.num_permutations}, {len(args.seeds)} seed(s)")
-    print("| sampling | held-out acc. % | held-out loss | policy's top prob. % | seconds |")
+    print(f"| sampling | held-out acc. % | held-out loss | policy's top prob. % (uniform "
+          f"{100 / args.num_permutations:.2f}) | seconds |")
     print("|---|---|---|---|---|")
     for s, r in rows.items():
-        top = _fmt([x["final_max_sampling_prob"] for x in r]) if s == "policy" else "-"
+        top = _fmt([x["final_max_sampling_prob"] for x in r], digits=2) if s == "policy" else "-"
         print(f"| {s} | {_fmt([x['heldout_accuracy'] for x in r])} | "
               f"{_fmt([x['heldout_loss'] for x in r], 1.0, 3)} | {top} | "
               f"{_fmt([x['train_seconds'] for x in r], 1.0, 0)} |")
