@@ -361,3 +361,22 @@ def test_temporal_variant_from_the_command_line(tmp_path):
     build_backbone("small_cnn", (12, 12, 1), weights=out, width=4)
     assert main(["--clips", str(path), "--num-permutations", "25", "--heldout", "25",
                  "--out", out, "--verbose", "0"]) == 2  # 4! = 24 permutations only
+
+
+def test_folder_of_images_is_read_recursively(tmp_path):
+    from PIL import Image
+
+    from tfdnc.pretrain.sources import find_images, load_unlabelled
+
+    rng = np.random.default_rng(0)
+    for i, sub in enumerate(["a", "a", "b/c"]):
+        os.makedirs(tmp_path / sub, exist_ok=True)
+        pixels = rng.integers(0, 255, size=(20 + i, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / sub / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert len(find_images(str(tmp_path))) == 3
+    images = load_unlabelled(data_dir=str(tmp_path), image_size=16, channels=1)
+    assert images.shape == (3, 16, 16, 1) and images.dtype == np.uint8
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="--data-dir"):
+        find_images(str(tmp_path / "empty"))
