@@ -50,6 +50,13 @@ def fit_mirrored(model: keras.Model, strategy: tf.distribute.Strategy, dataset, 
         raise ValueError("fit_mirrored: Keras 3 fit cannot run MultiWorkerMirroredStrategy; use fit_custom_loop")
     if not model.built or model.optimizer is None:
         raise ValueError("fit_mirrored: build and compile the model under strategy.scope() first")
+    if model.jit_compile and strategy.num_replicas_in_sync > 1:
+        # Keras compiles the whole multi-device step (strategy.run included)
+        # as one XLA function, which cannot read variables on other devices.
+        raise ValueError(
+            f"--jit-compile does not work with --strategy mirrored over {strategy.num_replicas_in_sync} devices "
+            "(Keras hands XLA the whole multi-device step); drop --jit-compile, or train on one device"
+        )
     model._distribute_strategy = None  # noqa: SLF001 - see the docstring
     with strategy.scope():
         return model.fit(dataset, **fit_kwargs)
