@@ -107,3 +107,18 @@ def test_replica_blocks_cover_the_set():
     for n, r in ((10, 3), (9, 3), (1, 4), (1000, 7)):
         block = replica_blocks(n, r)
         assert block * r >= n and (block - 1) * r < n
+
+
+def test_one_worker_gather_and_broadcast_pass_values_through():
+    from tfdnc.distributed.recluster import _worker_rows, broadcast_from_chief, gather_rows_to_chief
+
+    strategy = build_strategy("default")
+    rows = np.random.default_rng(0).normal(size=(11, 3)).astype(np.float32)
+    assert _worker_rows(strategy, 11) == (0, 11, 11)
+    np.testing.assert_array_equal(gather_rows_to_chief(strategy, rows, 11), rows)
+    with pytest.raises(ValueError, match="holds rows"):
+        gather_rows_to_chief(strategy, rows[:5], 11)
+    ids = np.arange(11) % 3
+    np.testing.assert_array_equal(broadcast_from_chief(strategy, ids, (11,)), ids)
+    with pytest.raises(ValueError, match="expected"):
+        broadcast_from_chief(strategy, ids, (12,))

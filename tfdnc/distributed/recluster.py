@@ -69,10 +69,15 @@ def replica_blocks(num_rows: int, num_replicas: int) -> int:
     return max(1, math.ceil(num_rows / num_replicas))
 
 
+def _local_replicas(strategy) -> int:
+    # Replicas are numbered worker by worker, each worker holding the same count.
+    return max(1, strategy.num_replicas_in_sync // worker_info(strategy).count)
+
+
 def _worker_rows(strategy, num_rows: int) -> tuple[int, int, int]:
     """(first row, end row, block size) of this worker's replicas' blocks."""
     replicas = strategy.num_replicas_in_sync
-    local = len(strategy.extended.worker_devices)
+    local = _local_replicas(strategy)
     block = replica_blocks(num_rows, replicas)
     first_replica = worker_info(strategy).index * local
     start = min(first_replica * block, num_rows)
@@ -92,8 +97,10 @@ def gather_rows_to_chief(strategy, local_rows: np.ndarray, num_rows: int, chunk_
     start, end, block = _worker_rows(strategy, num_rows)
     if local_rows.shape[0] != end - start:
         raise ValueError(f"gather_rows_to_chief: this worker holds rows [{start}, {end}) but got {local_rows.shape[0]}")
+    if worker_info(strategy).count == 1:
+        return local_rows  # one worker holds every row already
     dim = local_rows.shape[1]
-    local = len(strategy.extended.worker_devices)
+    local = _local_replicas(strategy)
     replicas = strategy.num_replicas_in_sync
     chief = worker_info(strategy).is_chief
     out = np.empty((num_rows, dim), np.float32) if chief else None
@@ -126,16 +133,16 @@ def broadcast_from_chief(strategy, values: np.ndarray | None, shape: tuple, dtyp
     Every worker must call it with the same `shape`; `values` is read on the
     chief only (pass None elsewhere).
     """
-    chief = worker_info(strategy).is_chief
-    if chief:
+    info = worker_info(strategy)
+    if info.is_chief:
         values = np.asarray(values)
         if values.shape != tuple(shape):
             raise ValueError(f"broadcast_from_chief: values have shape {values.shape}, expected {tuple(shape)}")
+        if info.count == 1:
+            return values.astype(dtype)
 
     def piece(context):
-        first = chief and context.replica_id_in_sync_group == worker_info(strategy).index * len(
-            strategy.extended.worker_devices
-        )
+        first = info.is_chief and context.replica_id_in_sync_group == info.index * _local_replicas(strategy)
         return tf.constant(values.astype(dtype) if first else np.zeros(shape, dtype))
 
     per_replica = strategy.experimental_distribute_values_from_function(piece)
