@@ -291,14 +291,11 @@ def run(
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
     if export:
-        try:
-            from tfdnc.exporting import export_run
-        except ImportError:  # pragma: no cover - the exporter ships with the package
-            export_run = None
-        if export_run is not None:
-            path = export_run(run_dir, os.path.join(run_dir, "export"), "tfdnc")
-            metrics["export"] = path
-            print(f"[tfdnc] exported SavedModel: {path}")
+        from tfdnc.exporting import export_run
+
+        path = export_run(run_dir, os.path.join(run_dir, "export"), "tfdnc")
+        metrics["export"] = path
+        print(f"[tfdnc] exported SavedModel: {path}")
     _write_json(metrics_path, metrics)
     print(f"[tfdnc] run directory: {run_dir}")
     return metrics
