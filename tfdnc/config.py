@@ -34,6 +34,8 @@ class TrainConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = False  # horizontal flips (on for natural images; off for digits)
     use_boxes: bool = False  # crop to bounding boxes where the data set has them
+    cache_dir: str | None = None  # decode training images once into this folder (tfdnc.data.cache)
+    cache_max_side: int | None = None  # shrink cached images to this shorter side (None: full size)
     # network
     backbone: str = "small_cnn"
     backbone_weights: str | None = None  # None | "imagenet" | path
@@ -120,6 +122,8 @@ class TrainConfig:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             bad("crop_scale", f"must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.cache_max_side is not None and self.cache_max_side < self.image_size:
+            bad("cache_max_side", f"({self.cache_max_side}) must be >= --image-size ({self.image_size})")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         if self.full_embedding_epoch is not None and self.full_embedding_epoch < 0:

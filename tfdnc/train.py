@@ -49,6 +49,8 @@ _HELP = {
     "images_per_class": "M images per class",
     "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
     "run_dir": "output folder of the run",
+    "cache_dir": "decode the training images once into this folder and train from it",
+    "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
 }
 
 
@@ -188,6 +190,10 @@ def run(
               f"single-image class(es); see {os.path.join(run_dir, 'skipped.txt')}")
     classes, contiguous = np.unique(train_set.labels, return_inverse=True)
     channels = image_channels(train_set)
+    if config.cache_dir:
+        from tfdnc.data.cache import cache_decoded_images
+
+        train_set = cache_decoded_images(train_set, config.cache_dir, config.cache_max_side, channels)
 
     loss_options = dict(config.loss_options)
     if config.symm:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfdnc.data.cache import decode_raw_image, is_cached
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.data.transforms import crop_to_box, decode_image, eval_transform, random_flip, random_resized_crop
 from tfdnc.datasets.base import ImageSet
@@ -25,9 +26,10 @@ def _image_loader(image_set: ImageSet, channels: int):
             return image
     else:
         paths = tf.constant(image_set.paths)
+        decode = decode_raw_image if is_cached(image_set) else decode_image
 
         def load(index):
-            return decode_image(tf.io.read_file(tf.gather(paths, index)), channels)
+            return decode(tf.io.read_file(tf.gather(paths, index)), channels)
 
     if image_set.boxes is None:
         return load
