@@ -8,7 +8,7 @@ import tensorflow as tf
 from scipy.special import logsumexp
 
 from test_losses import np_contrastive, np_dist, np_multi_similarity, np_triplet
-from test_synthesis import np_pairing, np_symm_matrix
+from test_synthesis import np_pairing, np_symm_matrix, random_batch
 from tfdnc.losses import AngularLoss, LiftedStructureLoss, NPairLoss, get_loss
 from tfdnc.miners import label_masks
 
@@ -18,14 +18,8 @@ RULES = [None, "paper", "code"]  # None: no synthesis
 
 
 def make_batch(seed, classes, per_class, dim, shuffle, normalize=True, scale=1.0):
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(classes), per_class)
-    if shuffle:
-        rng.shuffle(labels)
-    x = rng.normal(size=(len(labels), dim))
-    if normalize:
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return labels.astype(np.int32), (scale * x).astype(np.float32)
+    labels, x = random_batch(seed, classes, per_class, dim, shuffle, normalize)
+    return labels, (scale * x).astype(np.float32)
 
 
 def euclid(u, v):
