@@ -186,10 +186,11 @@ class DivideAndConquerModel(keras.Model):
 
     def _learner_loss(self, images, labels, cluster, training):
         normalize = getattr(self.metric_loss, "expects_normalized", True)
-        z = self.embedder(images, training=training and not self._backbone_frozen)
         if training and self._backbone_frozen:
             # Only the embedding layer (and masks) learn on this epoch.
             z = self.head(ops.stop_gradient(self.backbone(images, training=False)))
+        else:
+            z = self.embedder(images, training=training)
         z = ops.cast(z, "float32")
         if self._full_embedding or not training:
             embeddings = l2_normalize(z) if normalize else z
