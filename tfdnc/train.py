@@ -231,8 +231,8 @@ def run(
             return embed_images(tf.function(lambda x: model(x, training=False)), dataset, len(image_set))
         return model.predict(dataset, verbose=0)
 
-    def evaluate(title: str) -> dict:
-        result = run_protocol(splits, embed, progress=verbose > 0)
+    def evaluate(title: str, result=None) -> dict:
+        result = result or run_protocol(splits, embed, progress=verbose > 0)
         print(f"\n{title}\n{result.table()}")
         return result.to_dict()
 
@@ -255,10 +255,11 @@ def run(
         _write_json(metrics_path, metrics)
 
     backup_dir = os.path.join(run_dir, "backup")
+    protocol_evaluation = ProtocolEvaluation(splits, embed, every=config.eval_every)
     callbacks = [
         NonFiniteLossGuard(checkpoint_hint=backup_dir),
         schedule,
-        ProtocolEvaluation(splits, embed, every=config.eval_every),
+        protocol_evaluation,
         HistoryWriter(os.path.join(run_dir, "history.json"), schedule),
         keras.callbacks.BackupAndRestore(backup_dir, save_freq=backup_every_steps or "epoch",
                                          delete_checkpoint=False, double_checkpoint=True),
@@ -293,7 +294,9 @@ def run(
         return {}
 
     model.save(os.path.join(run_dir, "model.keras"))
-    metrics["after"] = evaluate("After training")
+    # The last epoch's evaluation already scored these weights; reuse it.
+    final = protocol_evaluation.result if protocol_evaluation.result_epoch == config.epochs - 1 else None
+    metrics["after"] = evaluate("After training", final)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
     if export:
@@ -317,6 +320,8 @@ class ProtocolEvaluation(keras.callbacks.Callback):
     def __init__(self, splits, embed, every: int = 1):
         super().__init__()
         self.splits, self.embed, self.every = splits, embed, every
+        self.result = None  # the latest ProtocolResult
+        self.result_epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         from tfdnc.protocols import run_protocol
@@ -325,6 +330,7 @@ class ProtocolEvaluation(keras.callbacks.Callback):
         if logs is None or ((epoch + 1) % self.every and not last):
             return
         result = run_protocol(self.splits, self.embed)
+        self.result, self.result_epoch = result, epoch
         for key, value in next(iter(result.results.values())).items():
             logs[f"val_{key}"] = float(value)
 
