@@ -70,10 +70,6 @@ class ClusterBatchSampler:
     def batch_size(self) -> int:
         return self.classes_per_batch * self.images_per_class
 
-    @property
-    def num_clusters(self) -> int:
-        return self.k
-
     def set_clusters(self, assignments: np.ndarray, k: int, usable: np.ndarray | None = None) -> None:
         """Uses a new clustering; `usable` marks images that may be drawn.
 
