@@ -43,7 +43,7 @@ def digits8() -> DataSplits:
 
 
 def tiny_model(input_shape=(16, 16, 1), embedding_dim=16, k_max=4, mask_mode="learnable", loss=None,
-               mask_loss_weight=0.01, lr=1e-3, width=8):
+               mask_loss_weight=0.01, lr=1e-3, width=8, **model_options):
     import keras
 
     from tfdnc.backbones import build_backbone
@@ -51,7 +51,7 @@ def tiny_model(input_shape=(16, 16, 1), embedding_dim=16, k_max=4, mask_mode="le
 
     backbone = build_backbone("small_cnn", input_shape, width=width)
     model = DivideAndConquerModel(backbone, embedding_dim=embedding_dim, k_max=k_max, mask_mode=mask_mode,
-                                  loss=loss, mask_loss_weight=mask_loss_weight)
+                                  loss=loss, mask_loss_weight=mask_loss_weight, **model_options)
     model.compile(optimizer=keras.optimizers.Adam(lr))
     return model
 

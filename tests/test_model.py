@@ -123,12 +123,98 @@ def test_weights_file_restores_both_optimizers(make_tiny_model, tmp_path):
     assert fresh.num_learners == 2
 
 
-def test_reset_mask_optimizer_zeroes_moments(make_tiny_model):
-    model = make_tiny_model(k_max=2)
-    model.train_step(_batch(cluster=0))
-    assert any(np.abs(v).max() > 0 for v in _values(model.mask_optimizer.variables[2:]))
+def _mask_rows(model):
+    return keras.ops.convert_to_numpy(model.masks.masks).copy()
+
+
+def test_after_k_doubles_a_step_on_learner_1_moves_mask_1_only(make_tiny_model):
+    # Regression: the reset used to zero the mask learning rate too, and no
+    # mask moved again after the first doubling.
+    model = make_tiny_model(k_max=2, mask_loss_weight=0.0, loss=TripletLoss(margin=0.5, mining="batch_all"))
+    lr_before = float(keras.ops.convert_to_numpy(model.mask_optimizer.learning_rate))
+    for step in range(2):
+        model.train_step(_batch(cluster=0, seed=step))
+    model.masks.grow()
     model.reset_mask_optimizer()
-    assert all(np.abs(v).max() == 0 for v in _values(model.mask_optimizer.variables))
+    assert float(keras.ops.convert_to_numpy(model.mask_optimizer.learning_rate)) == lr_before
+    before = _mask_rows(model)
+    np.testing.assert_array_equal(before[0], before[1])  # children start as copies
+    model.train_step(_batch(cluster=1, seed=5))
+    after = _mask_rows(model)
+    np.testing.assert_array_equal(after[0], before[0])  # learner 0 had no batch, fresh moments
+    assert np.abs(after[1] - before[1]).max() > 0
+
+
+def test_children_masks_drift_apart_after_growth(make_tiny_model):
+    model = make_tiny_model(k_max=2, loss=TripletLoss(margin=0.5, mining="batch_all"))
+    model.masks.grow()
+    model.reset_mask_optimizer()
+    for step in range(6):
+        # Each learner sees its own data: different images per cluster.
+        model.train_step(_batch(cluster=step % 2, seed=10 * (step % 2) + step))
+    masks = model.masks.mask_values()
+    assert np.abs(masks[0] - masks[1]).max() > 1e-4
+
+
+def test_reset_restarts_adam_like_a_new_parameter_group(make_tiny_model):
+    # The reference adds the grown masks as a new torch param group: zero
+    # moments, step 0, same lr. The first step after the reset must then
+    # equal a fresh optimizer's first step.
+    model = make_tiny_model(k_max=2, mask_loss_weight=0.0)
+    for step in range(3):
+        model.train_step(_batch(cluster=0, seed=step))
+    model.reset_mask_optimizer()
+    assert int(model.mask_optimizer.iterations) == 0
+    fresh = keras.optimizers.Adam(model.mask_learning_rate)
+    mask = model.masks.masks
+    shadow = keras.Variable(keras.ops.convert_to_numpy(mask))
+    fresh.build([shadow])
+    grad = np.random.default_rng(0).normal(size=mask.shape).astype("float32")
+    model.mask_optimizer.apply([tf.constant(grad)], [mask])
+    fresh.apply([tf.constant(grad)], [shadow])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mask), keras.ops.convert_to_numpy(shadow), rtol=1e-6)
+
+
+def test_coupled_weight_decay_matches_torch_adam_l2(make_tiny_model):
+    # torch Adam(weight_decay=wd) steps on g + wd * w; with a zero loss
+    # gradient (mask_loss_weight 0, full embedding excluded) the first Adam
+    # step is -lr * sign(g) for every weight with g = wd * w != 0.
+    decay = 1e-2
+    model = make_tiny_model(k_max=2, weight_decay=decay, mask_weight_decay=decay, lr=1e-3)
+    plain = make_tiny_model(k_max=2, lr=1e-3)
+    plain.set_weights(model.get_weights())
+    data = _batch(cluster=0)
+    model.train_step(data)
+    plain.train_step(data)
+    moved = model.head.kernel.numpy() - plain.head.kernel.numpy()
+    assert np.abs(moved).max() > 0  # the decay changed the step
+    # Masks start at 1: a decayed mask gradient pulls them below the undecayed ones.
+    assert (_mask_rows(model)[0] <= _mask_rows(plain)[0] + 1e-7).all()
+    assert _mask_rows(model)[0].mean() < _mask_rows(plain)[0].mean()
+
+
+def test_learnable_beta_has_its_own_learning_rate(make_tiny_model):
+    slow = make_tiny_model(loss=MarginLoss(learnable_beta=True, num_classes=4), loss_learning_rate=1e-4)
+    fast = make_tiny_model(loss=MarginLoss(learnable_beta=True, num_classes=4), loss_learning_rate=1e-1)
+    fast.set_weights(slow.get_weights())
+    moves = []
+    for model in (slow, fast):
+        beta = model.loss_variables()[0]
+        before = keras.ops.convert_to_numpy(beta).copy()
+        model.train_step(_batch(cluster=0))
+        moves.append(np.abs(keras.ops.convert_to_numpy(beta) - before).max())
+    assert moves[0] > 0 and moves[1] > 100 * moves[0]
+    assert not any(id(v) in {id(b) for b in slow.loss_variables()} for v in slow.network_variables())
+
+
+def test_fixed_masks_full_embedding_concatenates_normalised_blocks(make_tiny_model):
+    model = make_tiny_model(embedding_dim=8, k_max=2, mask_mode="fixed")
+    model.masks.set_num_active(2)
+    x, _ = _batch(0)
+    z = model.embedder(x["images"]).numpy()
+    blocks = [z[:, :4], z[:, 4:]]
+    expected = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks], axis=1) / np.sqrt(2)
+    np.testing.assert_allclose(model(x["images"]).numpy(), expected, atol=1e-5)
 
 
 def test_compile_with_a_keras_loss_is_refused(make_tiny_model):

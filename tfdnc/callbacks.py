@@ -120,6 +120,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         self.assignments = np.zeros(len(self.labels), np.int64)
         self.usable = clustering.usable_mask(self.assignments, self.labels)
         self.last_recluster_epoch: int | None = None
+        self.split_parents: np.ndarray | None = None
         self.history: list[dict] = []
         self._started = False
 
@@ -139,10 +140,11 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
             self.sampler.set_clusters(everything, 1, clustering.usable_mask(everything, self.labels))
         full = final_k1 or (self.full_embedding_epoch is not None and epoch >= self.full_embedding_epoch)
         self.model.full_embedding = full
-        self.model.backbone_frozen = (
-            self.freeze_backbone_after_recluster
-            and self.last_recluster_epoch is not None
-            and epoch == self.last_recluster_epoch + 1
+        # The TPAMI code freezes on every epoch e with e % T == 0, epoch 0
+        # (right after the first clustering) included
+        # (CompVis/metric-learning-divide-and-conquer-improved: train.py:822-826).
+        self.model.backbone_frozen = self.freeze_backbone_after_recluster and (
+            epoch == 0 or (self.last_recluster_epoch is not None and epoch == self.last_recluster_epoch + 1)
         )
         self.sampler.publish(epoch)
 
@@ -151,7 +153,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         record = {"epoch": epoch, "K": self.k, "cluster_sizes": self.sampler.cluster_sizes(),
                   "full_embedding": self.model.full_embedding, "backbone_frozen": self.model.backbone_frozen}
         total = self.params.get("epochs") if self.params else None
-        if (epoch + 1) % self.recluster_every == 0 and (total is None or epoch + 1 < total):
+        if self.reclusters_after(epoch, total):
             start = time.perf_counter()
             self.recluster(epoch)
             seconds = time.perf_counter() - start
@@ -163,6 +165,17 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.sampler.close()
+
+    def reclusters_after(self, epoch: int, total_epochs: int | None = None) -> bool:
+        """Whether the training set is re-clustered after `epoch`.
+
+        Every T epochs, except after the last one, and never when the run
+        ends at K = 1: one cluster of everything needs no features.
+        """
+        if self.k_final == 1:
+            return False
+        last = total_epochs is not None and epoch + 1 >= total_epochs
+        return (epoch + 1) % self.recluster_every == 0 and not last
 
     # --- clustering ------------------------------------------------------------------
     def clustering_features(self) -> np.ndarray:
@@ -194,18 +207,27 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
     def compute_assignments(self, features: np.ndarray, k: int, seed: int, split: bool) -> np.ndarray:
         """New cluster ids from `features` (the distributed schedule clusters on the chief only).
 
-        `split`: every current cluster c splits into 2c and 2c + 1.
-        Otherwise `k` balanced clusters, renumbered by Hungarian matching to
-        the current ones when K stays the same.
+        Without `split`: `k` balanced clusters of the fresh features,
+        renumbered by Hungarian matching to the current ones when K stays the
+        same. With `split` (K doubles), as the TPAMI code does: first that
+        re-clustering at the current K on the fresh features, matched to the
+        old clusters, then every fresh cluster c splits into 2c and 2c + 1
+        by 2-means (CompVis/metric-learning-divide-and-conquer-improved:
+        train.py:129-136 clusters at the current K, :193-220 reassigns by
+        Hungarian matching, :233-250 divides each cluster), so a split never
+        acts on a partition of stale features.
         """
-        if split:
-            return clustering.split_clusters(
-                features, self.labels, self.assignments, self.k, seed=seed, niter=self.kmeans_iters
-            )
-        fresh = clustering.cluster_balanced(features, self.labels, k, seed=seed, niter=self.kmeans_iters)
-        if self.k > 1 and k == self.k:
-            fresh = clustering.match_clusters(fresh, self.assignments, k, k)[fresh]
-        return fresh
+        current = self.k if split else k
+        if current == 1:
+            fresh = np.zeros(len(self.labels), np.int64)
+        else:
+            fresh = clustering.cluster_balanced(features, self.labels, current, seed=seed, niter=self.kmeans_iters)
+            if self.k > 1 and current == self.k:
+                fresh = clustering.match_clusters(fresh, self.assignments, current, current)[fresh]
+        if not split:
+            return fresh
+        self.split_parents = fresh  # the fresh partition the split divided, for inspection
+        return clustering.split_clusters(features, self.labels, fresh, current, seed=seed + 1, niter=self.kmeans_iters)
 
     def _set(self, assignments: np.ndarray, k: int) -> None:
         self.assignments = np.asarray(assignments, np.int64)

@@ -12,6 +12,7 @@ LOSSES = ("margin", "triplet", "contrastive", "multi_similarity", "npair", "lift
 MASK_MODES = ("learnable", "fixed")
 GROWTH = ("double", "fixed")
 CLUSTER_FEATURES = ("penultimate", "embedding")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tfdnc.distributed.strategy.STRATEGIES
 
 
@@ -40,7 +41,9 @@ class TrainConfig:
     backbone: str = "small_cnn"
     backbone_weights: str | None = None  # None | "imagenet" | path
     pixel_mode: str | None = None
-    freeze_batchnorm: bool = False
+    freeze_batchnorm: bool = False  # fixed BatchNorm statistics; gamma / beta still train (as the papers)
+    batchnorm_momentum: float | None = None  # None: the backbone's default (small_cnn: 0.9, torch's)
+    batchnorm_epsilon: float | None = None  # None: the backbone's default (small_cnn: 1e-5, torch's)
     embedding_dim: int = 64
     # divide & conquer
     k_final: int = 2
@@ -65,6 +68,11 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # "coupled": torch Adam's L2 (g + wd * w), as both reference repos train;
+    # "decoupled": Keras Adam's weight_decay (w -= lr * wd * w per step)
+    weight_decay_mode: str = "coupled"
+    mask_weight_decay: float | None = None  # coupled L2 of the masks; None: weight_decay (TPAMI --mask-wd-mult=1)
+    loss_lr: float | None = None  # Adam lr of the loss's parameters (learnable beta; TPAMI lr_beta); None: lr
     seed: int = 0
     # evaluation and output
     recall_ks: tuple[int, ...] = (1, 2, 4, 8)
@@ -128,6 +136,20 @@ class TrainConfig:
             bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         if self.full_embedding_epoch is not None and self.full_embedding_epoch < 0:
             bad("full_embedding_epoch", f"must be >= 0, got {self.full_embedding_epoch}")
+        if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+            bad("weight_decay_mode", f"must be one of {WEIGHT_DECAY_MODES}, got {self.weight_decay_mode!r}")
+        for name in ("lr", "mask_lr", "loss_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0 < float(value) < float("inf"):
+                bad(name, f"must be a finite number > 0, got {value}")
+        for name in ("weight_decay", "mask_weight_decay", "mask_loss_weight"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= float(value) < float("inf"):
+                bad(name, f"must be a finite number >= 0, got {value}")
+        if self.batchnorm_momentum is not None and not 0 <= self.batchnorm_momentum < 1:
+            bad("batchnorm_momentum", f"must be in [0, 1), got {self.batchnorm_momentum}")
+        if self.batchnorm_epsilon is not None and not 0 < self.batchnorm_epsilon < float("inf"):
+            bad("batchnorm_epsilon", f"must be a finite number > 0, got {self.batchnorm_epsilon}")
         if self.strategy not in STRATEGIES:
             bad("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):

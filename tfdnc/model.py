@@ -8,7 +8,6 @@ from keras import ops
 
 from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
-from tfdnc.layers.normalization import l2_normalize
 from tfdnc.losses import MarginLoss  # also registers every loss, for load_model
 
 
@@ -34,6 +33,18 @@ class DivideAndConquerModel(keras.Model):
         mask_loss_weight: lambda of the mask orthogonality loss.
         mask_learning_rate: Adam learning rate of the masks (the papers use
             100x the network's).
+        weight_decay: coupled L2 weight decay of the network (backbone, head):
+            `weight_decay * w` is added to every gradient before the optimizer
+            step, as torch's `Adam(weight_decay=...)` does in both reference
+            repos (CompVis/metric-learning-divide-and-conquer-improved:
+            README.md:34 `--weight-decay=1e-4`). 0 leaves it to the optimizer
+            (e.g. Keras's decoupled `Adam(weight_decay=...)`).
+        mask_weight_decay: the same coupled L2 on the learnable masks (TPAMI:
+            `--mask-wd-mult=1`, README.md:36; experiment/margin_loss_resnet50.py:197).
+        loss_learning_rate: learning rate of the loss's own parameters (the
+            margin loss's learnable beta): they get their own Adam without
+            weight decay, as the reference's `lr_beta` parameter group
+            (train.py:446-452). None: the network's learning rate at compile.
 
     Training data: `({"images": (B, H, W, C), "cluster": (B,) int}, labels)`,
     every sample of a batch in the same cluster.
@@ -55,6 +66,9 @@ class DivideAndConquerModel(keras.Model):
         loss=None,
         mask_loss_weight: float = 0.01,
         mask_learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        mask_weight_decay: float = 0.0,
+        loss_learning_rate: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,12 +78,22 @@ class DivideAndConquerModel(keras.Model):
             raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
         if mask_learning_rate <= 0:
             raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
+        for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
+        if loss_learning_rate is not None and not loss_learning_rate > 0:
+            raise ValueError(
+                f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}"
+            )
         if loss is None:
             loss = MarginLoss()
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
         self.mask_loss_weight = float(mask_loss_weight)
         self.mask_learning_rate = float(mask_learning_rate)
+        self.weight_decay = float(weight_decay)
+        self.mask_weight_decay = float(mask_weight_decay)
+        self.loss_learning_rate = None if loss_learning_rate is None else float(loss_learning_rate)
         self.metric_loss = loss
         feature_dim = backbone.output_shape[-1]
         self.head = keras.layers.Dense(self.embedding_dim, name="embedding")
@@ -82,6 +106,12 @@ class DivideAndConquerModel(keras.Model):
         self.mask_optimizer = keras.optimizers.Adam(self.mask_learning_rate, name="mask_adam")
         # Built now, so its state loads from any saved model, compiled or not.
         self.mask_optimizer.build(self.masks.trainable_variables)
+        # The loss's parameters (learnable beta) get an optimizer of their own,
+        # created at compile (its learning rate may default to the network's).
+        self.loss_optimizer = None
+        if self.loss_variables():
+            self.loss_optimizer = keras.optimizers.Adam(self.loss_learning_rate or 1e-3, name="loss_adam")
+            self.loss_optimizer.build(self.loss_variables())
         self._full_embedding = False
         self._backbone_frozen = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -102,7 +132,7 @@ class DivideAndConquerModel(keras.Model):
 
     def call(self, inputs, training=False):
         images = inputs["images"] if isinstance(inputs, dict) else inputs
-        return l2_normalize(self.embedder(images, training=training))
+        return self.masks.full_embedding(self.embedder(images, training=training))
 
     def features(self, images, training=False):
         """Backbone ("penultimate") features, as the reference code clusters them."""
@@ -145,14 +175,14 @@ class DivideAndConquerModel(keras.Model):
             self.make_train_function(force=True)
 
     # --- optimisation -----------------------------------------------------------
+    def loss_variables(self) -> list:
+        """The loss's own parameters (e.g. the margin loss's per-class beta)."""
+        return list(getattr(self.metric_loss, "trainable_variables", []))
+
     def network_variables(self) -> list:
-        """Variables the main optimizer updates: backbone, head, loss parameters."""
-        mask_ids = {id(v) for v in self.masks.trainable_variables}
-        variables = [v for v in self.trainable_variables if id(v) not in mask_ids]
-        seen = {id(v) for v in variables}
-        # Loss parameters (e.g. the margin loss's per-class beta).
-        extra = getattr(self.metric_loss, "trainable_variables", [])
-        return variables + [v for v in extra if id(v) not in seen]
+        """Variables the main optimizer updates: backbone and head."""
+        other = {id(v) for v in self.masks.trainable_variables} | {id(v) for v in self.loss_variables()}
+        return [v for v in self.trainable_variables if id(v) not in other]
 
     def compile(self, optimizer="adam", **kwargs):
         if "loss" in kwargs and kwargs["loss"] is not None:
@@ -160,9 +190,12 @@ class DivideAndConquerModel(keras.Model):
                 "DivideAndConquerModel: pass the metric loss to the constructor (`loss=`), not to compile()"
             )
         super().compile(optimizer=optimizer, **kwargs)
-        # Build both optimizers on fixed variable lists, so their state saves
+        # Build the optimizers on fixed variable lists, so their state saves
         # and restores one-to-one (BackupAndRestore, load_weights).
         self.optimizer.build(self.network_variables())
+        if self.loss_optimizer is not None and self.loss_learning_rate is None:
+            inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            self.loss_optimizer.learning_rate = float(keras.ops.convert_to_numpy(inner.learning_rate))
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:
@@ -175,9 +208,20 @@ class DivideAndConquerModel(keras.Model):
             self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
 
     def reset_mask_optimizer(self) -> None:
-        """Zeros the mask optimizer's moments (after K doubles, as TPAMI does)."""
-        for variable in self.mask_optimizer.variables:
-            variable.assign(ops.zeros_like(variable))
+        """Restarts the mask optimizer after K doubles; keeps its learning rate.
+
+        The TPAMI code gives the grown masks a fresh parameter group with the
+        same settings (CompVis/metric-learning-divide-and-conquer-improved:
+        metriclearning/model/inweave/models.py:244-250), i.e. zero moments and
+        a zero step count (Adam's bias correction starts again) at the
+        unchanged learning rate. Only the learning rate is kept here: in
+        Keras 3 `optimizer.variables` holds it next to `iterations`.
+        """
+        optimizer = self.mask_optimizer
+        keep = {id(v) for v in (optimizer._learning_rate,) if isinstance(v, keras.Variable)}
+        for variable in optimizer.variables:
+            if id(variable) not in keep:
+                variable.assign(ops.zeros_like(variable))
 
     @property
     def metrics(self):
@@ -193,7 +237,7 @@ class DivideAndConquerModel(keras.Model):
             z = self.embedder(images, training=training)
         z = ops.cast(z, "float32")
         if self._full_embedding or not training:
-            embeddings = l2_normalize(z) if normalize else z
+            embeddings = self.masks.full_embedding(z) if normalize else z
         else:
             embeddings = self.masks(z, cluster=cluster, normalize=normalize)
         # Under a distribution strategy the loss mines the global batch.
@@ -210,6 +254,7 @@ class DivideAndConquerModel(keras.Model):
             frozen = {id(v) for v in self.backbone.trainable_variables}
             variables = [v for v in variables if id(v) not in frozen]
         mask_variables = self.masks.trainable_variables
+        loss_variables = self.loss_variables()
         with tf.GradientTape() as tape:
             metric_loss, stats = self._learner_loss(images, labels, cluster, training=True)
             mask_loss = ops.zeros(())
@@ -221,18 +266,23 @@ class DivideAndConquerModel(keras.Model):
             # Every replica computes the global-batch loss and the optimizers
             # sum the replicas' gradients, hence the 1 / replicas.
             scaled = self.optimizer.scale_loss(total * replica_loss_scale())
-        gradients = tape.gradient(scaled, variables + mask_variables)
-        network_grads = gradients[: len(variables)]
+        gradients = tape.gradient(scaled, variables + mask_variables + loss_variables)
+        n_net, n_mask = len(variables), len(mask_variables)
         loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         # Read before apply(), which may halve or double the scale.
         scale = ops.cast(self.optimizer.dynamic_scale, "float32") if loss_scaled else None
+        # The network's gradients stay scaled (the LossScaleOptimizer unscales
+        # them), so the decay term is scaled alike.
+        network_grads = _coupled_decay(gradients[:n_net], variables, self.weight_decay, scale)
         self.optimizer.apply(network_grads, variables)
+        unscale = (lambda grads: [g / scale for g in grads]) if loss_scaled else (lambda grads: grads)
         if mask_variables and not self._full_embedding:
-            mask_grads = gradients[len(variables):]
-            if loss_scaled:
-                # The mask optimizer has no loss scale of its own.
-                mask_grads = [g / scale for g in mask_grads]
+            # The mask and loss optimizers have no loss scale of their own.
+            mask_grads = _coupled_decay(unscale(gradients[n_net:n_net + n_mask]), mask_variables,
+                                        self.mask_weight_decay)
             self.mask_optimizer.apply(mask_grads, mask_variables)
+        if loss_variables:
+            self.loss_optimizer.apply(unscale(gradients[n_net + n_mask:]), loss_variables)
         return self._update_metrics(total, metric_loss, mask_loss, stats)
 
     def test_step(self, data):
@@ -262,6 +312,9 @@ class DivideAndConquerModel(keras.Model):
             "loss": keras.saving.serialize_keras_object(self.metric_loss),
             "mask_loss_weight": self.mask_loss_weight,
             "mask_learning_rate": self.mask_learning_rate,
+            "weight_decay": self.weight_decay,
+            "mask_weight_decay": self.mask_weight_decay,
+            "loss_learning_rate": self.loss_learning_rate,
         }
 
     @classmethod
@@ -270,3 +323,12 @@ class DivideAndConquerModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return cls(**config)
+
+
+def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -> list:
+    """torch-style coupled L2: g + decay * w (times the loss scale, if any)."""
+    if not decay:
+        return gradients
+    factor = decay if scale is None else decay * scale
+    return [None if g is None else g + ops.cast(factor, g.dtype) * ops.cast(v, g.dtype)
+            for g, v in zip(gradients, variables)]

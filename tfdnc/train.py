@@ -206,11 +206,17 @@ def run(
             config.backbone, (config.image_size, config.image_size, channels), weights=config.backbone_weights,
             freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
         )
+        coupled = config.weight_decay_mode == "coupled"
+        mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
         model = DivideAndConquerModel(
             backbone, embedding_dim=config.embedding_dim, k_max=config.k_final, mask_mode=config.mask_mode,
             initial_k=1, loss=loss, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
+            weight_decay=config.weight_decay if coupled else 0.0,
+            mask_weight_decay=mask_decay if coupled and config.mask_mode == "learnable" else 0.0,
+            loss_learning_rate=config.loss_lr,
         )
-        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=config.weight_decay or None),
+        decoupled = None if coupled else (config.weight_decay or None)
+        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=decoupled),
                       jit_compile=config.jit_compile)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.

@@ -101,6 +101,21 @@ class SubspaceMasks(keras.layers.Layer):
         masked = inputs[:, None, :] * masks[None, :, :]
         return l2_normalize(masked) if normalize else masked
 
+    def full_embedding(self, inputs):
+        """The full (evaluation) embedding of `inputs`, unit norm.
+
+        Learnable masks: normalize(z), as the TPAMI code evaluates. Fixed
+        blocks: the concatenation of the separately normalised blocks of the
+        current K (CompVis/metric-learning-divide-and-conquer:
+        lib/model.py:121-134), divided by sqrt(K) so the vector keeps unit
+        norm; the division changes no distance ranking.
+        """
+        if self.mode == "learnable":
+            return l2_normalize(inputs)
+        blocks = ops.sum(self.all_learners(inputs, normalize=True), axis=1)
+        k = ops.cast(self.num_active_var, blocks.dtype)
+        return blocks / ops.sqrt(k)
+
     def orthogonality_loss(self):
         """Mean cosine similarity of relu(m_i), relu(m_j) over active i != j.
 
