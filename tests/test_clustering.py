@@ -108,11 +108,42 @@ def test_kmeans_falls_back_to_sklearn_without_faiss(monkeypatch):
     rng = np.random.default_rng(16)
     x = rng.normal(size=(120, 4))
     monkeypatch.setattr(clustering, "_faiss", lambda: None)
-    a, c = clustering.kmeans(x, 3, seed=2)
+    monkeypatch.setattr(clustering, "_fallback_warned", False)
+    with pytest.warns(RuntimeWarning, match="falls back to scikit-learn"):
+        a, c = clustering.kmeans(x, 3, seed=2)
     a_ref, c_ref = clustering.kmeans(x, 3, seed=2, backend="sklearn")
     np.testing.assert_array_equal(a, a_ref)
     np.testing.assert_array_equal(c, c_ref)
     with pytest.raises(ValueError, match="faiss is not installed"):
+        clustering.kmeans(x, 3, backend="faiss")
+
+
+def test_missing_faiss_is_announced_once_per_process(monkeypatch):
+    import sys
+
+    import tfdnc.clustering as clustering
+
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(90, 4))
+    # `import faiss` raises ImportError while sys.modules maps it to None
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    monkeypatch.setattr(clustering, "_fallback_warned", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the once is tfdnc's, not the warnings registry's
+        a, c = clustering.kmeans(x, 3, seed=1)
+        a2, _ = clustering.kmeans(x, 3, seed=1)
+        clustering.kmeans(x, 2, seed=4, backend="sklearn")  # asked for: nothing to say
+    messages = [str(w.message) for w in caught if "faiss" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert caught[0].category is RuntimeWarning
+    assert "pip install faiss-cpu" in messages[0] and "slower" in messages[0]
+    assert "scikit-learn" in messages[0] and "[tfdnc]" in messages[0]
+    assert caught[0].filename == __file__  # points at the caller of kmeans
+    a_ref, c_ref = clustering.kmeans(x, 3, seed=1, backend="sklearn")
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(a2, a_ref)
+    np.testing.assert_array_equal(c, c_ref)
+    with pytest.raises(ValueError, match="pip install faiss-cpu"):
         clustering.kmeans(x, 3, backend="faiss")
 
 

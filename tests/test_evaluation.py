@@ -10,6 +10,7 @@ from tfdnc.evaluation import (
     RetrievalEvaluation,
     evaluate,
     map_at_r,
+    marp,
     nearest_neighbors,
     nmi_and_f1,
     pairwise_f1,
@@ -51,7 +52,7 @@ def reference_rankings(q, g, exclude_self, metric="cosine"):
 def reference_metrics(q, ql, g, gl, ks, exclude_self, metric="cosine"):
     rankings = reference_rankings(q, g, exclude_self, metric)
     recalls = {k: [] for k in ks}
-    aps, rps = [], []
+    aps, arps, rps = [], [], []
     for i, order in enumerate(rankings):
         rel = [gl[j] == ql[i] for j in order]
         r = sum(rel)
@@ -60,9 +61,12 @@ def reference_metrics(q, ql, g, gl, ks, exclude_self, metric="cosine"):
         for k in ks:
             recalls[k].append(any(rel[:k]))
         rps.append(sum(rel[:r]) / r)
-        aps.append(sum(rel[j] * sum(rel[: j + 1]) / (j + 1) for j in range(r)) / r)
+        summed = sum(rel[j] * sum(rel[: j + 1]) / (j + 1) for j in range(r))
+        aps.append(summed / r)
+        arps.append(summed / sum(rel[:r]) if any(rel[:r]) else 0.0)
     out = {f"recall@{k}": float(np.mean(v)) for k, v in recalls.items()}
     out["map@r"] = float(np.mean(aps))
+    out["marp"] = float(np.mean(arps))
     out["r_precision"] = float(np.mean(rps))
     out["num_queries"] = len(aps)
     return out
@@ -158,6 +162,71 @@ def test_map_at_r_hand_computed():
     q_res = retrieval_metrics(x[1:], y[1:], (1,), query_embeddings=x[:1], query_labels=y[:1])
     assert q_res["map@r"] == pytest.approx(0.5)
     assert q_res["r_precision"] == pytest.approx(0.5)
+
+
+def brute_force_map_at_r_and_marp(q, ql, g, gl, exclude_self):
+    """Both MAP@R variants from a full NumPy argsort of the distances.
+
+    MAP@R (Musgrave et al.): sum_{i<=R} P@i rel(i) / R. mARP (the TPAMI D&C
+    code, metriclearning/evaluation/mean_avg_precision.py:14): the same sum
+    over the hits in the top R, 0 for a query without hits. Queries with
+    R = 0 are left out of both.
+    """
+    d = ((q[:, None, :].astype(np.float64) - g[None, :, :]) ** 2).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    maps, marps, no_hit = [], [], 0
+    for i in range(len(q)):
+        r = int((gl == ql[i]).sum()) - (1 if exclude_self else 0)
+        if r == 0:
+            continue
+        top = gl[np.argsort(d[i], kind="stable")[:r]] == ql[i]
+        precision = np.cumsum(top) / np.arange(1, r + 1)
+        summed = float((precision * top).sum())
+        maps.append(summed / r)
+        marps.append(summed / top.sum() if top.any() else 0.0)
+        no_hit += int(not top.any())
+    return float(np.mean(maps)), float(np.mean(marps)), no_hit
+
+
+@pytest.mark.parametrize("query_gallery", [False, True])
+def test_marp_divides_by_hits_map_at_r_by_r(query_gallery):
+    # continuous data (no ties), euclidean = cosine order after normalising
+    rng = np.random.default_rng(12)
+    g = rng.normal(size=(40, 3))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    gl = rng.integers(0, 10, size=40)
+    if query_gallery:
+        q = rng.normal(size=(15, 3))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        ql = rng.integers(0, 10, size=15)
+        kw = dict(query_embeddings=q, query_labels=ql)
+    else:
+        q, ql, kw = g, gl, {}
+    want_map, want_marp, no_hit = brute_force_map_at_r_and_marp(q, ql, g, gl, not query_gallery)
+    assert no_hit > 0  # queries with no hit in their top R: 0 in mARP's mean
+    assert want_marp > want_map + 0.05  # a case where the two differ
+    res = retrieval_metrics(g, gl, (1,), **kw)
+    assert res["map@r"] == pytest.approx(want_map, abs=1e-12)
+    assert res["marp"] == pytest.approx(want_marp, abs=1e-12)
+    assert map_at_r(g, gl, **kw) == pytest.approx(want_map, abs=1e-12)
+    assert marp(g, gl, **kw) == pytest.approx(want_marp, abs=1e-12)
+    only = evaluate(g, gl, ks=(1,), metrics=("marp",), **kw)
+    assert only == {"marp": pytest.approx(want_marp, abs=1e-12)}
+
+
+def test_marp_hand_computed():
+    # unit circle, classes 0, 0, 0, 1 at 0, 10, 90 and 25 degrees; R = 2 for class 0.
+    # query 0: 10 (hit), 25 (miss) -> MAP@R 1/2, mARP 1/1
+    # query 1: 0 (hit), 25 (miss) -> 1/2, 1
+    # query 2: 25 (miss), 10 (hit) -> (1/2)/2, (1/2)/1
+    # query 3 (class 1): R = 0, left out
+    angles = np.deg2rad([0, 10, 90, 25])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    res = retrieval_metrics(x, [0, 0, 0, 1], (1,))
+    assert res["num_queries"] == 3
+    assert res["map@r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    assert res["marp"] == pytest.approx((1 + 1 + 0.5) / 3)
 
 
 def test_chunked_equals_unchunked_on_continuous_data():
@@ -256,9 +325,9 @@ def test_evaluate_keys_and_consistency():
     x = exact_unit_vectors(rng, 50)
     y = rng.integers(0, 5, size=50)
     res = evaluate(x, y, ks=(1, 10))
-    assert set(res) == {"recall@1", "recall@10", "map@r", "r_precision", "nmi", "f1"}
+    assert set(res) == {"recall@1", "recall@10", "map@r", "marp", "r_precision", "nmi", "f1"}
     ref = reference_metrics(x, y, x, y, (1, 10), exclude_self=True)
-    for key in ("recall@1", "recall@10", "map@r", "r_precision"):
+    for key in ("recall@1", "recall@10", "map@r", "marp", "r_precision"):
         assert res[key] == pytest.approx(ref[key])
     assert set(evaluate(x, y, metrics=("nmi",))) == {"nmi"}
     with pytest.raises(ValueError, match="`metrics`"):

@@ -14,8 +14,9 @@ import keras
 from tfdnc.backbones import build_backbone
 from tfdnc.pretrain import (ClipFrames, JigsawTiles, OrderPredictionModel, PermutationPolicy,
                             ReinforceTrainer, export_backbone_weights, generate_permutations,
-                            hamming_distances, inverse_permutations, min_hamming_distance,
-                            recalibrate_batchnorm, reinforce_loss, shuffle_items)
+                            hamming_distances, inverse_permutations, mean_hamming_distance,
+                            min_hamming_distance, recalibrate_batchnorm, reinforce_loss,
+                            shuffle_items)
 from tfdnc.pretrain.callbacks import HeldOutPermutations, PolicySamplingCallback, policy_state
 from tfdnc.pretrain.permutations import validate_permutations
 
@@ -34,13 +35,53 @@ def test_permutation_set_is_valid_distinct_and_min_distance_matches_brute_force(
 
 
 def test_greedy_selection_picks_the_farthest_candidate_each_time():
-    perms = generate_permutations(12, 5, seed=1)
+    perms = generate_permutations(12, 5, seed=1, selection="max_min")
     every = np.array(list(itertools.permutations(range(5))))
     for k in range(1, len(perms)):
         chosen = perms[:k]
         to_set = np.min(np.count_nonzero(every[:, None, :] != chosen[None], axis=-1), axis=1)
         got = np.min(np.count_nonzero(chosen != perms[k], axis=-1))
         assert got == to_set.max(), f"row {k} is not a farthest candidate"
+
+
+def test_max_mean_selection_picks_the_first_candidate_of_largest_mean_distance():
+    # Brattoli's select_permutations.py: D = mean Hamming distance to the set, j = D.argmax()
+    perms = generate_permutations(12, 5, seed=1, selection="max_mean")
+    every = np.array(list(itertools.permutations(range(5))))
+    for k in range(1, len(perms)):
+        chosen = perms[:k]
+        rest = np.array([p for p in every if not (p == chosen).all(axis=1).any()])
+        mean_to_set = np.count_nonzero(rest[:, None, :] != chosen[None], axis=-1).mean(axis=1)
+        np.testing.assert_array_equal(perms[k], rest[mean_to_set.argmax()], err_msg=f"row {k}")
+
+
+def test_max_mean_and_max_min_sets_each_win_their_own_criterion():
+    sets = {}
+    for seed in (0, 1):
+        by_mean = generate_permutations(30, 9, seed=seed, selection="max_mean")
+        by_min = generate_permutations(30, 9, seed=seed, selection="max_min")
+        sets[seed] = {"max_mean": by_mean, "max_min": by_min}
+        pairs = list(itertools.combinations(range(30), 2))
+        brute = {}
+        for name, p in sets[seed].items():
+            d = [int(np.sum(p[i] != p[j])) for i, j in pairs]
+            brute[name] = (np.mean(d), min(d))
+            assert mean_hamming_distance(p) == pytest.approx(brute[name][0])
+            assert min_hamming_distance(p) == brute[name][1]
+            assert len({tuple(row) for row in p}) == 30
+            assert (np.sort(p, axis=1) == np.arange(9)).all()
+        # each rule wins its own criterion, strictly at this size
+        assert brute["max_mean"][0] > brute["max_min"][0]
+        assert brute["max_min"][1] > brute["max_mean"][1]
+    for selection in ("max_mean", "max_min"):
+        # deterministic per seed, different across seeds
+        np.testing.assert_array_equal(generate_permutations(30, 9, seed=1, selection=selection),
+                                      sets[1][selection])
+        assert not np.array_equal(sets[0][selection], sets[1][selection])
+    # the default is max_min, the set docs/sections/pretrain.md describes
+    np.testing.assert_array_equal(generate_permutations(30, 9, seed=0), sets[0]["max_min"])
+    with pytest.raises(ValueError, match="selection"):
+        generate_permutations(10, 9, selection="max")
 
 
 def test_greedy_set_is_farther_apart_than_a_random_set():
@@ -319,6 +360,10 @@ def test_cli_writes_loadable_weights_and_resumes(tmp_path):
     history = json.load(open(os.path.join(run_dir, "history.json")))
     assert [r["epoch"] for r in history] == [1, 2]  # epoch 1 was not repeated
     assert len(json.load(open(os.path.join(run_dir, "policy_history.json")))) == 2
+    # the run's permutation set is kept: resuming with another selection is refused
+    np.testing.assert_array_equal(np.load(os.path.join(run_dir, "permutations.npy")),
+                                  generate_permutations(10, 9, seed=0, selection="max_min"))
+    assert main(args + ["--epochs", "3", "--resume", "--permutation-selection", "max_mean"]) == 2
     backbone = build_backbone("small_cnn", (16, 16, 1), weights=out, width=4)
     assert backbone.output_shape[-1] == 32
     assert main(args + ["--epochs", "1", "--out", str(tmp_path / "bad.h5")]) == 2

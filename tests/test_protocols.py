@@ -73,6 +73,22 @@ def test_known_answer_query_vs_gallery():
     assert "R@1" in table and "R@5" in table and "50.00" in table and "100.00" in table
 
 
+def test_protocol_reports_map_at_r_and_marp():
+    # unit circle, classes 0, 0, 0, 1 at 0, 10, 90, 25 degrees; the class-0
+    # queries' top R = 2: (hit, miss), (hit, miss), (miss, hit)
+    angles = np.deg2rad([0, 10, 90, 25])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    result = evaluate_embedded("cub", {"test": (None, None, x, np.array([0, 0, 0, 1]))})
+    metrics = result.results["test"]
+    assert metrics["map@r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)  # / R
+    assert metrics["marp"] == pytest.approx((1 + 1 + 0.5) / 3)  # / hits in the top R
+    assert ("map@r", "MAP@R") in result.columns() and ("marp", "mARP") in result.columns()
+    header = result.table().splitlines()[1].split()
+    assert header[-2:] == ["MAP@R", "mARP"]
+    assert result.table().splitlines()[-1].split()[-2:] == ["41.67", "83.33"]
+    assert json.loads(json.dumps(result.to_dict()))["results"]["test"]["marp"] == pytest.approx(2.5 / 3)
+
+
 @pytest.mark.parametrize("dataset", ["cub", "sop"])
 def test_all_vs_all_matches_brute_force(dataset):
     rng = np.random.default_rng(4)

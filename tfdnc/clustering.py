@@ -129,12 +129,37 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- k-means
 
 
+# Why faiss could not be imported (for the fallback warning), and whether
+# that warning was shown: once per process, not once per k-means call.
+_faiss_import_error: str | None = None
+_fallback_warned = False
+
+
 def _faiss():
+    """The faiss module, or None when it cannot be imported."""
+    global _faiss_import_error
     try:
         import faiss
-    except ImportError:  # pragma: no cover - faiss is a dependency, sklearn the fallback
+    except ImportError as exc:  # faiss-cpu is a dependency; sklearn is the fallback
+        _faiss_import_error = str(exc) or type(exc).__name__
         return None
     return faiss
+
+
+def _warn_sklearn_fallback():
+    """Says once per process that backend="auto" k-means runs on scikit-learn."""
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    reason = f" ({_faiss_import_error})" if _faiss_import_error else ""
+    warnings.warn(
+        f"[tfdnc] faiss cannot be imported{reason}; k-means (re-clustering, NMI / F1) falls back "
+        "to scikit-learn, which is slower on large sets. `pip install faiss-cpu` to use faiss "
+        "(this warning is shown once per process).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def kmeans(
@@ -155,7 +180,9 @@ def kmeans(
         seed: random seed of the initialisation.
         spherical: cosine k-means: rows are L2-normalised first and the
             centroids are kept on the unit sphere.
-        backend: "faiss" (default when importable), "sklearn", or "auto".
+        backend: "auto" (default: faiss when importable, else scikit-learn,
+            with a `RuntimeWarning` once per process), "faiss" (an error
+            without it) or "sklearn".
 
     Returns:
         (assignments int64 (N,), centroids float32 (k, D)); every point is
@@ -182,6 +209,8 @@ def kmeans(
     faiss = _faiss() if backend in ("auto", "faiss") else None
     if backend == "faiss" and faiss is None:
         raise ValueError("`backend='faiss'` but faiss is not installed (pip install faiss-cpu)")
+    if backend == "auto" and faiss is None:
+        _warn_sklearn_fallback()
     if faiss is not None:
         return _kmeans_faiss(faiss, x, k, int(niter), int(seed), bool(spherical))
     return _kmeans_sklearn(x, k, int(niter), int(seed), bool(spherical))

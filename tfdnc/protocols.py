@@ -12,9 +12,13 @@ vehicleid      1, 5                        query vs gallery per test size
                                            (800, 1,600, 2,400)
 =============  ==========================  =====================================
 
-Every set also gets NMI and F1 (k-means with as many clusters as classes)
-and MAP@R, computed by `tfdnc.evaluation.metrics.evaluate`. All-vs-all
-excludes the query itself from its neighbours.
+Every set also gets NMI and F1 (k-means with as many clusters as classes),
+MAP@R (`map@r`, Musgrave et al. 2020: divided by R) and mARP (`marp`, the
+TPAMI D&C code's MAP@R: divided by the hits in the top R,
+CompVis/metric-learning-divide-and-conquer-improved:
+metriclearning/evaluation/mean_avg_precision.py:14), computed by
+`tfdnc.evaluation.metrics.evaluate`. All-vs-all excludes the query itself
+from its neighbours.
 
 Example:
 >>> result = run_protocol(splits, embed)   # embed: ImageSet -> (N, d) array
@@ -31,7 +35,7 @@ import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
 
-METRICS = ("recall", "map@r", "r_precision", "nmi", "f1")
+METRICS = ("recall", "map@r", "marp", "r_precision", "nmi", "f1")
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class ProtocolResult:
 
     Attributes:
         protocol: the protocol evaluated.
-        results: set name -> {"recall@1": ..., "nmi": ..., "f1": ..., "map@r": ...}.
+        results: set name -> {"recall@1": ..., "nmi": ..., "f1": ..., "map@r": ...,
+            "marp": ...}.
         sizes: set name -> (queries, gallery items); all-vs-all: (n, n).
     """
 
@@ -109,7 +114,7 @@ class ProtocolResult:
     def columns(self) -> list[tuple[str, str]]:
         """(metric key, column title) in table order."""
         cols = [(f"recall@{k}", f"R@{k}") for k in self.protocol.recall_ks]
-        return cols + [("nmi", "NMI"), ("f1", "F1"), ("map@r", "MAP@R")]
+        return cols + [("nmi", "NMI"), ("f1", "F1"), ("map@r", "MAP@R"), ("marp", "mARP")]
 
     def table(self) -> str:
         """A plain-text table, figures in percent as the papers print them."""

@@ -11,7 +11,7 @@ from tfdnc.evaluation.metrics import ALL_METRICS, evaluate
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
-    """Embeds an evaluation set with the model and logs Recall@K, MAP@R, NMI, F1.
+    """Embeds an evaluation set with the model and logs Recall@K, MAP@R, mARP, NMI, F1.
 
     The model's output must be the embedding (the D&C model returns the
     L2-normalised full embedding). Metrics land in `logs` as
@@ -31,7 +31,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             evaluation (In-shop); `data` is then the gallery.
         every: evaluate every this many epochs.
         ks: the K of Recall@K.
-        metrics: any of "recall", "map@r", "r_precision", "nmi", "f1".
+        metrics: any of "recall", "map@r", "marp", "r_precision", "nmi", "f1"
+            (`map@r` divides by R, `marp` by the hits in the top R; see
+            `tfdnc.evaluation.metrics`).
         prefix: prepended to every key.
         batch_size: for `model.predict` on arrays.
 

@@ -1,4 +1,4 @@
-"""Retrieval and clustering metrics of an embedding: Recall@K, MAP@R, R-precision, NMI, F1.
+"""Retrieval and clustering metrics of an embedding: Recall@K, MAP@R, mARP, R-precision, NMI, F1.
 
 Two protocols:
 
@@ -18,6 +18,16 @@ Check" (2020): with R the number of gallery items of the query's class,
 R-precision = (relevant among the top R) / R and
 MAP@R = 1/R * sum_{i<=R} P@i * rel(i).
 
+mARP (key `marp`) is the "MAP@R" that the TPAMI Divide & Conquer code
+prints as mARP: the same sum over the top R, but divided by the number of
+hits among the top R instead of by R (CompVis/metric-learning-divide-and-
+conquer-improved: metriclearning/evaluation/mean_avg_precision.py:14, called
+on the top R by mean_avg_R_precision, lines 46-49). A query with no hit in
+its top R scores 0 there (line 14) and still counts in the mean (line 19);
+tfdnc does the same. So mARP >= MAP@R, equal only when every top R is all
+hits or all misses. Papers that cite "MAP@R" from Musgrave et al. mean
+`map@r`; the D&C TPAMI tables mean `marp`.
+
 Example:
 
 ```python
@@ -35,7 +45,8 @@ import numpy as np
 
 from tfdnc.evaluation.neighbors import check_embeddings, iter_topk
 
-ALL_METRICS = ("recall", "map@r", "r_precision", "nmi", "f1")
+ALL_METRICS = ("recall", "map@r", "marp", "r_precision", "nmi", "f1")
+RANK_METRICS = ("map@r", "marp", "r_precision")
 
 
 def _check_labels(labels, n: int, name: str) -> np.ndarray:
@@ -89,11 +100,12 @@ def retrieval_metrics(
     metric: str = "cosine",
     chunk_size: int | None = None,
 ) -> dict:
-    """Recall@K (and MAP@R, R-precision) in one chunked pass over the gallery.
+    """Recall@K (and MAP@R, mARP, R-precision) in one chunked pass over the gallery.
 
     Returns:
-        dict with `recall@k` for every k, `map@r` and `r_precision` when
-        `rank_metrics`, and `num_queries` (queries with >= 1 relevant item).
+        dict with `recall@k` for every k, `map@r`, `marp` and `r_precision`
+        when `rank_metrics`, and `num_queries` (queries with >= 1 relevant
+        item; the others are left out of every metric, mARP included).
     """
     q, ql, g, gl, exclude_self = _setup(embeddings, labels, query_embeddings, query_labels, exclude_self)
     ks = _check_ks(ks)
@@ -109,6 +121,7 @@ def retrieval_metrics(
 
     hits = np.zeros((q.shape[0], len(ks)), dtype=bool)
     ap = np.zeros(q.shape[0])
+    arp = np.zeros(q.shape[0])
     rp = np.zeros(q.shape[0])
     for start, idx, _ in iter_topk(q, g, k_for_chunk, exclude_self=exclude_self, metric=metric,
                                    chunk_size=chunk_size):
@@ -122,11 +135,16 @@ def retrieval_metrics(
             ranks = np.arange(1, idx.shape[1] + 1)[None, :]
             rel_r = rel & (ranks <= rr)
             precision = np.cumsum(rel_r, axis=1) / ranks
-            ap[start:stop] = (precision * rel_r).sum(1) / rr[:, 0]
-            rp[start:stop] = rel_r.sum(1) / rr[:, 0]
+            summed = (precision * rel_r).sum(1)
+            n_hits = rel_r.sum(1)
+            ap[start:stop] = summed / rr[:, 0]
+            # mARP: over the hits in the top R, 0 without any (see the module docstring)
+            arp[start:stop] = np.where(n_hits > 0, summed / np.maximum(n_hits, 1), 0.0)
+            rp[start:stop] = n_hits / rr[:, 0]
     out = {f"recall@{k}": float(hits[valid, i].mean()) for i, k in enumerate(ks)}
     if rank_metrics:
         out["map@r"] = float(ap[valid].mean())
+        out["marp"] = float(arp[valid].mean())
         out["r_precision"] = float(rp[valid].mean())
     out["num_queries"] = int(valid.sum())
     return out
@@ -164,10 +182,41 @@ def recall_at_k(
 
 def map_at_r(embeddings, labels, *, query_embeddings=None, query_labels=None, exclude_self: bool = True,
              metric: str = "cosine", chunk_size: int | None = None) -> float:
-    """Mean average precision at R (Musgrave et al. 2020); R = relevant items of the query."""
+    """Mean average precision at R (Musgrave et al. 2020); R = relevant items of the query.
+
+    The sum of precisions at the hits among the top R is divided by R (as in
+    pytorch-metric-learning); see `marp` for the TPAMI D&C code's variant,
+    which divides it by the number of those hits.
+    """
     return retrieval_metrics(embeddings, labels, (1,), query_embeddings=query_embeddings,
                              query_labels=query_labels, exclude_self=exclude_self, metric=metric,
                              chunk_size=chunk_size)["map@r"]
+
+
+def marp(embeddings, labels, *, query_embeddings=None, query_labels=None, exclude_self: bool = True,
+         metric: str = "cosine", chunk_size: int | None = None) -> float:
+    """mARP of the D&C TPAMI code: MAP@R's sum over the top R divided by its hits, not by R.
+
+    Per query, with R the relevant gallery items and rel(i) the hits among
+    the top R: sum_{i<=R} P@i * rel(i) / sum_{i<=R} rel(i), and 0 when the
+    top R holds no hit; the mean is over all queries with R >= 1. This is
+    `average_precision` applied to the top R in CompVis/metric-learning-
+    divide-and-conquer-improved: metriclearning/evaluation/mean_avg_precision.py:14
+    (via `mean_avg_R_precision`, lines 25-49), the "mARP" the authors report
+    (metriclearning/utils.py:234). Departure: the reference also averages in,
+    as 0, all-vs-all queries of a singleton class (R = 0), and fails with a
+    KeyError on a query class missing from the gallery (line 47); tfdnc leaves
+    such queries out, as for every retrieval metric. Always >= `map_at_r`.
+
+    >>> angles = np.deg2rad([0, 10, 90, 25])  # class 0, 0, 0, 1 on the unit circle
+    >>> x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    >>> # R = 2; top 2 of the queries: (hit, miss), (hit, miss), (miss, hit)
+    >>> round(map_at_r(x, [0, 0, 0, 1]), 4), round(marp(x, [0, 0, 0, 1]), 4)
+    (0.4167, 0.8333)
+    """
+    return retrieval_metrics(embeddings, labels, (1,), query_embeddings=query_embeddings,
+                             query_labels=query_labels, exclude_self=exclude_self, metric=metric,
+                             chunk_size=chunk_size)["marp"]
 
 
 def r_precision(embeddings, labels, *, query_embeddings=None, query_labels=None, exclude_self: bool = True,
@@ -244,9 +293,10 @@ def evaluate(
 ) -> dict[str, float]:
     """All metrics of an embedding, as a flat dict of floats.
 
-    Keys: `recall@k` for k in `ks`, `map@r`, `r_precision`, `nmi`, `f1`
-    (those asked for in `metrics`). In query-vs-gallery mode NMI and F1
-    cluster queries and gallery together.
+    Keys: `recall@k` for k in `ks`, `map@r`, `marp`, `r_precision`, `nmi`,
+    `f1` (those asked for in `metrics`; `map@r` is Musgrave et al.'s MAP@R,
+    `marp` the D&C TPAMI code's mARP, see the module docstring). In
+    query-vs-gallery mode NMI and F1 cluster queries and gallery together.
 
     >>> evaluate(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
     {'recall@1': 0.73, 'recall@10': 0.91, 'nmi': 0.68}
@@ -255,7 +305,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"`metrics` must be among {ALL_METRICS}, got unknown {sorted(unknown)}")
     out: dict[str, float] = {}
-    rank = "map@r" in metrics or "r_precision" in metrics
+    rank = any(m in metrics for m in RANK_METRICS)
     if "recall" in metrics or rank:
         res = retrieval_metrics(embeddings, labels, ks, query_embeddings=query_embeddings,
                                 query_labels=query_labels, exclude_self=exclude_self, rank_metrics=rank,

@@ -13,13 +13,14 @@ from tfdnc.pretrain.handoff import (export_backbone_weights, recalibrate_batchno
 from tfdnc.pretrain.jigsaw import (ClipFrames, JigsawTiles, OrderPredictionModel, normalize_items,
                                    shuffle_items)
 from tfdnc.pretrain.permutations import (generate_permutations, hamming_distances,
-                                         inverse_permutations, min_hamming_distance)
+                                         inverse_permutations, mean_hamming_distance,
+                                         min_hamming_distance)
 from tfdnc.pretrain.policy import PermutationPolicy, ReinforceTrainer, reinforce_loss
 
 __all__ = [
     "ClipFrames", "HeldOutMonitor", "HeldOutPermutations", "JigsawTiles", "OrderPredictionModel",
     "PermutationPolicy", "PolicySamplingCallback", "PretrainCheckpoint", "ReinforceTrainer",
     "export_backbone_weights", "generate_permutations", "hamming_distances",
-    "inverse_permutations", "min_hamming_distance", "normalize_items", "policy_state",
-    "recalibrate_batchnorm", "reinforce_loss", "set_batchnorm_momentum", "shuffle_items",
+    "inverse_permutations", "mean_hamming_distance", "min_hamming_distance", "normalize_items",
+    "policy_state", "recalibrate_batchnorm", "reinforce_loss", "set_batchnorm_momentum", "shuffle_items",
 ]

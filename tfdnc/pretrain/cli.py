@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--no-jitter", action="store_true", help="always crop cell centres")
     task.add_argument("--no-tile-norm", action="store_true", help="skip per-tile normalisation")
     task.add_argument("--num-permutations", type=int, default=100)
+    task.add_argument("--permutation-selection", choices=("max_min", "max_mean"), default="max_min",
+                      help="greedy rule for the permutation set: 'max_min' (default) maximises the "
+                           "smallest Hamming distance to the set, 'max_mean' the mean one (Noroozi & "
+                           "Favaro's / Brattoli's rule)")
     net = p.add_argument_group("network")
     net.add_argument("--backbone", default="small_cnn")
     net.add_argument("--width", type=int, default=32, help="small_cnn width (must match train.py)")
@@ -167,7 +171,18 @@ def run(args) -> dict:
     max_perms = math.factorial(num_items)
     if args.num_permutations > max_perms:
         raise ValueError(f"--num-permutations {args.num_permutations} exceeds {num_items}! = {max_perms}")
-    permutations = generate_permutations(args.num_permutations, num_items, seed=args.seed)
+    permutations = generate_permutations(args.num_permutations, num_items, seed=args.seed,
+                                         selection=args.permutation_selection)
+    # The classifier's classes are the rows of this set: a resumed run must keep it.
+    perms_path = os.path.join(run_dir, "permutations.npy")
+    if args.resume and os.path.exists(perms_path):
+        saved = np.load(perms_path)
+        if saved.shape != permutations.shape or not (saved == permutations).all():
+            raise ValueError(f"--resume: {perms_path} holds another permutation set than this "
+                             "--num-permutations / --permutation-selection / --seed make; "
+                             "resume with the run's own settings")
+    else:
+        np.save(perms_path, permutations)
 
     backbone_options = {"width": args.width, "pixel_mode": args.pixel_mode}
     backbone = build_backbone(args.backbone, (tile, tile, channels), **backbone_options)
@@ -216,6 +231,7 @@ def run(args) -> dict:
     summary = {
         "sampling": args.sampling, "steps": args.epochs * steps, "batch_size": args.batch_size,
         "num_permutations": args.num_permutations, "num_items": num_items,
+        "permutation_selection": args.permutation_selection,
         "temporal": temporal, "cell_size": cell, "tile_size": tile,
         "heldout_loss": scores["mean_loss"], "heldout_accuracy": scores["mean_accuracy"],
         "train_seconds": round(seconds, 1), "seed": args.seed,

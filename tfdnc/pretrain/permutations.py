@@ -18,18 +18,37 @@ import numpy as np
 _MAX_ENUMERATED_ITEMS = 9
 
 
+SELECTIONS = ("max_min", "max_mean")
+
+
 def generate_permutations(
     num_permutations: int,
     num_items: int = 9,
     seed: int = 0,
     num_candidates: int | None = None,
+    selection: str = "max_min",
 ) -> np.ndarray:
     """Chooses a set of permutations that are far apart in Hamming distance.
 
-    Greedy farthest-point selection (the "maximal" set of Noroozi & Favaro,
-    2016): start from a random permutation, then repeatedly add the candidate
-    whose minimum Hamming distance to the chosen set is largest (ties broken
-    at random). Far-apart permutations make the classes of the pretext task
+    Both selections are greedy: start from a random candidate, then add one
+    candidate at a time.
+
+    - `"max_min"` (the default; tfdnc's own rule, farthest-point selection):
+      add the candidate whose *minimum* Hamming distance to the chosen set
+      is largest, ties broken at random. It keeps the smallest distance
+      large (N = 100 of 9 items: 6; N = 1000: 5) at about the mean distance
+      of `"max_mean"`.
+    - `"max_mean"` (the authors' rule: Noroozi & Favaro 2016, Algorithm 1,
+      and Brattoli's `select_permutations.py --selection max`): add the
+      candidate whose *mean* Hamming distance to the chosen set is largest,
+      the first one in candidate order on ties (bbrattoli/JigsawPuzzlePytorch:
+      select_permutations.py:35-38, the mean distance of every remaining
+      candidate to the set and its argmax; the random start is line 29).
+      Its mean distance is usually the larger one (9 items, N = 100: 8.08
+      against 8.07), but its minimum can be small: 2 (two classes one swap
+      of two tiles apart) for 9 items and N = 10 to 1000.
+
+    Far-apart permutations make the classes of the pretext task
     distinguishable only by reasoning about the whole layout, not a single
     misplaced tile.
 
@@ -37,17 +56,26 @@ def generate_permutations(
         num_permutations: size N of the set.
         num_items: number of items permuted (9 for a 3 x 3 jigsaw, T for T
             frames).
-        seed: seed of the random start and tie breaking.
+        seed: seed of the random start (and of the tie breaking of
+            `"max_min"`); the same seed gives the same set.
         num_candidates: choose among this many random distinct candidate
             permutations instead of all `num_items!` (needed above 9 items).
+        selection: `"max_min"` or `"max_mean"`, see above.
 
     Returns:
-        int32 array of shape (N, num_items), rows distinct.
+        int32 array of shape (N, num_items), rows distinct, in the order
+        chosen.
 
     Example:
     >>> perms = generate_permutations(100, 9)
-    >>> min_hamming_distance(perms)  # 6 for this size
+    >>> min_hamming_distance(perms)
+    6
+    >>> authors = generate_permutations(100, 9, selection="max_mean")
+    >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
+    True
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"generate_permutations: `selection` must be one of {SELECTIONS}, got {selection!r}")
     if num_items < 2:
         raise ValueError(f"generate_permutations: `num_items` must be >= 2, got {num_items}")
     total = math.factorial(num_items)
@@ -59,13 +87,25 @@ def generate_permutations(
     rng = np.random.default_rng(seed)
     candidates = _candidates(num_items, num_candidates, num_permutations, rng)
     chosen = [int(rng.integers(len(candidates)))]
-    # Minimum distance of every candidate to the chosen set, updated per pick.
-    min_dist = np.count_nonzero(candidates != candidates[chosen[0]], axis=1)
-    for _ in range(num_permutations - 1):
-        best = np.flatnonzero(min_dist == min_dist.max())
-        pick = int(best[rng.integers(len(best))])
-        chosen.append(pick)
-        np.minimum(min_dist, np.count_nonzero(candidates != candidates[pick], axis=1), out=min_dist)
+    # Distance of every candidate to the chosen set (its minimum, or its sum:
+    # the sum ranks like the mean, the set size being the same for all),
+    # updated per pick.
+    dist = np.count_nonzero(candidates != candidates[chosen[0]], axis=1).astype(np.int64)
+    if selection == "max_min":
+        for _ in range(num_permutations - 1):
+            best = np.flatnonzero(dist == dist.max())
+            pick = int(best[rng.integers(len(best))])
+            chosen.append(pick)
+            np.minimum(dist, np.count_nonzero(candidates != candidates[pick], axis=1), out=dist)
+    else:
+        taken = np.zeros(len(candidates), dtype=bool)
+        taken[chosen[0]] = True
+        for _ in range(num_permutations - 1):
+            # chosen rows are out of the running (the reference deletes them)
+            pick = int(np.argmax(np.where(taken, -1, dist)))
+            chosen.append(pick)
+            taken[pick] = True
+            dist += np.count_nonzero(candidates != candidates[pick], axis=1)
     return candidates[chosen].astype(np.int32)
 
 
@@ -101,6 +141,14 @@ def min_hamming_distance(perms: np.ndarray) -> int:
         raise ValueError("min_hamming_distance: need at least 2 permutations")
     np.fill_diagonal(dist, np.iinfo(dist.dtype).max)
     return int(dist.min())
+
+
+def mean_hamming_distance(perms: np.ndarray) -> float:
+    """Mean Hamming distance over the pairs of distinct rows of `perms`."""
+    dist = hamming_distances(perms)
+    if len(dist) < 2:
+        raise ValueError("mean_hamming_distance: need at least 2 permutations")
+    return float(dist[np.triu_indices(len(dist), 1)].mean())
 
 
 def inverse_permutations(perms: np.ndarray) -> np.ndarray:
