@@ -12,6 +12,7 @@ from tfdnc.datasets.default import load_digits_upscaled, load_mnist_sample
 from tfdnc.datasets.errors import DatasetError
 from tfdnc.datasets.folder import load_image_folder
 from tfdnc.datasets.inshop import load_inshop
+from tfdnc.datasets.shapes import load_shapes
 from tfdnc.datasets.sop import load_sop
 from tfdnc.datasets.vehicleid import load_vehicleid
 
@@ -19,6 +20,7 @@ from tfdnc.datasets.vehicleid import load_vehicleid
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": lambda data_dir=None, **kw: load_mnist_sample(**kw),
     "digits": lambda data_dir=None, **kw: load_digits_upscaled(**kw),
+    "shapes": lambda data_dir=None, **kw: load_shapes(**kw),
     "cub": load_cub,
     "cars": load_cars,
     "sop": load_sop,
@@ -57,5 +59,5 @@ def load_dataset(
 
 __all__ = [
     "DATASETS", "WITH_BOXES", "DataSplits", "DatasetError", "ImageSet", "load_cars", "load_csv", "load_cub",
-    "load_dataset", "load_image_folder", "load_inshop", "load_sop", "load_vehicleid",
+    "load_dataset", "load_image_folder", "load_inshop", "load_shapes", "load_sop", "load_vehicleid",
 ]
