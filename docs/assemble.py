@@ -14,7 +14,7 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 
 README_SECTIONS = ["losses", "symm", "evaluation", "datasets", "serving", "scale", "pretrain"]
-BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "serving", "scale", "pretrain"]
+BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "peer", "serving", "scale", "pretrain"]
 
 
 def _read(path: str) -> str:

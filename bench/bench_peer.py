@@ -1,0 +1,456 @@
+"""tfdnc against pytorch-metric-learning: same data, backbone, batches and budget.
+
+For every data set, loss and seed it trains
+
+- the peer ("pml"): a torch replica of tfdnc's small_cnn + linear head (L2
+  normalised), pytorch-metric-learning's loss with its usual miner
+  (margin + DistanceWeightedMiner, multi_similarity + MultiSimilarityMiner,
+  npair), `MPerClassSampler` P x M batches, Adam (bench/peer_torch.py);
+- tfdnc, through `tfdnc.train.run(TrainConfig(...), export=False)`, in the
+  configurations K = 1 ("k1"), D&C with fixed masks ("dnc-fixed") and with
+  learnable masks ("dnc-learnable"), each also with Symm ("...-symm");
+
+and scores every run's test embeddings with tfdnc's protocol code (Recall@1,
+MAP@R, NMI of `tfdnc.evaluation.metrics`). Each run is its own subprocess
+(fresh TensorFlow / torch state, one thread setting for both sides). Output:
+a markdown table (mean ± sample std over seeds, plus seconds per training
+step) on stdout, and every run plus the summary as JSON (`--out`).
+
+Both sides are built from ONE plain dict of `TrainConfig` fields: the bench
+defaults below, then `--set key=value` (JSON values; any TrainConfig field,
+also ones added after this script), then the fields that define the
+configuration (k_final=1 for "k1", mask_mode, symm).
+
+Needs torch and pytorch-metric-learning for the peer: run it with the
+bench-only virtualenv (docs/bench/peer.md). `--tfdnc-only` also runs with
+tfdnc's own environment.
+
+    # full run (both data sets, every loss and configuration, 3 seeds; rerun the same
+    # line to continue an interrupted run)
+    .bench-venv/bin/python bench/bench_peer.py --datasets mnist shapes --seeds 0 1 2 \\
+        --out /tmp/tfdnc-bench-peer/bench-peer.json --resume
+    # smoke run
+    .bench-venv/bin/python bench/bench_peer.py --datasets mnist --losses margin --configs pml k1 \\
+        --seeds 0 --epochs 1 --set steps_per_epoch=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+
+LOSSES = ("margin", "multi_similarity", "npair")
+PEER = "pml"
+# tfdnc configuration name -> the TrainConfig fields that define it. They win over
+# --set (so --set k_final=4 changes the D&C runs, not "k1"); K for D&C and the rest
+# of the schedule are TrainConfig's defaults unless --set.
+TFDNC_CONFIGS: dict[str, dict] = {
+    "k1": {"k_final": 1, "mask_mode": "fixed", "symm": False},
+    "k1-symm": {"k_final": 1, "mask_mode": "fixed", "symm": True},
+    "dnc-fixed": {"mask_mode": "fixed", "symm": False},
+    "dnc-fixed-symm": {"mask_mode": "fixed", "symm": True},
+    "dnc-learnable": {"mask_mode": "learnable", "symm": False},
+    "dnc-learnable-symm": {"mask_mode": "learnable", "symm": True},
+}
+CONFIGS = (PEER,) + tuple(TFDNC_CONFIGS)
+# Settings the bench fixes for both sides (TrainConfig's defaults for the rest):
+# no augmentation (the full image, resized to image_size), evaluation only after
+# the last epoch. image_size: the data set's own image side (see resolve_settings).
+BENCH_DEFAULTS = {
+    "crop_scale": [1.0, 1.0],
+    "crop_ratio": [1.0, 1.0],
+    "flip": False,
+}
+METRICS = (("recall@1", "R@1"), ("map@r", "MAP@R"), ("nmi", "NMI"))
+
+
+# --- settings --------------------------------------------------------------------
+
+
+def parse_set(items: list[str]) -> dict:
+    """`key=value` pairs; a value is read as JSON when it parses (1e-4, true, [1, 1], null), else as text."""
+    values = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if text.strip().lower() == "none":
+            values[key] = None
+            continue
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+def resolve_settings(dataset: str, loss: str, config: str, seed: int, epochs: int | None, overrides: dict) -> dict:
+    """The one dict both sides are built from (TrainConfig field names).
+
+    Bench defaults < --epochs < --set < the configuration's defining fields;
+    data set, loss and seed always from the job.
+    """
+    settings = {"dataset": dataset, "loss": loss, "seed": seed, **BENCH_DEFAULTS}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    settings.update(overrides)
+    settings.update(TFDNC_CONFIGS.get(config, {}))
+    settings["dataset"], settings["loss"], settings["seed"] = dataset, loss, seed
+    settings.setdefault("eval_every", settings.get("epochs") or _config_default("epochs"))
+    return settings
+
+
+def _config_default(name: str):
+    from tfdnc.config import TrainConfig
+
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+def full_settings(settings: dict, splits) -> dict:
+    """`settings` completed with TrainConfig's defaults (validated), image_size from the data if unset."""
+    from tfdnc.config import TrainConfig
+
+    values = dict(settings)
+    if "image_size" not in values and splits.train.images is not None:
+        height, width = splits.train.images.shape[1:3]
+        if height == width:
+            values["image_size"] = int(height)
+    return TrainConfig.from_dict(values, source="bench_peer settings").to_dict()
+
+
+# --- one run (in a subprocess) -------------------------------------------------------
+
+
+class _StepTimer:
+    """Mixed into tfdnc.train.HistoryWriter: wall time of each epoch's training steps.
+
+    From the start of the epoch's first batch to the end of its last one (the
+    train function incl. tf.data input and tracing; not the epoch-begin
+    re-clustering nor the epoch-end evaluation / checkpoints).
+    """
+
+    def _timer_state(self):
+        if not hasattr(self, "_bench_epochs"):
+            self._bench_epochs, self._bench_t0, self._bench_t1, self._bench_n = [], None, None, 0
+        return self
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._timer_state()
+        self._bench_t0, self._bench_n = None, 0
+        parent = getattr(super(), "on_epoch_begin", None)
+        if parent:
+            parent(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._timer_state()
+        if self._bench_t0 is None:
+            self._bench_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._timer_state()
+        self._bench_t1 = time.perf_counter()
+        self._bench_n += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._timer_state()
+        if self._bench_t0 is not None:
+            self._bench_epochs.append((self._bench_t1 - self._bench_t0, self._bench_n))
+            STEP_TIMES[:] = self._bench_epochs
+        super().on_epoch_end(epoch, logs)
+
+
+STEP_TIMES: list[tuple[float, int]] = []
+
+
+def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
+    import tfdnc.train as tfdnc_train
+    from tfdnc.config import TrainConfig
+
+    values = full_settings(settings, splits)
+    run_dir = tempfile.mkdtemp(prefix=f"{settings['dataset']}-{settings['loss']}-s{settings['seed']}-", dir=run_root)
+    values["run_dir"] = run_dir
+    config = TrainConfig.from_dict(values, source="bench_peer settings")
+    timed = hasattr(tfdnc_train, "HistoryWriter")
+    if timed:
+        tfdnc_train.HistoryWriter = type("TimedHistoryWriter", (_StepTimer, tfdnc_train.HistoryWriter), {})
+    try:
+        metrics = tfdnc_train.run(config, export=False, verbose=0)
+    finally:
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    epochs = list(STEP_TIMES) if timed else []
+    return {
+        "after": metrics["after"],
+        "K": metrics.get("K"),
+        "train_seconds": metrics.get("train_seconds"),  # all of model.fit, callbacks included
+        "steps": sum(n for _, n in epochs) or None,
+        "epoch_loop_seconds": [s for s, _ in epochs],
+        "epoch_steps": [n for _, n in epochs],
+        "run_dir": run_dir if keep else None,
+        "settings": values,
+    }
+
+
+def worker(job: dict) -> dict:
+    threads = int(job["threads"])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    from tfdnc.datasets import load_dataset
+
+    settings = job["settings"]
+    start = time.perf_counter()
+    splits = load_dataset(settings["dataset"], settings.get("data_dir"), use_boxes=bool(settings.get("use_boxes")))
+    if job["config"] == PEER:
+        sys.path.insert(0, BENCH)
+        import peer_torch
+        import torch
+
+        torch.set_num_threads(threads)
+        values = full_settings(settings, splits)
+        result = peer_torch.train_peer(values, splits)
+        result["settings"] = values
+    else:
+        result = run_tfdnc(settings, splits, job["run_root"], job["keep_runs"])
+    result["wall_seconds"] = time.perf_counter() - start
+    return result
+
+
+# --- orchestration ---------------------------------------------------------------
+
+
+def job_key(dataset, loss, config, seed) -> str:
+    return f"{dataset}/{loss}/{config}/{seed}"
+
+
+def summarise_run(result: dict) -> dict:
+    """Test-set metrics (first evaluation set) and step times of one run."""
+    results = result["after"]["results"]
+    first = results.get("test") or next(iter(results.values()))
+    epochs = result.get("epoch_loop_seconds") or []
+    counts = result.get("epoch_steps") or [result["steps"] // max(len(epochs), 1)] * len(epochs)
+    out = {key: float(first[key]) for key, _ in METRICS if key in first}
+    if epochs and sum(counts):
+        out["step_s"] = sum(epochs) / sum(counts)
+        if len(epochs) > 1 and sum(counts[1:]):
+            out["steady_step_s"] = sum(epochs[1:]) / sum(counts[1:])
+    if result.get("train_seconds") and result.get("steps"):
+        out["fit_step_s"] = result["train_seconds"] / result["steps"]
+    out["wall_seconds"] = result.get("wall_seconds")
+    return out
+
+
+def aggregate(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def summarise(runs: dict) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for key, record in runs.items():
+        if "summary" not in record:
+            continue
+        dataset, loss, config, _ = key.split("/")
+        groups.setdefault((dataset, loss, config), []).append(record["summary"])
+    rows = []
+    order = {c: i for i, c in enumerate(CONFIGS)}
+    for (dataset, loss, config), items in sorted(groups.items(), key=lambda kv: (*kv[0][:2], order.get(kv[0][2], 99))):
+        row = {"dataset": dataset, "loss": loss, "config": config, "seeds": len(items)}
+        for key in [k for k, _ in METRICS] + ["step_s", "steady_step_s", "fit_step_s", "wall_seconds"]:
+            values = [i[key] for i in items if i.get(key) is not None]
+            if values:
+                row[key] = aggregate(values)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (["data set", "loss", "side / config", "seeds"] + [t for _, t in METRICS]
+            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        side = "pytorch-metric-learning" if row["config"] == PEER else f"tfdnc {row['config']}"
+        cells = [row["dataset"], row["loss"], side, str(row["seeds"])]
+        for key, _ in METRICS:
+            a = row.get(key)
+            cells.append("-" if a is None else f"{100 * a['mean']:.2f} ± {100 * a['std']:.2f}")
+        for key in ("step_s", "steady_step_s", "fit_step_s"):
+            a = row.get(key)
+            cells.append("-" if a is None else f"{a['mean']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Test set, %: mean ± sample standard deviation over seeds (min / max in the JSON). "
+                 "s/step: wall time of the training loop / steps (tfdnc: first batch start to last batch end "
+                 "of each epoch; peer: each epoch's loop); epochs 2+: without the first epoch (tracing); "
+                 "all of fit: tfdnc's train_seconds (model.fit with re-clustering, evaluation, checkpoints) / steps.")
+    return "\n".join(lines)
+
+
+def run_job(job: dict, log_dir: str) -> dict:
+    key = job["key"]
+    log_path = os.path.join(log_dir, key.replace("/", "_") + ".log")
+    result_path = os.path.join(log_dir, key.replace("/", "_") + ".json")
+    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job), "--worker-out", result_path]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           "OMP_NUM_THREADS": str(job["threads"]), "PYTHONHASHSEED": str(job["settings"]["seed"])}
+    load_before = os.getloadavg()[0]
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    load = {"loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
+    if code != 0 or not os.path.exists(result_path):
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        return {"error": f"exit {code}", "log": log_path, "log_tail": tail, **load}
+    with open(result_path) as f:
+        return {**json.load(f), **load}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "shapes"])
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                        help=f"'{PEER}' is the pytorch-metric-learning peer; the others are tfdnc's")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: TrainConfig's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig field for both sides (JSON value), e.g. --set steps_per_epoch=50 "
+                             "--set 'loss_options={\"beta\": 1.0}'; repeatable")
+    side = parser.add_mutually_exclusive_group()
+    side.add_argument("--peer-only", action="store_true", help=f"only the '{PEER}' runs")
+    side.add_argument("--tfdnc-only", action="store_true", help="only the tfdnc runs")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="intra-op threads of both torch and TensorFlow (default: all cores)")
+    parser.add_argument("--out", default=None,
+                        help="JSON of every run and the summary (default: RUN_ROOT/bench-peer.json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out with the same settings and do the rest")
+    parser.add_argument("--run-root", default=os.path.join(tempfile.gettempdir(), "tfdnc-bench-peer"),
+                        help="where tfdnc run directories and per-run logs go")
+    parser.add_argument("--keep-runs", action="store_true", help="keep tfdnc's run directories")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        result = worker(json.loads(args.worker))
+        tmp = args.worker_out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+        os.replace(tmp, args.worker_out)
+        return 0
+
+    configs = [c for c in args.configs if not (args.peer_only and c != PEER) and not (args.tfdnc_only and c == PEER)]
+    if not configs:
+        raise SystemExit("no configuration left to run (check --configs with --peer-only / --tfdnc-only)")
+    if PEER in configs:
+        try:
+            import pytorch_metric_learning  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise SystemExit(f"the '{PEER}' runs need torch and pytorch-metric-learning, which {sys.executable} "
+                             "lacks: run with .bench-venv/bin/python (docs/bench/peer.md) or pass --tfdnc-only")
+    overrides = parse_set(args.overrides)
+    from tfdnc.config import TrainConfig
+
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise SystemExit(f"--set: {unknown} are not TrainConfig fields")
+    fixed = sorted(set(overrides) & {"dataset", "loss", "seed", "run_dir"})
+    if fixed:
+        raise SystemExit(f"--set: {fixed} come from --datasets / --losses / --seeds / --run-root, not --set")
+    args.out = args.out or os.path.join(args.run_root, "bench-peer.json")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    from tfdnc.datasets import DATASETS
+
+    unknown = [d for d in args.datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown data set(s) {unknown}; this tfdnc has {sorted(DATASETS)}")
+
+    runs: dict = {}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            runs = {k: v for k, v in json.load(f).get("runs", {}).items() if "summary" in v}
+    log_dir = os.path.join(args.run_root, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    # Seed-major with the sides interleaved, so machine-load drift hits them alike.
+    jobs = []
+    for dataset in args.datasets:
+        for loss in args.losses:
+            for seed in args.seeds:
+                for config in configs:
+                    key = job_key(dataset, loss, config, seed)
+                    settings = resolve_settings(dataset, loss, config, seed, args.epochs, overrides)
+                    if key in runs and runs[key].get("job_settings") == settings:
+                        continue  # --resume: done with these very settings
+                    jobs.append({"key": key, "config": config, "settings": settings, "threads": args.threads,
+                                 "run_root": args.run_root, "keep_runs": args.keep_runs})
+    start = time.perf_counter()
+    for i, job in enumerate(jobs):
+        t0 = time.perf_counter()
+        result = run_job(job, log_dir)
+        if "error" not in result:
+            result["summary"] = summarise_run(result)
+            s = result["summary"]
+            note = (f"R@1 {100 * s.get('recall@1', float('nan')):.2f}  MAP@R {100 * s.get('map@r', float('nan')):.2f}"
+                    f"  s/step {s.get('step_s', float('nan')):.4f}")
+        else:
+            note = f"FAILED ({result['error']}; log {result['log']})"
+        print(f"[{i + 1}/{len(jobs)}] {job['key']}: {note}  ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+        result["job_settings"] = job["settings"]
+        runs[job["key"]] = result
+        _write(args, runs, time.perf_counter() - start)
+    rows = _write(args, runs, time.perf_counter() - start)
+    print(markdown(rows))
+    failed = [k for k, v in runs.items() if "error" in v]
+    if failed:
+        print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (logs in {log_dir})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write(args, runs: dict, seconds: float) -> list[dict]:
+    rows = summarise(runs)
+    payload = {
+        "command": " ".join([os.path.relpath(sys.executable, ROOT)] + [os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "TF_CPP_MIN_LOG_LEVEL")},
+        "seconds": seconds,
+        "spread": "std = sample standard deviation over seeds (ddof 1); min / max also given",
+        "summary": rows,
+        "runs": runs,
+    }
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(tmp, args.out)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
