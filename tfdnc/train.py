@@ -33,7 +33,7 @@ import numpy as np
 from tfdnc.config import TrainConfig
 
 _HELP = {
-    "dataset": "data set name (mnist, digits, cub, cars, sop, inshop, vehicleid, folder, csv)",
+    "dataset": "data set name (mnist, digits, shapes, cub, cars, sop, inshop, vehicleid, folder, csv)",
     "data_dir": "folder holding the data set in its distributed layout",
     "backbone": "backbone name (small_cnn, resnet50, ...)",
     "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
@@ -48,6 +48,8 @@ _HELP = {
     "classes_per_batch": "P classes per batch",
     "images_per_class": "M images per class",
     "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
+    "weight_decay_mode": "'coupled' (torch Adam L2, the references) or 'decoupled' (Keras Adam weight_decay)",
+    "batchnorm_momentum": "backbone BatchNorm momentum, Keras convention (torch's 0.1 = 0.9 here); none: default",
     "run_dir": "output folder of the run",
     "cache_dir": "decode the training images once into this folder and train from it",
     "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
