@@ -42,7 +42,8 @@ def np_dist(x, metric="euclidean"):
 # --- margin -------------------------------------------------------------------
 
 
-def np_margin(labels, x, neg_idx, alpha=0.2, beta=1.2, nu=0.0, d=None):
+def np_margin(labels, x, neg_idx, alpha=0.2, beta=1.2, nu=0.0, d=None, valid=None):
+    """`neg_idx[a, p]` serves the pair (a, p); `valid` (B, B) bool, if given, keeps only those pairs."""
     d = np_dist(x) if d is None else d
     beta = np.broadcast_to(beta, (labels.max() + 1,))
     total, count, active, triplets = 0.0, 0, 0, 0
@@ -51,6 +52,8 @@ def np_margin(labels, x, neg_idx, alpha=0.2, beta=1.2, nu=0.0, d=None):
             continue
         for p in range(len(labels)):
             if p == a or labels[p] != labels[a]:
+                continue
+            if valid is not None and not valid[a, p]:
                 continue
             n = neg_idx[a, p]
             b = beta[labels[a]]
@@ -112,6 +115,78 @@ def test_margin_learnable_beta_gradient_and_regulariser():
     assert np.all(np.isfinite(grad))
     # Only classes present in the batch get a gradient.
     assert np.all(grad[3:] == 0) and np.any(grad[:3] != 0)
+
+
+def np_closest_negatives(labels, d, cutoff=0.5):
+    """(neg_idx, valid) of the CVPR selection, by the brute force of test_miners."""
+    from test_miners import np_closest_beyond_cutoff
+
+    same = labels[:, None] == labels[None]
+    pos, neg = same & ~np.eye(len(labels), dtype=bool), ~same
+    chosen = np_closest_beyond_cutoff(d, pos, neg, cutoff)
+    neg_idx = np.zeros(d.shape, int)
+    valid = np.zeros(d.shape, bool)
+    for (a, p), (n, _) in chosen.items():
+        neg_idx[a, p], valid[a, p] = n, True
+    return neg_idx, valid
+
+
+@pytest.mark.parametrize("seed,classes,per_class,dim", SHAPES + [(3, 3, 5, 3)])
+@pytest.mark.parametrize("options", [{}, {"cutoff": 1.2, "beta": 1.0}, {"learnable": True}])
+def test_margin_closest_beyond_cutoff_matches_reference(seed, classes, per_class, dim, options):
+    labels, x = batch(seed, classes, per_class, dim)
+    options = dict(options)
+    beta, nu = options.get("beta", 1.2), 0.0
+    kwargs = {"negative_sampling": "closest_beyond_cutoff", "cutoff": options.get("cutoff", 0.5), "beta": beta}
+    if options.pop("learnable", False):
+        beta = np.linspace(0.9, 1.3, classes)
+        nu = 0.05
+        kwargs.update(learnable_beta=True, num_classes=classes, nu=nu)
+    loss = MarginLoss(**kwargs)
+    if loss.learnable_beta:
+        loss.beta.assign(beta.astype(np.float32))
+    value, stats = loss.compute_loss_and_stats(labels, x)
+    d = np_dist(x)
+    neg_idx, valid = np_closest_negatives(labels, d.astype(np.float32), kwargs["cutoff"])
+    ref, ref_active = np_margin(labels, x, neg_idx, beta=beta, nu=nu, valid=valid)
+    assert float(value) == pytest.approx(ref, rel=1e-5)
+    assert float(stats["active_fraction"]) == pytest.approx(ref_active)
+    assert float(stats["num_triplets"]) == valid.sum()
+    assert 0.0 <= float(stats["below_cutoff_fraction"]) <= 1.0
+    # deterministic: the same value again, and under XLA
+    assert float(loss(labels, x)) == pytest.approx(float(value), rel=1e-6)
+    fn = tf.function(loss.compute_loss_and_stats, jit_compile=True)
+    assert float(fn(tf.constant(labels), tf.constant(x))[0]) == pytest.approx(float(value), rel=1e-5)
+
+
+def test_margin_closest_beyond_cutoff_fills_short_rows_and_keeps_a_gradient():
+    # A collapsed batch: every distance is below the cutoff, as early in training.
+    labels, x = batch(0, 4, 3, 8)
+    x = x * 0.05 + np.eye(8, dtype=np.float32)[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert np_dist(x).max() < 0.5
+    loss = MarginLoss(negative_sampling="closest_beyond_cutoff")
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value, stats = loss.compute_loss_and_stats(labels, x)
+    grad = tape.gradient(value, x).numpy()
+    assert float(stats["below_cutoff_fraction"]) == 1.0 and float(stats["num_triplets"]) == 24
+    assert float(value) > 0 and np.all(np.abs(grad).sum(1) > 0)
+
+
+def test_margin_negative_sampling_option():
+    assert MarginLoss().negative_sampling == "distance_weighted"
+    loss = MarginLoss(negative_sampling="closest_beyond_cutoff", cutoff=0.6)
+    config = loss.get_config()
+    assert config["negative_sampling"] == "closest_beyond_cutoff" and config["cutoff"] == 0.6
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert restored.negative_sampling == "closest_beyond_cutoff"
+    assert MarginLoss.from_config(config).get_config() == config
+    labels, x = batch(1, 4, 3, 8)
+    assert float(restored(labels, x)) == pytest.approx(float(loss(labels, x)), rel=1e-6)
+    with pytest.raises(ValueError, match="negative_sampling"):
+        MarginLoss(negative_sampling="closest")
 
 
 def test_margin_needs_num_classes_when_learnable():
@@ -229,6 +304,7 @@ def test_multi_similarity_matches_reference(seed, classes, per_class, dim, param
 
 ALL = [
     ("margin", {}),
+    ("margin", {"negative_sampling": "closest_beyond_cutoff"}),
     ("triplet", {"mining": "batch_all"}),
     ("triplet", {"mining": "semi_hard", "distance": "squared_euclidean"}),
     ("triplet", {"mining": "batch_hard"}),

@@ -190,6 +190,21 @@ def test_margin_uses_synthesised_distances(rule):
     assert np.isfinite(float(value)) and "synthetic_fraction" in stats
 
 
+@pytest.mark.parametrize("rule", ["paper", "code"])
+def test_margin_closest_beyond_cutoff_selects_on_synthesised_distances(rule):
+    from test_losses import np_closest_negatives, np_margin
+
+    labels, x = make_batch(2, 4, 3, 6, True, normalize=True)
+    loss = get_loss("margin", negative_sampling="closest_beyond_cutoff", **options(rule))
+    value, stats = loss.compute_loss_and_stats(labels, x)
+    d = with_synthesis(labels, np_dist(x), x, euclid, rule, min)
+    neg_idx, valid = np_closest_negatives(labels, d.astype(np.float32))
+    ref, ref_active = np_margin(labels, x, neg_idx, d=d, valid=valid)
+    assert float(value) == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert float(stats["active_fraction"]) == pytest.approx(ref_active)
+    assert "synthetic_fraction" in stats and "below_cutoff_fraction" in stats
+
+
 def test_synthesis_makes_negatives_harder_and_keeps_positives():
     labels, x = make_batch(3, 6, 2, 16, False)
     plain = get_loss("triplet", mining="batch_all", margin=0.5)
@@ -207,6 +222,7 @@ def test_synthesis_makes_negatives_harder_and_keeps_positives():
 SYMM_LOSSES = [
     ("triplet", {"mining": "semi_hard"}),
     ("margin", {}),
+    ("margin", {"negative_sampling": "closest_beyond_cutoff"}),
     ("npair", {}),
     ("lifted", {}),
     ("angular", {}),

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tfdnc  # noqa: F401  (sets the Keras backend)
 import keras
 
-from tfdnc.backbones import build_backbone
+from tfdnc.backbones import SMALL_CNN_BATCHNORM_MOMENTUM, build_backbone
 from tfdnc.pretrain import (ClipFrames, JigsawTiles, OrderPredictionModel, PermutationPolicy,
                             ReinforceTrainer, export_backbone_weights, generate_permutations,
                             hamming_distances, inverse_permutations, mean_hamming_distance,
@@ -341,7 +341,7 @@ def test_recalibrated_batchnorm_holds_the_image_statistics(digit_images):
     np.testing.assert_allclose(bn.moving_mean.numpy(), pre.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(bn.moving_variance.numpy(), pre.var(axis=(0, 1, 2)), rtol=1e-3,
                                atol=1e-6)
-    assert bn.momentum == 0.99  # restored
+    assert bn.momentum == SMALL_CNN_BATCHNORM_MOMENTUM  # restored (small_cnn's default, 0.9)
 
 
 def test_cli_writes_loadable_weights_and_resumes(tmp_path):

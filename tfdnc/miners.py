@@ -158,6 +158,79 @@ def distance_weighted_sample(
     return idx, valid
 
 
+def closest_negatives_beyond_cutoff(distances, positive_mask, negative_mask, cutoff: float = 0.5):
+    """Negative selection of the CVPR 2019 D&C margin loss: closest negatives at distance >= cutoff.
+
+    For every anchor a with P_a positives, the P_a closest negatives n with
+    d(a, n) >= `cutoff` are taken and paired with a's positives: the k-th
+    positive of a (in column order) with the k-th of those negatives (in column
+    order too), as the authors' `Sampler` does
+    (CompVis/metric-learning-divide-and-conquer: lib/loss/sampler.py:55-78:
+    distance + infinity on positives and on entries below the cutoff, `topk`
+    of the K smallest, pairs `pos[i].nonzero()` with `neg[i].nonzero()`).
+    Being deterministic it needs no seed.
+
+    Departures from the reference, both only matter in batches that are not
+    class-balanced or where the cutoff leaves an anchor short of negatives:
+
+    - K is the anchor's own number of positives, so every anchor-positive pair
+      gets exactly one negative. The reference uses one K for the whole batch,
+      (number of positive pairs) // B (sampler.py:59), and where a row's count
+      differs it keeps only min(K, P_a) triplets (sampler.py:80-91).
+    - An anchor with fewer than P_a negatives beyond the cutoff is filled up
+      with its negatives below the cutoff, those nearest the cutoff (the
+      farthest of them) first; only when it has fewer than P_a negatives in
+      all do its last positives go without a triplet (`valid` False). The
+      reference's `topk` fills the row from the masked entries instead,
+      smallest distance first: the anchor itself (its distance there is
+      sqrt(1e-4) = 0.01, sampler.py:17) and then positives and too-close
+      negatives alike (sampler.py:60-65), so it pairs positives with the anchor
+      itself or with other positives used as negatives. The fill here keeps
+      a gradient when the whole batch is closer than the cutoff (a collapsed
+      embedding early in training), where dropping the triplets would give none.
+
+    Args:
+        distances: (B, B) distances (the margin loss: Euclidean between
+            L2-normalised embeddings).
+        positive_mask, negative_mask: (B, B) bool, from :func:`label_masks`.
+        cutoff: negatives closer than this are only used as a fill.
+
+    Returns:
+        (negative_index (B, B) int32, valid (B, B) bool, below_cutoff (B, B)
+        bool): column p of row a is the negative paired with the pair (a, p);
+        `valid` is True exactly on the positive pairs that got a negative;
+        `below_cutoff` marks the valid pairs whose negative is a fill from
+        below the cutoff. Off `valid` the index is meaningless (but in range).
+    """
+    d = tf.convert_to_tensor(distances)
+    pos = tf.cast(positive_mask, tf.bool)
+    neg = tf.cast(negative_mask, tf.bool)
+    eligible = tf.logical_and(neg, d >= tf.cast(cutoff, d.dtype))
+    # Rank the columns of each row: negatives beyond the cutoff by increasing
+    # distance, then negatives below it by decreasing distance, then the rest.
+    # Two stable sorts (secondary key, then tier) give that order exactly.
+    tier = tf.where(eligible, 0, tf.where(neg, 1, 2))
+    secondary = tf.where(eligible, d, tf.where(neg, -d, tf.zeros_like(d)))
+    by_distance = tf.argsort(secondary, axis=1, stable=True)
+    by_tier = tf.argsort(tf.gather(tier, by_distance, batch_dims=1), axis=1, stable=True)
+    ranked = tf.gather(by_distance, by_tier, batch_dims=1)  # (B, B) column ids, best first
+    rank = tf.argsort(ranked, axis=1, stable=True)  # inverse permutation: rank of each column
+    num_pos = tf.reduce_sum(tf.cast(pos, tf.int32), axis=1, keepdims=True)
+    num_neg = tf.reduce_sum(tf.cast(neg, tf.int32), axis=1, keepdims=True)
+    num_eligible = tf.reduce_sum(tf.cast(eligible, tf.int32), axis=1, keepdims=True)
+    chosen = rank < tf.minimum(num_pos, num_neg)  # the row's min(P_a, N_a) best negatives
+    # The chosen negatives in column order, then the k-th positive of the row
+    # (0-based, column order) takes the k-th of them.
+    chosen_in_order = tf.argsort(tf.cast(tf.logical_not(chosen), tf.int32), axis=1, stable=True)
+    slot = tf.cumsum(tf.cast(pos, tf.int32), axis=1, exclusive=True)
+    negative_index = tf.gather(chosen_in_order, slot, batch_dims=1)
+    valid = tf.logical_and(pos, slot < num_neg)
+    below_cutoff = tf.logical_and(
+        valid, tf.gather(rank, negative_index, batch_dims=1) >= num_eligible
+    )
+    return tf.cast(negative_index, tf.int32), valid, below_cutoff
+
+
 def multi_similarity_pairs(similarities, positive_mask, negative_mask, epsilon: float = 0.1):
     """Pair mining of the Multi-Similarity loss (Wang et al. 2019).
 

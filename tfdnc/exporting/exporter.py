@@ -19,7 +19,10 @@ from tfdnc.exporting.versions import staged_version
 from tfdnc.exporting.warmup import warmup_available, write_warmup_requests
 
 # Modules whose import registers tfdnc's Keras objects (for load_model).
-_CUSTOM_OBJECT_MODULES = ("tfdnc.layers", "tfdnc.layers.masks", "tfdnc.losses", "tfdnc.model")
+_CUSTOM_OBJECT_MODULES = (
+    "tfdnc.layers", "tfdnc.layers.masks", "tfdnc.losses", "tfdnc.model",
+    "tfdnc.backbones",  # BatchNormalization with frozen statistics
+)
 
 
 def export_model(

@@ -1,4 +1,4 @@
-"""Margin loss with distance-weighted negative sampling (Wu et al., ICCV 2017)."""
+"""Margin loss (Wu et al., ICCV 2017) with distance-weighted or CVPR-2019 D&C negative selection."""
 
 from __future__ import annotations
 
@@ -7,18 +7,34 @@ import tensorflow as tf
 
 from tfdnc.distances import pairwise_euclidean
 from tfdnc.losses.base import LossParameters, MetricLoss, safe_divide
-from tfdnc.miners import distance_weighted_sample, label_masks
+from tfdnc.miners import closest_negatives_beyond_cutoff, distance_weighted_sample, label_masks
+
+# How MarginLoss picks the negative of each anchor-positive pair.
+NEGATIVE_SAMPLING = ("distance_weighted", "closest_beyond_cutoff")
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
 class MarginLoss(MetricLoss):
-    """Margin loss on distance-weighted sampled triplets.
+    """Margin loss on one sampled triplet per anchor-positive pair.
 
-    For every anchor-positive pair (a, p) of the batch one negative n is drawn
-    with probability proportional to 1/q(d(a, n)), q the density of distances
-    between uniform points on the unit sphere in D dimensions (distances
-    clamped at `cutoff`, negatives at `nonzero_loss_cutoff` or farther never
-    drawn). Each triplet contributes
+    For every anchor-positive pair (a, p) of the batch one negative n is chosen
+    by `negative_sampling`:
+
+    - "distance_weighted" (default; Wu et al. 2017, the TPAMI D&C code): drawn
+      with probability proportional to 1/q(d(a, n)), q the density of
+      distances between uniform points on the unit sphere in D dimensions
+      (distances clamped at `cutoff`, negatives at `nonzero_loss_cutoff` or
+      farther never drawn).
+    - "closest_beyond_cutoff" (the CVPR 2019 D&C code,
+      CompVis/metric-learning-divide-and-conquer: lib/loss/sampler.py:25-98,
+      used by lib/loss/margin_loss.py:48-54): no sampling; anchor a takes its
+      P_a closest negatives at distance >= `cutoff` (P_a its number of
+      positives) and pairs them with its positives, see
+      `tfdnc.miners.closest_negatives_beyond_cutoff` (also for what happens
+      when fewer negatives lie beyond the cutoff, and how that departs from the
+      reference). `nonzero_loss_cutoff` and `seed` are unused.
+
+    Each triplet contributes
 
         [d(a, p) - beta + alpha]+  +  [beta - d(a, n) + alpha]+
 
@@ -35,13 +51,17 @@ class MarginLoss(MetricLoss):
         num_classes: number of training classes (labels must be in
             [0, num_classes)).
         nu: L1 regularisation weight of the learnable betas.
-        cutoff: lower clamp of distances in the sampling weights.
+        cutoff: "distance_weighted": lower clamp of distances in the sampling
+            weights; "closest_beyond_cutoff": negatives closer than this are
+            not selected (only used to fill up a short row). 0.5 in both
+            reference codes.
         nonzero_loss_cutoff: negatives at this distance or farther get weight
-            0 (defaults to beta + alpha = 1.4).
+            0 (defaults to beta + alpha = 1.4); "distance_weighted" only.
         seed: int or None, seeds the sampler's `keras.random.SeedGenerator`.
+        negative_sampling: "distance_weighted" or "closest_beyond_cutoff".
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives (see
-            `MetricLoss`); the synthesised distances are used both to sample
-            and in the loss.
+            `MetricLoss`); the synthesised distances are used both to select
+            the negatives and in the loss.
 
     Example:
     >>> loss = MarginLoss()
@@ -62,6 +82,7 @@ class MarginLoss(MetricLoss):
         cutoff: float = 0.5,
         nonzero_loss_cutoff: float = 1.4,
         seed: int | None = None,
+        negative_sampling: str = "distance_weighted",
         symmetrical: bool = False,
         symm_rule: str = "paper",
         name: str = "margin_loss",
@@ -79,6 +100,11 @@ class MarginLoss(MetricLoss):
                 "MarginLoss: need 0 < `cutoff` < `nonzero_loss_cutoff`, got "
                 f"cutoff={cutoff}, nonzero_loss_cutoff={nonzero_loss_cutoff}"
             )
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(
+                f"MarginLoss: `negative_sampling` must be one of {NEGATIVE_SAMPLING}, "
+                f"got {negative_sampling!r}"
+            )
         if learnable_beta and (num_classes is None or int(num_classes) < 1):
             raise ValueError(
                 f"MarginLoss: `learnable_beta=True` needs `num_classes` >= 1, got {num_classes}"
@@ -91,6 +117,7 @@ class MarginLoss(MetricLoss):
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
+        self.negative_sampling = negative_sampling
         self._seed_generator = keras.random.SeedGenerator(seed)
         self.beta = None
         if self.learnable_beta:
@@ -114,18 +141,28 @@ class MarginLoss(MetricLoss):
             raise ValueError("MarginLoss: the embedding size (last axis of `y_pred`) must be static")
         b = embeddings.shape[0] if embeddings.shape[0] is not None else tf.shape(embeddings)[0]
         # One negative per anchor-positive pair: column p of row a is the
-        # negative drawn for the pair (a, p).
-        neg_idx, has_neg = distance_weighted_sample(
-            tf.stop_gradient(d),
-            neg_mask,
-            dim=dim,
-            num_samples=b,
-            seed=self._seed_generator,
-            cutoff=self.cutoff,
-            nonzero_loss_cutoff=self.nonzero_loss_cutoff,
-        )
+        # negative chosen for the pair (a, p).
+        if self.negative_sampling == "closest_beyond_cutoff":
+            neg_idx, has_neg, below = closest_negatives_beyond_cutoff(
+                tf.stop_gradient(d), pos_mask, neg_mask, cutoff=self.cutoff
+            )
+        else:
+            neg_idx, has_neg = distance_weighted_sample(
+                tf.stop_gradient(d),
+                neg_mask,
+                dim=dim,
+                num_samples=b,
+                seed=self._seed_generator,
+                cutoff=self.cutoff,
+                nonzero_loss_cutoff=self.nonzero_loss_cutoff,
+            )
         loss, terms = self.loss_given_negatives(labels, d, neg_idx, pos_mask, has_neg)
         stats = {**stats, **terms}
+        if self.negative_sampling == "closest_beyond_cutoff":
+            # triplets whose negative had to come from below the cutoff
+            stats["below_cutoff_fraction"] = safe_divide(
+                tf.reduce_sum(tf.cast(below, tf.float32)), terms["num_triplets"]
+            )
         if self.learnable_beta:
             stats["beta_mean"] = tf.reduce_mean(tf.convert_to_tensor(self.beta))
         return loss, stats
@@ -133,12 +170,18 @@ class MarginLoss(MetricLoss):
     def loss_given_negatives(self, labels, distances, negative_index, positive_mask, has_negative):
         """The loss once negatives are drawn: `negative_index[a, p]` serves the pair (a, p).
 
+        `has_negative` is (B,) (the anchor has negatives: all its pairs are
+        triplets) or (B, B) (pair (a, p) got a negative).
+
         Returns:
             (loss, stats) with "active_fraction" (triplets with a non-zero term)
             and "num_triplets".
         """
         d_an = tf.gather(distances, negative_index, batch_dims=1)
-        triplets = tf.cast(tf.logical_and(positive_mask, has_negative[:, None]), tf.float32)
+        has_negative = tf.convert_to_tensor(has_negative)
+        if has_negative.shape.rank == 1:
+            has_negative = has_negative[:, None]
+        triplets = tf.cast(tf.logical_and(positive_mask, has_negative), tf.float32)
         if self.learnable_beta:
             # one-hot product rather than gather: a dense gradient for the optimiser
             onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
@@ -171,4 +214,5 @@ class MarginLoss(MetricLoss):
             "cutoff": self.cutoff,
             "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
             "seed": self.seed,
+            "negative_sampling": self.negative_sampling,
         }
