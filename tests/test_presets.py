@@ -58,10 +58,23 @@ def test_overrides_and_errors():
     assert (config.data_dir, config.epochs, config.k_final, config.embedding_dim) == ("/data/cub", 3, 4, 512)
     values = get_preset("cvpr2019-sop")
     values["loss_options"]["margin"] = 0.5
-    assert get_preset("cvpr2019-sop")["loss_options"] == {}  # a fresh copy every time
+    # a fresh copy every time; the CVPR presets take the CVPR code's negatives
+    assert get_preset("cvpr2019-sop")["loss_options"] == {"negative_sampling": "closest_beyond_cutoff"}
     with pytest.raises(ValueError, match="--preset: unknown preset 'tpami-mnist'; choose one of"):
         get_preset("tpami-mnist")
     with pytest.raises(ValueError, match="unknown setting"):
         config_from_preset("tpami-cub", colour="blue")
     with pytest.raises(ValueError, match="--k-final"):
         config_from_preset("cvpr2019-cub", k_final=6, embedding_dim=128)
+
+
+def test_presets_follow_the_reference_code():
+    cvpr, tpami = get_preset("cvpr2019-cub"), get_preset("tpami-cub")
+    assert cvpr["loss_options"]["negative_sampling"] == "closest_beyond_cutoff"
+    assert tpami["loss_options"].get("negative_sampling", "distance_weighted") == "distance_weighted"
+    for values in (cvpr, tpami):
+        assert values["weight_decay_mode"] == "coupled" and values["weight_decay"] == 1e-4
+        assert values["freeze_batchnorm"] is True
+    from tfdnc.losses import get_loss
+
+    assert get_loss("margin", **cvpr["loss_options"]).negative_sampling == "closest_beyond_cutoff"

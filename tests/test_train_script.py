@@ -39,6 +39,9 @@ def test_flags_config_file_and_preset_layering(tmp_path):
     (["--k-final", "3"], "--k-final"),
     (["--loss", "hinge"], "--loss"),
     (["--images-per-class", "1"], "--images-per-class"),
+    (["--batchnorm-momentum", "1.5"], "--batchnorm-momentum"),
+    (["--weight-decay-mode", "l2"], "--weight-decay-mode"),
+    (["--lr", "nan"], "--lr"),
 ])
 def test_bad_settings_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit):

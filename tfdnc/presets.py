@@ -28,18 +28,19 @@ tpami-vehicleid-fixed  94.0*
 query vs gallery as the papers' tables do, so these two are not comparable.
 
 Settings common to all presets (both papers): ResNet-50 with ImageNet
-weights and frozen BatchNorm, margin loss (alpha 0.2, beta 1.2) with
-distance-weighted sampling, Adam lr 1e-5, weight decay 1e-4, 224 px
+weights and frozen BatchNorm statistics (gamma / beta still train), margin loss
+(alpha 0.2, beta 1.2), Adam lr 1e-5, coupled L2 weight decay 1e-4, 224 px
 RandomResizedCrop (scale 0.08-1) + flips for training, resize 256 + centre
 crop 224 for evaluation, re-clustering of penultimate features every T = 2
 epochs, full embedding trained from epoch 80.
 
-- CVPR 2019 (`CompVis/metric-learning-divide-and-conquer`): K = 8 from the
-  first clustering, fixed contiguous blocks of d/K dims, batches of 20
+- CVPR 2019 (`CompVis/metric-learning-divide-and-conquer`): negatives are
+  the closest ones beyond distance 0.5; K = 8 from the first clustering, fixed contiguous blocks of d/K dims, batches of 20
   classes x 4 images, 200 epochs of which the last 10 train on all data
   together (K = 1).
 - TPAMI 2021 (`CompVis/metric-learning-divide-and-conquer-improved`, its
-  reference command): K grows 1, 2, 4, ..., 32 by splitting every cluster
+  reference command): distance-weighted negatives; K grows 1, 2, 4, ..., 32
+  by re-clustering at the current K and splitting every cluster
   at each re-clustering, mask loss weight 0.01, mask lr 1e-3 (100x), the
   backbone frozen on the epoch after each re-clustering, batches of 40
   classes x 2 images, 180 epochs.
@@ -79,7 +80,10 @@ _COMMON: dict[str, Any] = {
     "loss": "margin",
     "loss_options": {},
     "lr": 1e-5,
+    # torch Adam's coupled L2 on the network and (TPAMI, --mask-wd-mult=1) the
+    # masks: CompVis/metric-learning-divide-and-conquer-improved README.md:34-36
     "weight_decay": 1e-4,
+    "weight_decay_mode": "coupled",
     "recluster_every": 2,
     "cluster_features": "penultimate",
     "kmeans_iters": 100,
@@ -89,6 +93,9 @@ _COMMON: dict[str, Any] = {
 _CVPR: dict[str, Any] = {
     **_COMMON,
     "embedding_dim": 128,
+    # The CVPR sampler: closest negatives beyond distance 0.5
+    # (CompVis/metric-learning-divide-and-conquer: lib/loss/sampler.py:25-78).
+    "loss_options": {"negative_sampling": "closest_beyond_cutoff"},
     "k_final": 8,
     "growth": "fixed",
     "mask_mode": "fixed",

@@ -207,6 +207,7 @@ def run(
         backbone = build_backbone(
             config.backbone, (config.image_size, config.image_size, channels), weights=config.backbone_weights,
             freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
+            batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
         )
         coupled = config.weight_decay_mode == "coupled"
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
