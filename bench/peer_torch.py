@@ -154,25 +154,10 @@ def build_peer_loss(name: str, cfg: dict):
 
 
 def _loader(image_set, channels: int):
-    import tensorflow as tf
+    # tfdnc's own loader (arrays, files, cached files, boxes): the same pixels on both sides.
+    from tfdnc.data.pipeline import image_loader
 
-    from tfdnc.data.transforms import crop_to_box, decode_image
-
-    if image_set.images is not None:
-        images = tf.constant(image_set.images)
-
-        def load(index):
-            return tf.gather(images, index)
-    else:
-        paths = tf.constant(image_set.paths)
-
-        def load(index):
-            return decode_image(tf.io.read_file(tf.gather(paths, index)), channels)
-
-    if image_set.boxes is None:
-        return load
-    boxes = tf.constant(image_set.boxes)
-    return lambda index: crop_to_box(load(index), tf.gather(boxes, index))
+    return image_loader(image_set, channels)
 
 
 def train_images(image_set, indices: np.ndarray, seeds: np.ndarray, settings: dict, channels: int) -> np.ndarray:

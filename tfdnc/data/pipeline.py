@@ -16,7 +16,7 @@ def image_channels(image_set: ImageSet) -> int:
     return int(image_set.images.shape[-1]) if image_set.images is not None else 3
 
 
-def _image_loader(image_set: ImageSet, channels: int):
+def image_loader(image_set: ImageSet, channels: int):
     """Returns index -> uint8 image tensor (H, W, C), cropped to its box if any."""
     if image_set.images is not None:
         images = tf.constant(image_set.images)
@@ -89,7 +89,7 @@ def make_train_dataset(
         )
     batch_size = sampler.batch_size // num_shards
     channels = image_channels(image_set)
-    load = _image_loader(image_set, channels)
+    load = image_loader(image_set, channels)
     label_table = tf.constant(np.asarray(image_set.labels if labels is None else labels, dtype=np.int32))
 
     def plan():
@@ -133,7 +133,7 @@ def make_eval_dataset(
 ) -> tf.data.Dataset:
     """Images in order under the evaluation transform (resize, centre crop)."""
     channels = image_channels(image_set)
-    load = _image_loader(image_set, channels)
+    load = image_loader(image_set, channels)
 
     def transform(index):
         image = eval_transform(load(index), image_size, resize_size)
