@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train Divide & Conquer on the embedded MNIST sample (or any data set): see --help."""
+"""Train Divide & Conquer on the generated shapes data set (or any data set): see --help."""
 
 import sys
 
