@@ -20,7 +20,7 @@ SIZE = 12
 STEPS = 3
 
 
-def _run(strategy, loss_name: str, symm: bool):
+def _run(strategy, loss_name: str, symm: bool, weight_decay: float = 0.0):
     """Trains STEPS steps through the real pipeline; returns (per-step losses, weights)."""
     import keras
 
@@ -40,7 +40,8 @@ def _run(strategy, loss_name: str, symm: bool):
     with strategy.scope():
         backbone = build_backbone("small_cnn", (SIZE, SIZE, 1), width=4)
         options = {"symmetrical": True} if symm else {}
-        model = DivideAndConquerModel(backbone, embedding_dim=16, k_max=2, loss=get_loss(loss_name, **options))
+        model = DivideAndConquerModel(backbone, embedding_dim=16, k_max=2, loss=get_loss(loss_name, **options),
+                                      weight_decay=weight_decay, mask_weight_decay=weight_decay)
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
         synchronize_batchnorm(model)
     sampler = ClusterBatchSampler(labels, 4, 4, seed=0)
@@ -99,9 +100,11 @@ def script_main(out_path: str) -> None:
 
     mirrored = build_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     report = {"replicas": mirrored.num_replicas_in_sync}
-    for name, loss, symm in (("margin", "margin", False), ("triplet_symm", "triplet", True)):
-        single_losses, single_weights = _run(build_strategy("default"), loss, symm)
-        mirrored_losses, mirrored_weights = _run(mirrored, loss, symm)
+    cases = (("margin", "margin", False, 0.0), ("triplet_symm", "triplet", True, 0.0),
+             ("margin_coupled_decay", "margin", False, 0.5))
+    for name, loss, symm, decay in cases:
+        single_losses, single_weights = _run(build_strategy("default"), loss, symm, decay)
+        mirrored_losses, mirrored_weights = _run(mirrored, loss, symm, decay)
         report[name] = {
             "single_losses": single_losses,
             "mirrored_losses": mirrored_losses,
@@ -122,7 +125,8 @@ def test_mirrored_two_replicas_match_one_device(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["replicas"] == 2
-    for name in ("margin", "triplet_symm"):
+    # The coupled L2 decay is part of the global gradient once, not once per replica.
+    for name in ("margin", "triplet_symm", "margin_coupled_decay"):
         r = report[name]
         assert len(r["mirrored_losses"]) == STEPS
         np.testing.assert_allclose(r["mirrored_losses"], r["single_losses"], rtol=1e-4, err_msg=name)

@@ -175,13 +175,15 @@ def test_reset_restarts_adam_like_a_new_parameter_group(make_tiny_model):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(mask), keras.ops.convert_to_numpy(shadow), rtol=1e-6)
 
 
-def test_coupled_weight_decay_matches_torch_adam_l2(make_tiny_model):
-    # torch Adam(weight_decay=wd) steps on g + wd * w; with a zero loss
-    # gradient (mask_loss_weight 0, full embedding excluded) the first Adam
-    # step is -lr * sign(g) for every weight with g = wd * w != 0.
+def test_coupled_weight_decay_changes_the_step_and_shrinks_masks(make_tiny_model):
+    # torch Adam(weight_decay=wd) steps on g + wd * w: the same loss gradient
+    # plus the decay gives another step, and masks (all 1 at the start) are
+    # pulled down by it.
     decay = 1e-2
-    model = make_tiny_model(k_max=2, weight_decay=decay, mask_weight_decay=decay, lr=1e-3)
-    plain = make_tiny_model(k_max=2, lr=1e-3)
+    # A loss without random sampling, so both models take the same loss gradient.
+    model = make_tiny_model(k_max=2, weight_decay=decay, mask_weight_decay=decay, lr=1e-3,
+                            loss=TripletLoss(margin=0.5, mining="batch_all"))
+    plain = make_tiny_model(k_max=2, lr=1e-3, loss=TripletLoss(margin=0.5, mining="batch_all"))
     plain.set_weights(model.get_weights())
     data = _batch(cluster=0)
     model.train_step(data)

@@ -79,7 +79,7 @@ class DivideAndConquerModel(keras.Model):
         if mask_learning_rate <= 0:
             raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
         for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
-            if not value >= 0:  # also refuses NaN
+            if not 0 <= value < float("inf"):  # also refuses NaN
                 raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
         if loss_learning_rate is not None and not loss_learning_rate > 0:
             raise ValueError(
@@ -271,15 +271,18 @@ class DivideAndConquerModel(keras.Model):
         loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         # Read before apply(), which may halve or double the scale.
         scale = ops.cast(self.optimizer.dynamic_scale, "float32") if loss_scaled else None
-        # The network's gradients stay scaled (the LossScaleOptimizer unscales
-        # them), so the decay term is scaled alike.
-        network_grads = _coupled_decay(gradients[:n_net], variables, self.weight_decay, scale)
+        # The decay joins each replica's share of the gradient, like the loss:
+        # the optimizers sum the replicas' gradients. The network's gradients
+        # stay loss-scaled (the LossScaleOptimizer unscales them), so the decay
+        # term is scaled alike.
+        share = replica_loss_scale()
+        network_grads = _coupled_decay(gradients[:n_net], variables, self.weight_decay * share, scale)
         self.optimizer.apply(network_grads, variables)
         unscale = (lambda grads: [g / scale for g in grads]) if loss_scaled else (lambda grads: grads)
         if mask_variables and not self._full_embedding:
             # The mask and loss optimizers have no loss scale of their own.
             mask_grads = _coupled_decay(unscale(gradients[n_net:n_net + n_mask]), mask_variables,
-                                        self.mask_weight_decay)
+                                        self.mask_weight_decay * share)
             self.mask_optimizer.apply(mask_grads, mask_variables)
         if loss_variables:
             self.loss_optimizer.apply(unscale(gradients[n_net + n_mask:]), loss_variables)
