@@ -1,0 +1,54 @@
+"""The shared helpers in tfdnc.utils, against plain NumPy / file-system expectations."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfdnc.utils import IMAGE_EXTENSIONS, is_image_file, l2_normalize, list_image_files, read_json, write_json
+
+
+def test_l2_normalize_unit_rows_and_zero_rows_stay_zero():
+    x = np.random.default_rng(0).normal(size=(5, 7))
+    x[2] = 0.0
+    y = l2_normalize(x)
+    norms = np.linalg.norm(y, axis=1)
+    np.testing.assert_allclose(np.delete(norms, 2), 1.0, rtol=1e-6)
+    assert np.all(y[2] == 0)
+    np.testing.assert_allclose(y[0], x[0] / np.sqrt((x[0] ** 2).sum()), rtol=1e-6)
+    assert y.dtype == np.float32
+
+
+def test_list_image_files_recursive_sorted_every_extension(tmp_path):
+    for rel in ["b/2.PNG", "a/1.jpg", "a/deep/3.webp", "a/.hidden.jpg", "a/notes.txt", "c.bmp"]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    found = [os.path.relpath(p, tmp_path) for p in list_image_files(tmp_path)]
+    assert found == sorted(found)
+    assert set(found) == {"b/2.PNG", "a/1.jpg", "a/deep/3.webp", "c.bmp"}
+    assert ".webp" in IMAGE_EXTENSIONS and is_image_file("x.JPEG") and not is_image_file(".x.jpg")
+
+
+def test_list_image_files_errors_name_the_folder(tmp_path):
+    with pytest.raises(NotADirectoryError, match="--data-dir .*missing"):
+        list_image_files(tmp_path / "missing", what="--data-dir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        list_image_files(tmp_path / "empty")
+
+
+def test_json_round_trip_with_numpy_values_and_no_temp_left(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"a": np.int64(3), "b": np.float32(0.5), "c": np.arange(3), "d": np.bool_(True)})
+    assert read_json(path) == {"a": 3, "b": 0.5, "c": [0, 1, 2], "d": True}
+    assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_read_json_error_names_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"--config: cannot read .*bad.json"):
+        read_json(bad, what="--config")
+    assert json.loads("{}") == {}
