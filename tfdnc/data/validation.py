@@ -42,6 +42,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 _CACHE_FORMAT = "tfdnc-image-check/1"
 _SPLITS = ("train", "test", "query", "gallery")
+_STRICT_LISTED = 20  # files a strict-mode error names one by one
 
 
 class InvalidImageError(ValueError):
@@ -177,8 +178,8 @@ def validate_splits(
     if strict:
         bad = sorted({p for p, r in reasons.items() if r is not None})
         if bad:
-            listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:10])
-            more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+            listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:_STRICT_LISTED])
+            more = f"\n  ... and {len(bad) - _STRICT_LISTED} more" if len(bad) > _STRICT_LISTED else ""
             raise InvalidImageError(f"cannot decode {len(bad)} image file(s) (strict images):\n{listed}{more}")
     cleaned = {}
     for split, image_set in named:
@@ -206,7 +207,8 @@ def validate_training_set(
     reasons = checker.check(sorted(set(image_set.paths))) if image_set.paths is not None else {}
     bad = sorted(p for p, r in reasons.items() if r is not None)
     if strict and bad:
-        raise InvalidImageError("cannot decode image(s) " + "; ".join(f"{p!r}: {reasons[p]}" for p in bad[:10]))
+        raise InvalidImageError("cannot decode image(s) "
+                                + "; ".join(f"{p!r}: {reasons[p]}" for p in bad[:_STRICT_LISTED]))
     report = ValidationReport(decoded=checker.decoded, cached=checker.cached)
     cleaned = _clean("train", image_set, reasons, report)
     report.seconds = time.perf_counter() - start
