@@ -10,9 +10,9 @@ and drops what it cannot read, naming the file, its class and the reason.
 
 Decoding runs inside a `tf.data` map with parallel calls (no Python per
 file, several files at once); only files that fail are looked at again, one
-by one, to say why. Results are kept in a cache file keyed by path, size
-and modification time, so a second run (a resumed one, or one on the same
-data) decodes only files that changed.
+by one, to say why. Results are kept in a cache file keyed by path, size,
+modification and change time, so a second run (a resumed one, or one on
+the same data) decodes only files that changed.
 
 Example:
 >>> splits = load_dataset("folder", "/data/products")
@@ -43,6 +43,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _CACHE_FORMAT = "tfdnc-image-check/1"
 _SPLITS = ("train", "test", "query", "gallery")
 _STRICT_LISTED = 20  # files a strict-mode error names one by one
+# Reasons starting so are not cached: a permission fixed with chmod changes no size or mtime.
+_READ_ERROR = "cannot read the file: "
 
 
 class InvalidImageError(ValueError):
@@ -146,8 +148,9 @@ def validate_splits(
         strict: raise `InvalidImageError` naming every unreadable file
             instead of skipping them (lone classes are still dropped).
         cache_path: JSON file that remembers each file's outcome by path,
-            size and modification time (e.g. in the run directory or beside
-            the data); None: no cache.
+            size, modification and change time, for this decoder (channels,
+            TensorFlow version); e.g. in the run directory or beside the
+            data. None: no cache.
         workers: parallel decodes (None: tf.data AUTOTUNE).
         max_pixels: skip images whose header declares more pixels than
             this, before decoding them (None: no limit).
@@ -290,14 +293,14 @@ class _ImageChecker:
             return {p: None for p in paths}  # written by the cache from already-decoded pixels
         cache = self._load_cache()
         reasons: dict[str, str | None] = {}
-        todo: list[tuple[str, list]] = []  # (path, [size, mtime_ns]) to decode now
+        todo: list[tuple[str, list]] = []  # (path, [size, mtime_ns, ctime_ns]) to decode now
         for path in paths:
             try:
                 stat = os.stat(path)
             except OSError as exc:
-                reasons[path] = f"cannot read the file: {exc.strerror or exc}"
+                reasons[path] = f"{_READ_ERROR}{exc.strerror or exc}"
                 continue
-            stamp = [stat.st_size, stat.st_mtime_ns]
+            stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
             entry = cache.get(os.path.abspath(path))
             outcome = self._from_cache(entry, stamp)
             if outcome is _RECHECK:
@@ -308,18 +311,24 @@ class _ImageChecker:
         if todo:
             results = self._decode([p for p, _ in todo])
             for (path, stamp), (height, width, decoded, reason) in zip(todo, results):
-                cache[os.path.abspath(path)] = stamp + [height, width, decoded, reason]
-                reasons[path] = self._from_cache(cache[os.path.abspath(path)], stamp)
+                entry = stamp + [height, width, decoded, reason]
+                reasons[path] = self._from_cache(entry, stamp)
+                if reason is None or not reason.startswith(_READ_ERROR):
+                    cache[os.path.abspath(path)] = entry
+                else:
+                    cache.pop(os.path.abspath(path), None)
             self.decoded += len(todo)
             self._save_cache(cache)
         return reasons
 
-    # Cache entries: [size, mtime_ns, height, width, decoded, reason]; `decoded`
-    # False with no reason means "too large to decode under the limit of the time".
+    # Cache entries: [size, mtime_ns, ctime_ns, height, width, decoded, reason];
+    # `decoded` False with no reason means "too large to decode under the limit
+    # of the time". The change time catches chmod and files replaced with their
+    # old modification time kept.
     def _from_cache(self, entry, stamp):
-        if entry is None or list(entry[:2]) != stamp:
+        if entry is None or list(entry[:3]) != stamp:
             return _RECHECK
-        height, width, decoded, reason = entry[2:]
+        height, width, decoded, reason = entry[3:]
         if reason is not None:
             return reason
         if self.max_pixels is not None and height * width > self.max_pixels:
@@ -359,6 +368,7 @@ class _ImageChecker:
         channels = self.channels
         limit = -1 if self.max_pixels is None else self.max_pixels
 
+        @tf.autograph.experimental.do_not_convert  # plain graph ops; tf.cond is explicit
         def check(index, path):
             contents = tf.io.read_file(path)
             height, width = declared_image_size(contents)
@@ -402,7 +412,7 @@ def _diagnose(path: str, channels: int) -> str:
         with open(path, "rb") as f:
             contents = f.read()
     except OSError as exc:
-        return f"cannot read the file: {exc.strerror or exc}"
+        return f"{_READ_ERROR}{exc.strerror or exc}"
     if not contents:
         return "empty file (0 bytes)"
     known = _format_reason(contents)
@@ -460,7 +470,7 @@ def _palette_bmp_reason(path: str) -> str | None:
         with open(path, "rb") as f:
             head = f.read(54 + 1024)
     except OSError as exc:
-        return f"cannot read the file: {exc.strerror or exc}"
+        return f"{_READ_ERROR}{exc.strerror or exc}"
     if len(head) < 54 or int.from_bytes(head[28:30], "little") != 8:
         return None
     header_size = int.from_bytes(head[14:18], "little")
