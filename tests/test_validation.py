@@ -14,9 +14,10 @@ from badimages import BAD_FILES, HUGE_SIDE, constant_png, write_bad_files, write
 from tfdnc.data.pipeline import make_eval_dataset, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.data.transforms import decode_image
-from tfdnc.data.validation import InvalidImageError, validate_splits, validate_training_set
+from tfdnc.data.validation import InvalidImageError, check_image_files, validate_splits, validate_training_set
 from tfdnc.datasets import DatasetError, load_dataset
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.utils import list_image_files
 
 SPLITS = ("train", "test", "query", "gallery", "extra/query", "extra/gallery")
 
@@ -70,6 +71,15 @@ def test_every_bad_file_is_skipped_in_every_split_with_its_named_reason(corpus):
                for line in lines)
     # Every reason is a sentence of ours, not a raw TensorFlow op dump.
     assert not any("function_node" in s.reason or "Op:" in s.reason for s in report.skipped)
+
+
+def test_check_image_files_answers_for_plain_paths(corpus):
+    root, bad, good, _ = corpus
+    reasons = check_image_files(list_image_files(root))
+    assert set(reasons) == set(bad) | set(good)
+    assert {p for p, r in reasons.items() if r is not None} == set(bad)
+    with pytest.raises(ValueError, match="`channels` must be 1, 3 or 4"):
+        check_image_files(good, channels=2)
 
 
 def test_validated_splits_decode_in_the_eval_pipeline_and_unvalidated_ones_crash(corpus):

@@ -218,6 +218,25 @@ def validate_training_set(
     return cleaned, report
 
 
+def check_image_files(
+    paths: list[str],
+    *,
+    channels: int = 3,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    cache_path: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> dict[str, str | None]:
+    """path -> why `decode_image` cannot use it (None: readable), for any list of files.
+
+    The file check of `validate_splits` without the splits, for callers
+    holding plain paths (an export gallery, a pretraining folder).
+
+    Example:
+    >>> bad = {p: r for p, r in check_image_files(list_image_files("gallery")).items() if r}
+    """
+    return _ImageChecker(channels, max_pixels, cache_path, workers).check(sorted(set(paths)))
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -277,6 +296,8 @@ class _ImageChecker:
     """Decodes files with the pipelines' decoder; answers path -> skip reason (None: readable)."""
 
     def __init__(self, channels: int, max_pixels: int | None, cache_path, workers: int | None):
+        if channels not in (1, 3, 4):
+            raise ValueError(f"image check: `channels` must be 1, 3 or 4 (what the pipelines decode), got {channels!r}")
         self.channels = int(channels)
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.cache_path = None if cache_path is None else os.fspath(cache_path)
