@@ -97,8 +97,7 @@ class ValidationReport:
         return len(self.skipped)
 
     def class_label(self, label: int) -> str:
-        name = self.class_names.get(int(label))
-        return str(label) if name is None or name == str(label) else f"{name!r} (label {label})"
+        return _describe_class(self.class_names.get(int(label)), label)
 
     def lines(self) -> list[str]:
         """One line per skipped image or class; empty when nothing was skipped."""
@@ -169,21 +168,13 @@ def validate_splits(
     >>> splits, report = validate_splits(load_dataset("sop", "/data/sop"), cache_path="/data/sop/check.json")
     >>> print("\\n".join(report.lines()))
     """
-    if max_pixels is not None and int(max_pixels) < 1:
-        raise ValueError(f"validate_splits: `max_pixels` must be >= 1 or None, got {max_pixels}")
-    if workers is not None and int(workers) < 1:
-        raise ValueError(f"validate_splits: `workers` must be >= 1 or None, got {workers}")
     start = time.perf_counter()
     named = _named_sets(splits)
     checker = _ImageChecker(channels, max_pixels, cache_path, workers)
     reasons = checker.check(sorted({p for _, s in named if s.paths is not None for p in s.paths}))
-    report = ValidationReport(decoded=checker.decoded, cached=checker.cached)
     if strict:
-        bad = sorted({p for p, r in reasons.items() if r is not None})
-        if bad:
-            listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:_STRICT_LISTED])
-            more = f"\n  ... and {len(bad) - _STRICT_LISTED} more" if len(bad) > _STRICT_LISTED else ""
-            raise InvalidImageError(f"cannot decode {len(bad)} image file(s) (strict images):\n{listed}{more}")
+        _refuse_unreadable(reasons)
+    report = ValidationReport(decoded=checker.decoded, cached=checker.cached)
     cleaned = {}
     for split, image_set in named:
         cleaned[split] = _clean(split, image_set, reasons, report)
@@ -208,10 +199,8 @@ def validate_training_set(
     checker = _ImageChecker(3, DEFAULT_MAX_PIXELS, None, workers)
     start = time.perf_counter()
     reasons = checker.check(sorted(set(image_set.paths))) if image_set.paths is not None else {}
-    bad = sorted(p for p, r in reasons.items() if r is not None)
-    if strict and bad:
-        raise InvalidImageError("cannot decode image(s) "
-                                + "; ".join(f"{p!r}: {reasons[p]}" for p in bad[:_STRICT_LISTED]))
+    if strict:
+        _refuse_unreadable(reasons)
     report = ValidationReport(decoded=checker.decoded, cached=checker.cached)
     cleaned = _clean("train", image_set, reasons, report)
     report.seconds = time.perf_counter() - start
@@ -240,6 +229,15 @@ def check_image_files(
 # --------------------------------------------------------------------------- splits
 
 
+def _refuse_unreadable(reasons: dict[str, str | None]) -> None:
+    """Strict mode: raises `InvalidImageError` naming the unreadable files, if any."""
+    bad = sorted(p for p, r in reasons.items() if r is not None)
+    if bad:
+        listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:_STRICT_LISTED])
+        more = f"\n  ... and {len(bad) - _STRICT_LISTED} more" if len(bad) > _STRICT_LISTED else ""
+        raise InvalidImageError(f"cannot decode {len(bad)} image file(s) (strict images):\n{listed}{more}")
+
+
 def _named_sets(splits: DataSplits) -> list[tuple[str, ImageSet]]:
     named = [(name, getattr(splits, name)) for name in _SPLITS if getattr(splits, name) is not None]
     for test_name, (query, gallery) in splits.extra_tests.items():
@@ -250,6 +248,11 @@ def _named_sets(splits: DataSplits) -> list[tuple[str, ImageSet]]:
 def _rebuild(splits: DataSplits, cleaned: dict[str, ImageSet]) -> DataSplits:
     extra = {name: (cleaned[f"{name}/query"], cleaned[f"{name}/gallery"]) for name in splits.extra_tests}
     return dataclasses.replace(splits, **{n: cleaned[n] for n in _SPLITS if n in cleaned}, extra_tests=extra)
+
+
+def _describe_class(name: str | None, label: int) -> str:
+    """'cat' (label 4) when the class has a name of its own, else 4."""
+    return str(label) if name is None or name == str(label) else f"{name!r} (label {label})"
 
 
 def _class_names(image_set: ImageSet) -> np.ndarray:
@@ -273,7 +276,7 @@ def _clean(split: str, image_set: ImageSet, reasons: dict[str, str | None], repo
     emptied = sorted(before - set(np.unique(image_set.labels[keep]).tolist()))
     for label in emptied:
         name = str(names[np.flatnonzero(image_set.labels == label)[0]])
-        report.emptied_classes.append((split, name if name == str(label) else f"{name!r} (label {label})"))
+        report.emptied_classes.append((split, _describe_class(name, label)))
     if split == "train":
         labels, counts = np.unique(image_set.labels[keep], return_counts=True)
         lone = labels[counts < 2]
@@ -298,6 +301,10 @@ class _ImageChecker:
     def __init__(self, channels: int, max_pixels: int | None, cache_path, workers: int | None):
         if channels not in (1, 3, 4):
             raise ValueError(f"image check: `channels` must be 1, 3 or 4 (what the pipelines decode), got {channels!r}")
+        if max_pixels is not None and int(max_pixels) < 1:
+            raise ValueError(f"image check: `max_pixels` must be >= 1 or None, got {max_pixels}")
+        if workers is not None and int(workers) < 1:
+            raise ValueError(f"image check: `workers` must be >= 1 or None, got {workers}")
         self.channels = int(channels)
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.cache_path = None if cache_path is None else os.fspath(cache_path)
