@@ -107,6 +107,25 @@ def test_odd_but_readable_formats_pass_and_decode_like_pillow(tmp_path):
         assert error < (4.0 if name.endswith(".jpg") else 0.01), (name, error)
 
 
+def test_grey_decoding_reads_gif_bmp_and_webp_too(tmp_path):
+    # TensorFlow's GIF, BMP and WebP decoders refuse channels=1; decode_image converts from RGB.
+    write_odd_files(tmp_path)
+    for name in ("animated.gif", "grey_8bit.bmp", "rgba_32bit.bmp", "still.webp"):
+        contents = tf.io.read_file(str(tmp_path / name))
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_image(contents, channels=1, expand_animations=False)
+        rgb = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        np.testing.assert_array_equal(decode_image(contents, 1).numpy(), tf.image.rgb_to_grayscale(rgb).numpy())
+    for name in ("grey.jpg", "palette.png", "rgb_16bit.png"):  # JPEG and PNG: TensorFlow's own grey decoding
+        contents = tf.io.read_file(str(tmp_path / name))
+        expected = tf.io.decode_image(contents, channels=1, expand_animations=False).numpy()
+        np.testing.assert_array_equal(decode_image(contents, 1).numpy(), expected)
+        graph = tf.function(lambda x: decode_image(x, 1))(contents)  # as in the serving graph
+        np.testing.assert_array_equal(graph.numpy(), expected)
+    paths = [str(tmp_path / name) for name in ("animated.gif", "grey_8bit.bmp", "still.webp")]
+    assert check_image_files(paths, channels=1) == {p: None for p in paths}
+
+
 def test_strict_mode_names_every_unreadable_file(corpus):
     _, bad, good, labels = corpus
     splits = _every_split(good + sorted(bad), labels + [0] * len(bad))

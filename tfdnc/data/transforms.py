@@ -19,7 +19,9 @@ def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
     validation (`tfdnc.data.validation`) and the serving graph, so a file
     that validation accepts is one that training can read. Animated GIF and
     WebP give their first frame (`expand_animations=False`; a 4-D tensor
-    otherwise). 16-bit PNGs are scaled to 8 bits; alpha is dropped.
+    otherwise). 16-bit PNGs are scaled to 8 bits; alpha is dropped. With
+    `channels=1`, GIF, BMP and WebP (which TensorFlow decodes only to colour)
+    are converted with `tf.image.rgb_to_grayscale`.
 
     What TensorFlow's decoders refuse (1-, 4- and 16-bit BMP, animated WebP,
     TIFF, truncated files) raises `InvalidArgumentError`; validation names
@@ -33,6 +35,19 @@ def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
     # channel count would break batching anyway.
     if channels not in (1, 3, 4):
         raise ValueError(f"decode_image: `channels` must be 1, 3 or 4, got {channels!r}")
+    if channels == 1:
+        # TensorFlow's GIF, BMP and WebP decoders give only 3 or 4 channels:
+        # those are decoded to RGB and converted; JPEG and PNG decode to grey
+        # themselves (as before, so grey JPEG/PNG pixels are unchanged).
+        grey_native = tf.logical_or(
+            tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
+            tf.equal(tf.strings.substr(contents, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        )
+        return tf.cond(grey_native, lambda: _decode(contents, 1), lambda: tf.image.rgb_to_grayscale(_decode(contents, 3)))
+    return _decode(contents, channels)
+
+
+def _decode(contents: tf.Tensor, channels: int) -> tf.Tensor:
     image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
     image.set_shape([None, None, channels])
     return image
