@@ -43,7 +43,9 @@ def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
             tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
             tf.equal(tf.strings.substr(contents, 0, 8), b"\x89PNG\r\n\x1a\n"),
         )
-        return tf.cond(grey_native, lambda: _decode(contents, 1), lambda: tf.image.rgb_to_grayscale(_decode(contents, 3)))
+        return tf.cond(
+            grey_native, lambda: _decode(contents, 1), lambda: tf.image.rgb_to_grayscale(_decode(contents, 3))
+        )
     return _decode(contents, channels)
 
 
