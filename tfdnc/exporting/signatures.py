@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfdnc.data.transforms import decode_image, eval_transform
+from tfdnc.data.transforms import declared_image_size, decode_image, eval_transform
 from tfdnc.exporting import contract
 
 # (offset, magic bytes) per format; an image matches if any entry matches.
@@ -29,7 +29,6 @@ _MAGIC = (
     (8, b"WEBP"),  # RIFF....WEBP
 )
 _HEADER_LEN = 12
-_SIZE_HEADER_LEN = 32
 # 40 megapixels: an 8K photo fits; decoding it takes 120 MB (uint8 RGB) and
 # the float32 copy the resize starts from 480 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -251,51 +250,6 @@ def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
     riff = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
     matches[-1] = tf.logical_and(riff, matches[-1])
     return tf.logical_and(tf.strings.length(contents) > 0, tf.reduce_any(tf.stack(matches)))
-
-
-def declared_image_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(height, width) as int64 from an image's header, without decoding it.
-
-    JPEG through `tf.image.extract_jpeg_shape`; PNG, GIF, BMP and WebP
-    (VP8, VP8L, VP8X) from their fixed header fields. (0, 0) for other data.
-    """
-    head = tf.strings.substr(
-        tf.strings.join([contents, tf.constant(b"\0" * _SIZE_HEADER_LEN)]), 0, _SIZE_HEADER_LEN
-    )
-    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
-
-    def little(start, count):
-        return tf.add_n([b[start + k] * 256**k for k in range(count)])
-
-    def big(start, count):
-        return tf.add_n([b[start + k] * 256 ** (count - 1 - k) for k in range(count)])
-
-    def starts(magic, offset=0):
-        return tf.equal(tf.strings.substr(head, offset, len(magic)), magic)
-
-    bmp_height = little(22, 4)
-    bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)  # top-down BMPs
-    vp8l = little(21, 4)
-    webp = tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8))
-    candidates = [  # (is this format, height, width)
-        (starts(b"\x89PNG\r\n\x1a\n"), big(20, 4), big(16, 4)),
-        (starts(b"GIF8"), little(8, 2), little(6, 2)),
-        (starts(b"BM"), bmp_height, little(18, 4)),
-        (tf.logical_and(webp, starts(b"VP8X", 12)), little(27, 3) + 1, little(24, 3) + 1),
-        (tf.logical_and(webp, starts(b"VP8L", 12)), (vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1),
-        (tf.logical_and(webp, starts(b"VP8 ", 12)), little(28, 2) % 16384, little(26, 2) % 16384),
-    ]
-    jpeg = starts(b"\xff\xd8\xff")
-    jpeg_shape = tf.cond(
-        jpeg,
-        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
-        lambda: tf.zeros([2], tf.int64),
-    )
-    height, width = jpeg_shape[0], jpeg_shape[1]
-    for is_format, h, w in candidates:
-        height = tf.where(is_format, h, height)
-        width = tf.where(is_format, w, width)
-    return height, width
 
 
 def encode_png(image: np.ndarray) -> bytes:
