@@ -8,7 +8,7 @@ import pytest
 
 from tfdnc.evaluation import (
     RetrievalEvaluation,
-    evaluate,
+    compute_metrics as evaluate,
     map_at_r,
     marp,
     nearest_neighbors,

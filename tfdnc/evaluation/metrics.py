@@ -31,7 +31,7 @@ hits or all misses. Papers that cite "MAP@R" from Musgrave et al. mean
 Example:
 
 ```python
-results = evaluate(test_embeddings, test_labels)   # {'recall@1': ..., 'nmi': ...}
+results = compute_metrics(test_embeddings, test_labels)   # {'recall@1': ..., 'nmi': ...}
 recalls = recall_at_k(gallery, gallery_labels, ks=(1, 10, 20),
                       query_embeddings=queries, query_labels=query_labels)
 ```
@@ -278,7 +278,7 @@ def nmi_and_f1(embeddings, labels, n_clusters: int | None = None, *, seed: int =
     return float(normalized_mutual_info_score(y, clusters)), pairwise_f1(y, clusters)
 
 
-def evaluate(
+def compute_metrics(
     embeddings,
     labels,
     *,
@@ -298,7 +298,7 @@ def evaluate(
     `marp` the D&C TPAMI code's mARP, see the module docstring). In
     query-vs-gallery mode NMI and F1 cluster queries and gallery together.
 
-    >>> evaluate(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
+    >>> compute_metrics(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
     {'recall@1': 0.73, 'recall@10': 0.91, 'nmi': 0.68}
     """
     unknown = set(metrics) - set(ALL_METRICS)

@@ -17,7 +17,7 @@ MAP@R (`map@r`, Musgrave et al. 2020: divided by R) and mARP (`marp`, the
 TPAMI D&C code's MAP@R: divided by the hits in the top R,
 CompVis/metric-learning-divide-and-conquer-improved:
 metriclearning/evaluation/mean_avg_precision.py:14), computed by
-`tfdnc.evaluation.metrics.evaluate`. All-vs-all excludes the query itself
+`tfdnc.evaluation.metrics.compute_metrics`. All-vs-all excludes the query itself
 from its neighbours.
 
 Example:
@@ -34,6 +34,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.evaluation.metrics import compute_metrics
 
 METRICS = ("recall", "map@r", "marp", "r_precision", "nmi", "f1")
 
@@ -159,12 +160,10 @@ def evaluate_embedded(
         sets: name -> (query embeddings or None, query labels or None,
             gallery embeddings, gallery labels); None queries mean
             all-vs-all on the gallery.
-        metrics: passed to `tfdnc.evaluation.metrics.evaluate`.
+        metrics: passed to `tfdnc.evaluation.metrics.compute_metrics`.
         seed: k-means seed for NMI / F1.
         progress: a progress bar over the sets.
     """
-    from tfdnc.evaluation.metrics import evaluate
-
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
     result = ProtocolResult(protocol)
@@ -172,7 +171,7 @@ def evaluate_embedded(
     for name, (q, ql, g, gl) in _progress(items, progress, "evaluating"):
         if (q is None) != (ql is None):
             raise ValueError(f"evaluation set {name!r}: give query embeddings and labels together")
-        result.results[name] = evaluate(
+        result.results[name] = compute_metrics(
             g, gl, ks=protocol.recall_ks, query_embeddings=q, query_labels=ql,
             metrics=metrics, seed=seed,
         )
@@ -199,16 +198,50 @@ def run_protocol(
     Images that several sets share (VehicleID's test lists overlap) are
     embedded once.
     """
+    protocol, image_sets, embedded = embed_evaluation_sets(splits, embed, protocol)
+    return evaluate_embedded(protocol, embedded_arrays(image_sets, embedded), metrics=metrics, seed=seed,
+                             progress=progress)
+
+
+def evaluate_dataset(
+    dataset: str,
+    embed: Callable[[ImageSet], np.ndarray],
+    data_dir: str | None = None,
+    *,
+    use_boxes: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    **dataset_options,
+) -> ProtocolResult:
+    """Loads the data set named `dataset` and runs its protocol with `embed`.
+
+    Example:
+    >>> evaluate_dataset("cub", embedder.embed, "/data/CUB_200_2011").table()
+    """
+    from tfdnc.datasets import load_dataset
+
+    splits = load_dataset(dataset, data_dir, use_boxes=use_boxes, **dataset_options)
+    return run_protocol(splits, embed, seed=seed, progress=progress)
+
+
+def embed_evaluation_sets(
+    splits: DataSplits, embed: Callable[[ImageSet], np.ndarray], protocol: Protocol | str | None = None,
+) -> tuple[Protocol, dict[str, tuple[ImageSet | None, ImageSet]], dict[int, np.ndarray]]:
+    """(protocol, name -> (query set or None, gallery set), id(set) -> embeddings), each image embedded once."""
     protocol = get_protocol(protocol or splits.protocol) if not isinstance(protocol, Protocol) else protocol
     image_sets = protocol.evaluation_sets(splits)
     unique = [s for pair in image_sets.values() for s in pair if s is not None]
-    embedded = embed_once(unique, embed)
+    return protocol, image_sets, embed_once(unique, embed)
+
+
+def embedded_arrays(image_sets: Mapping[str, tuple[ImageSet | None, ImageSet]],
+                    embedded: Mapping[int, np.ndarray]) -> dict[str, tuple]:
+    """The `sets` argument of `evaluate_embedded` from `embed_evaluation_sets`' output."""
     sets = {}
     for name, (query, gallery) in image_sets.items():
-        g = embedded[id(gallery)]
         q = embedded[id(query)] if query is not None else None
-        sets[name] = (q, query.labels if query is not None else None, g, gallery.labels)
-    return evaluate_embedded(protocol, sets, metrics=metrics, seed=seed, progress=progress)
+        sets[name] = (q, query.labels if query is not None else None, embedded[id(gallery)], gallery.labels)
+    return sets
 
 
 def embed_once(image_sets: list[ImageSet], embed: Callable[[ImageSet], np.ndarray]) -> dict[int, np.ndarray]:
