@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from tfdnc.evaluation.neighbors import check_embeddings, iter_topk
+from tfdnc.utils import l2_normalize
 
 ALL_METRICS = ("recall", "map@r", "marp", "r_precision", "nmi", "f1")
 RANK_METRICS = ("map@r", "marp", "r_precision")
@@ -273,7 +274,7 @@ def nmi_and_f1(embeddings, labels, n_clusters: int | None = None, *, seed: int =
     if n_clusters is None:
         n_clusters = len(np.unique(y))
     if normalize:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalize(x)
     clusters, _ = kmeans(x, n_clusters, niter=niter, seed=seed)
     return float(normalized_mutual_info_score(y, clusters)), pairwise_f1(y, clusters)
 
