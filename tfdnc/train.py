@@ -3,17 +3,13 @@
 With no arguments it trains Divide & Conquer (K = 1 -> 4, multi-similarity
 loss with Symmetrical Synthesis) on the generated `shapes` data set (200 train
 / 200 test classes in four families), prints Recall@K, NMI, MAP@R and mARP
-before and after, and leaves a run directory (its layout: `tfdnc.rundir`):
+before and after, and leaves a run directory: config.json, model.keras,
+checkpoints/, backup/ (for --resume), clusters.npz, history.json,
+metrics.json, logs/ (TensorBoard) and export/tfdnc/1/ (the SavedModel for
+TensorFlow Serving); `tfdnc.rundir` defines the layout.
 
-    RUN_DIR/config.json          the TrainConfig of the run
-    RUN_DIR/model.keras          the trained model (keras.saving.load_model)
-    RUN_DIR/checkpoints/         last.keras, written every epoch
-    RUN_DIR/backup/              weights + optimizer state for --resume
-    RUN_DIR/clusters.npz         the cluster state (with clusters.prev.npz)
-    RUN_DIR/history.json         per-epoch logs, K and cluster sizes
-    RUN_DIR/metrics.json         metrics before and after training
-    RUN_DIR/logs/                TensorBoard
-    RUN_DIR/export/tfdnc/1/      the SavedModel for TensorFlow Serving
+`run` is a short list of named steps (`prepare_run_dir`, `build_data`,
+`build_model`, `build_schedule`, `build_callbacks`, `fit`, `finish`).
 """
 
 from __future__ import annotations

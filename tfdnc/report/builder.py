@@ -74,39 +74,11 @@ def build_report(
         return image_source(path, output_dir, inline)
 
     sections = [_summary_section(info, output_dir)]
-
     stages.step("training curves")
-    training = Section("Training")
-    path = figures.training_curves(info, os.path.join(output_dir, "curves.png"))
-    if path:
-        training.figure(src(path), "Losses and Recall@K per epoch; the dashed line marks the start of "
-                        "the full-embedding (conquer) phase.", "loss and recall curves")
-    else:
-        training.note("history.json has no losses or recalls to plot.")
-    path = figures.clusters_over_time(info, os.path.join(output_dir, "clusters.png"))
-    if path:
-        training.figure(src(path), "Number of learners K and the training-cluster sizes at every epoch.",
-                        "K and cluster sizes over time")
-    else:
-        training.note("history.json records neither K nor cluster_sizes.")
-    sections.append(training)
-
+    sections.append(_training_section(info, output_dir, src))
     stages.step("loading the model")
     embedder, why_not = _load_model(info)
-    masks_section = Section("Subspace masks")
-    masks = info.masks
-    if masks is None and embedder is not None and hasattr(getattr(embedder.model, "masks", None), "mask_values"):
-        masks = np.asarray(embedder.model.masks.mask_values())
-    if masks is not None:
-        mode = info.config_values.get("mask_mode", "")
-        path = figures.mask_heatmap(masks, os.path.join(output_dir, "masks.png"),
-                                    f"{mode} masks: learner x embedding dimension".strip())
-        masks_section.figure(src(path), "Effective mask values: one row per learner (subspace), one "
-                             "column per embedding dimension.", "mask heat map")
-    else:
-        masks_section.note(f"No masks: no masks.npy and {why_not or 'the model has no masks layer'}.")
-    sections.append(masks_section)
-
+    sections.append(_masks_section(info, embedder, why_not, output_dir, src))
     results_section = Section("Evaluation")
     map_section = Section("Test embeddings")
     retrieval_section = Section("Retrieval examples")
@@ -118,28 +90,12 @@ def build_report(
         stages.step("figures (skipped)")
     else:
         stages.step("embedding and evaluating")
-        evaluation = _evaluate(embedder, splits, batch_size, seed, progress)
-        result, embedded, sets = evaluation
-        headers = ["set", "queries", "gallery"] + [title for _, title in result.columns()]
-        rows = []
-        for name, metrics in result.results.items():
-            q, g = result.sizes[name]
-            rows.append([name, q, g] + [
-                "-" if metrics.get(key) is None else f"{100 * metrics[key]:.2f}" for key, _ in result.columns()
-            ])
-        results_section.paragraph(f"{result.protocol.title}, {result.protocol.name} protocol "
-                                  f"({'query vs gallery' if result.protocol.query_gallery else 'all-vs-all'}), "
-                                  "in percent.")
-        results_section.table(headers, rows)
-        write_json(os.path.join(output_dir, "evaluation.json"), result.to_dict())
-        results_section.links([("evaluation.json", "evaluation.json")])
-
+        result, embedded, sets = _evaluate(embedder, splits, batch_size, seed, progress)
+        _results(results_section, result, output_dir)
         stages.step("map and retrieval examples")
-        first = next(iter(sets))
-        query_set, gallery_set = sets[first]
+        query_set, gallery_set = next(iter(sets.values()))
         gallery_embeddings = embedded[id(gallery_set)]
-        k_final = _final_k(info)
-        path, caption = _embedding_map(gallery_set, gallery_embeddings, k_final, projection, max_points,
+        path, caption = _embedding_map(gallery_set, gallery_embeddings, _final_k(info), projection, max_points,
                                        map_classes, seed, output_dir)
         map_section.figure(src(path), caption, "2-D map of test embeddings")
         if num_queries:
@@ -161,6 +117,55 @@ def build_report(
 
 
 # --- sections ------------------------------------------------------------------
+
+
+def _training_section(info: RunInfo, output_dir: str, src) -> Section:
+    training = Section("Training")
+    path = figures.training_curves(info, os.path.join(output_dir, "curves.png"))
+    if path:
+        training.figure(src(path), "Losses and Recall@K per epoch; the dashed line marks the start of "
+                        "the full-embedding (conquer) phase.", "loss and recall curves")
+    else:
+        training.note("history.json has no losses or recalls to plot.")
+    path = figures.clusters_over_time(info, os.path.join(output_dir, "clusters.png"))
+    if path:
+        training.figure(src(path), "Number of learners K and the training-cluster sizes at every epoch.",
+                        "K and cluster sizes over time")
+    else:
+        training.note("history.json records neither K nor cluster_sizes.")
+    return training
+
+
+def _masks_section(info: RunInfo, embedder, why_not: str | None, output_dir: str, src) -> Section:
+    section = Section("Subspace masks")
+    masks = info.masks
+    if masks is None and embedder is not None and hasattr(getattr(embedder.model, "masks", None), "mask_values"):
+        masks = np.asarray(embedder.model.masks.mask_values())
+    if masks is None:
+        section.note(f"No masks: no masks.npy and {why_not or 'the model has no masks layer'}.")
+        return section
+    mode = info.config_values.get("mask_mode", "")
+    path = figures.mask_heatmap(masks, os.path.join(output_dir, "masks.png"),
+                                f"{mode} masks: learner x embedding dimension".strip())
+    section.figure(src(path), "Effective mask values: one row per learner (subspace), one "
+                   "column per embedding dimension.", "mask heat map")
+    return section
+
+
+def _results(section: Section, result, output_dir: str) -> None:
+    """The protocol table, in percent, and evaluation.json beside the page."""
+    headers = ["set", "queries", "gallery"] + [title for _, title in result.columns()]
+    rows = []
+    for name, metrics in result.results.items():
+        q, g = result.sizes[name]
+        rows.append([name, q, g] + [
+            "-" if metrics.get(key) is None else f"{100 * metrics[key]:.2f}" for key, _ in result.columns()
+        ])
+    section.paragraph(f"{result.protocol.title}, {result.protocol.name} protocol "
+                      f"({'query vs gallery' if result.protocol.query_gallery else 'all-vs-all'}), in percent.")
+    section.table(headers, rows)
+    write_json(os.path.join(output_dir, "evaluation.json"), result.to_dict())
+    section.links([("evaluation.json", "evaluation.json")])
 
 
 def _summary_section(info: RunInfo, output_dir: str) -> Section:
