@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from tfdnc.utils import write_json
+
 SAMPLING = ("uniform", "policy")
 
 
@@ -150,8 +152,7 @@ def run(args) -> dict:
     summary = _summary(args, task, steps, seconds, heldout.score(model), policy_cb, run_dir)
     _hand_over(args, backbone, inputs, train_inputs, task["temporal"], out, summary)
     summary["out"] = out
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
 
 
@@ -294,8 +295,7 @@ def _summary(args, task: dict, steps: int, seconds: float, scores: dict, policy_
     if policy_cb is not None and policy_cb.history:
         summary["policy_blocks"] = len(policy_cb.history)
         summary["final_max_sampling_prob"] = policy_cb.history[-1]["max_sampling_prob"]
-        with open(os.path.join(run_dir, "policy_history.json"), "w") as f:
-            json.dump(policy_cb.history, f, indent=1)
+        write_json(os.path.join(run_dir, "policy_history.json"), policy_cb.history, indent=1)
     return summary
 
 

@@ -103,8 +103,6 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         if growth not in GROWTH:
             raise ValueError(f"DivideAndConquerSchedule: `growth` must be 'double' or 'fixed', got {growth!r}")
         check_cluster_features(cluster_features, "DivideAndConquerSchedule")
-        if recluster_every < 1:
-            raise ValueError(f"DivideAndConquerSchedule: `recluster_every` must be >= 1, got {recluster_every}")
         if len(train_set) != len(sampler.labels):
             raise ValueError(
                 f"DivideAndConquerSchedule: `train_set` has {len(train_set)} images, the sampler {len(sampler.labels)}"
