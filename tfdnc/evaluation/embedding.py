@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -20,11 +21,24 @@ import numpy as np
 from tfdnc.datasets.base import ImageSet
 
 
+_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def model_function(network) -> Callable:
-    """`network(images, training=False)` as a `tf.function` (it works under any strategy)."""
+    """`network(images, training=False)` as a `tf.function` (it works under any strategy).
+
+    One function per network, kept while the network lives: the schedule
+    embeds the training set at every re-clustering, and tracing again each
+    time would cost about a second.
+    """
     import tensorflow as tf
 
-    return tf.function(lambda images: network(images, training=False), reduce_retracing=True)
+    fn = _FUNCTIONS.get(network)
+    if fn is None:
+        ref = weakref.ref(network)  # the function must not keep its own key alive
+        fn = _FUNCTIONS[network] = tf.function(lambda images: ref()(images, training=False),
+                                               reduce_retracing=True)
+    return fn
 
 
 def embed_images(fn: Callable, dataset, num_rows: int, dim: int | None = None, *,
