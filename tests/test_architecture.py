@@ -24,7 +24,7 @@ LAYERS = [
     ("tfdnc.datasets", "tfdnc.data", "tfdnc.clustering"),
     ("tfdnc.distances", "tfdnc.miners", "tfdnc.layers", "tfdnc.losses", "tfdnc.backbones", "tfdnc.distributed"),
     ("tfdnc.model", "tfdnc.pretrain"),
-    ("tfdnc.evaluation", "tfdnc.index"),
+    ("tfdnc.evaluation", "tfdnc.protocols", "tfdnc.index"),
     ("tfdnc.training", "tfdnc.callbacks"),
     ("tfdnc.config", "tfdnc.presets"),
     ("tfdnc.exporting",),

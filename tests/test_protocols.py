@@ -9,7 +9,7 @@ import pytest
 
 from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.datasets.vehicleid import query_gallery_split
-from tfdnc.evaluation.protocols import PROTOCOLS, evaluate_embedded, get_protocol, run_protocol
+from tfdnc.protocols import PROTOCOLS, evaluate_embedded, get_protocol, run_protocol
 
 
 def unit(x):
