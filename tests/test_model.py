@@ -226,7 +226,7 @@ def test_compile_with_a_keras_loss_is_refused(make_tiny_model):
 
 
 class _LearnerAwareTriplet(TripletLoss):
-    """A triplet loss that records the learner it is told and the cluster changes (the contract with the losses)."""
+    """A triplet loss that records what it is told: learner, training, cluster changes (the contract with the losses)."""
 
     accepts_learner = True
 
@@ -235,8 +235,8 @@ class _LearnerAwareTriplet(TripletLoss):
         self.learners = []
         self.cluster_changes = 0
 
-    def compute_loss_and_stats(self, labels, embeddings, learner=None):
-        self.learners.append(None if learner is None else int(learner))
+    def compute_loss_and_stats(self, labels, embeddings, learner=None, training=True):
+        self.learners.append((None if learner is None else int(learner), training))
         return super().compute_loss_and_stats(labels, embeddings)
 
     def on_clusters_changed(self):
@@ -252,7 +252,7 @@ def test_loss_is_told_the_batch_learner_and_cluster_changes(make_tiny_model):
     model.full_embedding = True
     model.train_step((x, y))
     model.test_step((x, y))
-    assert loss.learners == [3, None, None]
+    assert loss.learners == [(3, True), (None, True), (None, False)]
     model.on_clusters_changed()
     assert loss.cluster_changes == 1
     # A loss without the hook: nothing to tell, no error.

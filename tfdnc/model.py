@@ -243,9 +243,10 @@ class DivideAndConquerModel(keras.Model):
         # Under a distribution strategy the loss mines the global batch.
         embeddings, labels = all_gather_batch(embeddings, labels)
         if getattr(self.metric_loss, "accepts_learner", False):
-            # Losses with per-learner state (XBM memories) need to know whose batch this is.
+            # Losses with per-learner state (XBM memories) need to know whose batch
+            # this is, and must leave that state alone outside training.
             learner = None if self._full_embedding or not training else cluster
-            return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner)
+            return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
         return self.metric_loss.compute_loss_and_stats(labels, embeddings)
 
     def on_clusters_changed(self) -> None:
