@@ -226,7 +226,7 @@ def test_compile_with_a_keras_loss_is_refused(make_tiny_model):
 
 
 class _LearnerAwareTriplet(TripletLoss):
-    """A triplet loss that records what it is told: learner, training, cluster changes (the contract with the losses)."""
+    """A triplet loss recording what it is told: learner, training, cluster changes (the losses' contract)."""
 
     accepts_learner = True
 

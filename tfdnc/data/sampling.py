@@ -123,7 +123,8 @@ class ClusterBatchSampler:
         """Ends the plan generators (at the end of `fit`), so iterators can shut down."""
         self.gate.close()
 
-    def wait_for_epoch_after(self, previous: int, timeout: float | None = None, warn_every: float = 600.0) -> int | None:
+    def wait_for_epoch_after(self, previous: int, timeout: float | None = None,
+                             warn_every: float = 600.0) -> int | None:
         """Blocks until an epoch later than `previous` is published (see `EpochGate.wait_for_epoch_after`)."""
         return self.gate.wait_for_epoch_after(previous, timeout=timeout, warn_every=warn_every)
 
@@ -166,7 +167,8 @@ class EpochGate:
             self._closed = True
             self._condition.notify_all()
 
-    def wait_for_epoch_after(self, previous: int, timeout: float | None = None, warn_every: float = 600.0) -> int | None:
+    def wait_for_epoch_after(self, previous: int, timeout: float | None = None,
+                             warn_every: float = 600.0) -> int | None:
         """Blocks until an epoch later than `previous` is published; returns it.
 
         Returns None once the gate is closed. Waiting is normal while the
