@@ -34,14 +34,14 @@ from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.data.validation import validate_training_set
-from tfdnc.datasets import load_dataset
+from tfdnc.datasets import DATASETS, load_dataset
 from tfdnc.datasets.base import ImageSet
 from tfdnc.distributed.driver import fit_custom_loop, fit_mirrored, per_replica_dataset_fn
 from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
 from tfdnc.evaluation.callback import RetrievalEvaluation
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
-from tfdnc.losses import get_loss
+from tfdnc.losses import LOSSES, get_loss
 from tfdnc.model import DivideAndConquerModel
 from tfdnc.rundir import RunDir
 from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
@@ -52,7 +52,7 @@ from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
 
 _HELP = {
-    "dataset": "data set name (mnist, digits, shapes, cub, cars, sop, inshop, vehicleid, folder, csv)",
+    "dataset": f"data set name ({', '.join(DATASETS)})",
     "data_dir": "folder holding the data set in its distributed layout",
     "backbone": "backbone name (small_cnn, resnet50, ...)",
     "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
@@ -61,7 +61,7 @@ _HELP = {
     "mask_mode": "'learnable' (TPAMI) or 'fixed' (CVPR contiguous blocks)",
     "recluster_every": "T: re-cluster every T epochs",
     "full_embedding_epoch": "epoch from which the loss uses the full embedding ('none': never)",
-    "loss": "learner loss",
+    "loss": f"learner loss ({', '.join(LOSSES)})",
     "loss_options": "JSON object of loss arguments, e.g. '{\"alpha\": 0.2}'",
     "symm": "Symmetrical Synthesis of hard negatives",
     "classes_per_batch": "P classes per batch",
