@@ -1,0 +1,81 @@
+"""The random state a resumed run needs to repeat the uninterrupted one.
+
+What draws random numbers during a tfdnc run, and how each one resumes:
+
+- the batch sampler and the augmentation: seeded from (seed, epoch) by
+  `ClusterBatchSampler.plan_epoch` and `make_train_dataset`, so they need
+  no saved state;
+- k-means: seeded from (seed, epoch) by the schedule;
+- `keras.random.SeedGenerator`s (the margin loss's distance-weighted
+  sampling, Keras's global generator behind unseeded `keras.random` calls
+  such as Dropout): their state variables advance every step; saved here;
+- NumPy's and Python's global generators (seeded by
+  `keras.utils.set_random_seed` at start): saved here, so code drawing from
+  them (user callbacks, scikit-learn without a seed) repeats too.
+
+Example:
+>>> save_random_state("gen/random.npz", model)
+>>> restore_random_state("gen/random.npz", model)
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import keras
+import numpy as np
+
+
+def seed_generators(model) -> dict[str, "keras.random.SeedGenerator"]:
+    """The SeedGenerators whose state matters: Keras's global one and those held by the model or its loss."""
+    found: dict[str, keras.random.SeedGenerator] = {}
+    try:
+        from keras.src.backend.common import global_state
+
+        generator = global_state.get_global_attribute("global_seed_generator")
+    except ImportError:  # a Keras without the private module: the global generator is not saved
+        generator = None
+    if generator is not None:
+        found["global"] = generator
+    objects = [("model", model)]
+    for name, value in list(vars(model).items()):
+        if isinstance(value, (keras.losses.Loss, keras.layers.Layer)) and value is not model:
+            objects.append((f"model.{name}", value))
+    for prefix, obj in objects:
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, keras.random.SeedGenerator):
+                found[f"{prefix}.{name}"] = value
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Dropout and friends
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, keras.random.SeedGenerator):
+                found.setdefault(f"layer.{layer.path}.{name}", value)
+    return found
+
+
+def save_random_state(path: str, model) -> None:
+    """Writes NumPy's, Python's and the model's SeedGenerator states to `path` (.npz)."""
+    arrays = {f"seed:{name}": np.asarray(keras.ops.convert_to_numpy(g.state.value))
+              for name, g in seed_generators(model).items()}
+    arrays["numpy"] = np.frombuffer(pickle.dumps(np.random.get_state()), np.uint8)
+    arrays["python"] = np.frombuffer(json.dumps(random.getstate(), default=list).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def restore_random_state(path: str, model) -> list[str]:
+    """Restores what `save_random_state` wrote; returns the generators restored (unknown names are skipped)."""
+    generators = seed_generators(model)
+    restored = []
+    with np.load(path) as data:
+        for key in data.files:
+            if key.startswith("seed:") and key[5:] in generators:
+                generators[key[5:]].state.assign(data[key])
+                restored.append(key[5:])
+        if "numpy" in data.files:
+            np.random.set_state(pickle.loads(data["numpy"].tobytes()))  # noqa: S301 - our own file
+        if "python" in data.files:
+            version, state, gauss = json.loads(data["python"].tobytes().decode())
+            random.setstate((version, tuple(state), gauss))
+    return restored
