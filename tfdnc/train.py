@@ -40,6 +40,7 @@ from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.data.validation import validate_splits
 from tfdnc.datasets import DATASETS, load_dataset
 from tfdnc.datasets.base import ImageSet
+from tfdnc.distributed.collectives import broadcast_from_chief
 from tfdnc.distributed.driver import fit_custom_loop, fit_mirrored, per_replica_dataset_fn
 from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
 from tfdnc.evaluation.callback import RetrievalEvaluation
@@ -190,8 +191,6 @@ def run(
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = build_strategy(config.strategy)
     chief = worker_info(strategy).is_chief
-    if is_multi_worker(strategy) and resume:
-        raise ValueError("--resume is not supported with --strategy multi-worker yet; resume with mirrored/default")
     if backup_every_steps:
         print("[tfdnc] --backup-every-steps is ignored: a backup is one whole generation at each epoch's end")
     lock = RunLock(config.run_dir).acquire() if chief else None
@@ -208,7 +207,7 @@ def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool,
     data = build_data(config, run_dir, strict_images, chief)
     model = build_model(config, strategy, data)
     schedule = build_schedule(config, strategy, data, run_dir, verbose)  # checks K against the classes
-    initial_epoch = restore(model, schedule, run_dir, config, resume, chief, verbose)
+    initial_epoch = restore(model, strategy, schedule, run_dir, config, resume, chief, verbose)
     embed = embed_function(model, config)
     metrics = run_dir.metrics() if resume else {}
     if "before" not in metrics and chief:
@@ -387,12 +386,14 @@ def build_schedule(config: TrainConfig, strategy, data: TrainingData, run_dir: R
     )
 
 
-def restore(model, schedule, run_dir: RunDir, config: TrainConfig, resume: bool, chief: bool, verbose: int) -> int:
+def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, resume: bool, chief: bool,
+            verbose: int) -> int:
     """The epoch to start at: 0, or after --resume the newest complete backup generation, loaded.
 
     The generation holds the weights, the cluster state and the random
     state of one epoch; the learning rate comes from the config (a resume
-    may lower it, see RESUME_OVERRIDES).
+    may lower it, see RESUME_OVERRIDES). Under several workers the chief
+    picks the generation and every worker loads that one.
     """
     store = GenerationStore(run_dir.backup)
     if not resume:
@@ -400,8 +401,14 @@ def restore(model, schedule, run_dir: RunDir, config: TrainConfig, resume: bool,
             store.clean()
         schedule.resume_from(None)  # never the cluster files of a run that died before its first backup
         return 0
-    start = restore_latest(model, schedule, store, verbose=verbose)
-    model.optimizer.learning_rate.assign(config.lr)
+    chosen = None
+    if is_multi_worker(strategy):
+        latest = store.latest() if chief else None
+        chosen = int(broadcast_from_chief(strategy, np.array([latest.generation if latest else 0]), (1,))[0])
+    with strategy.scope():  # optimizer slots built here must be the strategy's variables
+        start = restore_latest(model, schedule, store, verbose=verbose if chief else 0, generation=chosen,
+                               writer=chief)
+        model.optimizer.learning_rate.assign(config.lr)
     return start
 
 

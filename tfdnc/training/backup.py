@@ -68,28 +68,45 @@ class GenerationBackup(keras.callbacks.Callback):
         self.store.commit(done, write, info={"K": int(state.k)})
 
 
-def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose: int = 1) -> int:
+def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose: int = 1, *,
+                   generation: int | None = None, writer: bool = True) -> int:
     """Loads the newest complete generation into `model` and `schedule`; returns the epoch to start at.
 
     A generation that fails to load (a disk error after its commit) is
     reported and the one before it is tried. With none, the run starts at
     epoch 0 and the schedule clusters afresh.
+
+    Args:
+        generation: load exactly this one (a multi-worker run: the chief's
+            choice, given to every worker); 0 means none, start afresh.
+        writer: whether this process may tidy the folder (the chief; other
+            workers only read).
     """
-    removed = store.clean()
-    if removed and verbose:
-        print(f"[tfdnc] removed {len(removed)} unfinished backup folder(s) in {store.directory} "
-              "(a run killed while writing its backup)")
-    for generation in store.committed():
+    if writer:
+        removed = store.clean()
+        if removed and verbose:
+            print(f"[tfdnc] removed {len(removed)} unfinished backup folder(s) in {store.directory} "
+                  "(a run killed while writing its backup)")
+    candidates = store.committed()
+    if generation is not None:
+        candidates = [g for g in candidates if g.generation == generation]
+        if generation and not candidates:
+            raise FileNotFoundError(
+                f"backup generation {generation} chosen by the chief is not in {store.directory!r} on this worker: "
+                "a multi-worker --resume needs the run directory on storage every worker can read")
+    for found in candidates:
         try:
-            state = _load(model, schedule, generation)
+            state = _load(model, schedule, found)
         except (OSError, ValueError, KeyError) as exc:
-            print(f"[tfdnc] backup generation {generation.directory} does not load ({exc}); trying the previous one")
+            if generation is not None:
+                raise
+            print(f"[tfdnc] backup generation {found.directory} does not load ({exc}); trying the previous one")
             continue
-        store.discard_after(generation.generation)
+        if writer:
+            store.discard_after(found.generation)
         if verbose:
-            print(f"[tfdnc] resuming from {generation.directory}: {generation.epoch} epoch(s) done, "
-                  f"K={state.k}")
-        return generation.epoch
+            print(f"[tfdnc] resuming from {found.directory}: {found.epoch} epoch(s) done, K={state.k}")
+        return found.epoch
     schedule.resume_from(None)
     if verbose:
         print(f"[tfdnc] no complete backup generation in {store.directory}; starting from epoch 1")
