@@ -167,3 +167,35 @@ def test_bad_images_in_the_test_split_are_skipped_and_named_not_crashed(tmp_path
     for path in bad["test"]:
         assert f"test: skipped {path}" in skipped
     assert os.path.isfile(RunDir(run_dir).image_check)  # the cache a resumed run reads
+
+
+# --- random state ------------------------------------------------------------------------------
+
+
+def test_the_random_state_of_a_backup_repeats_the_next_draws(tmp_path):
+    import random
+
+    from keras.src.backend.common import global_state
+
+    from tfdnc.training.random_state import restore_random_state, save_random_state
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dropout(0.5, name="a"),
+                              keras.layers.Dropout(0.5, name="b")])
+    x = np.ones((4, 6), np.float32)
+    model(x, training=True)
+    keras.random.uniform((2,))  # unseeded: Keras's global generator
+    path = str(tmp_path / "random.npz")
+    save_random_state(path, model)
+
+    def draws():
+        return (keras.ops.convert_to_numpy(model(x, training=True)),
+                keras.ops.convert_to_numpy(keras.random.uniform((3,))), np.random.rand(3), random.random())
+
+    expected = draws()
+    # A new process: another seed, no global generator yet.
+    keras.utils.set_random_seed(2)
+    global_state.set_global_attribute("global_seed_generator", None)
+    restore_random_state(path, model)
+    for ours, theirs in zip(draws(), expected):
+        np.testing.assert_array_equal(ours, theirs)

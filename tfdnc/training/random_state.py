@@ -31,12 +31,7 @@ import numpy as np
 def seed_generators(model) -> dict[str, "keras.random.SeedGenerator"]:
     """The SeedGenerators whose state matters: Keras's global one and those held by the model or its loss."""
     found: dict[str, keras.random.SeedGenerator] = {}
-    try:
-        from keras.src.backend.common import global_state
-
-        generator = global_state.get_global_attribute("global_seed_generator")
-    except ImportError:  # a Keras without the private module: the global generator is not saved
-        generator = None
+    generator = _global_generator(create=False)
     if generator is not None:
         found["global"] = generator
     objects = [("model", model)]
@@ -50,8 +45,20 @@ def seed_generators(model) -> dict[str, "keras.random.SeedGenerator"]:
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Dropout and friends
         for name, value in list(vars(layer).items()):
             if isinstance(value, keras.random.SeedGenerator):
-                found.setdefault(f"layer.{layer.path}.{name}", value)
+                found.setdefault(f"layer.{layer.path or layer.name}.{name}", value)
     return found
+
+
+def _global_generator(create: bool):
+    """Keras's global SeedGenerator (behind unseeded keras.random calls), or None."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import global_seed_generator
+    except ImportError:  # a Keras without these private modules: the global generator is not saved
+        return None
+    if create:
+        return global_seed_generator()
+    return global_state.get_global_attribute("global_seed_generator")
 
 
 def save_random_state(path: str, model) -> None:
@@ -66,6 +73,9 @@ def save_random_state(path: str, model) -> None:
 
 def restore_random_state(path: str, model) -> list[str]:
     """Restores what `save_random_state` wrote; returns the generators restored (unknown names are skipped)."""
+    with np.load(path) as data:
+        if "seed:global" in data.files:
+            _global_generator(create=True)  # created lazily; the uninterrupted run had one by now
     generators = seed_generators(model)
     restored = []
     with np.load(path) as data:
