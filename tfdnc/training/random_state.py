@@ -29,24 +29,33 @@ import numpy as np
 
 
 def seed_generators(model) -> dict[str, "keras.random.SeedGenerator"]:
-    """The SeedGenerators whose state matters: Keras's global one and those held by the model or its loss."""
+    """The SeedGenerators whose state matters: Keras's global one, the model's layers', and those its loss
+    (or an object the loss holds, such as a miner) keeps as an attribute."""
     found: dict[str, keras.random.SeedGenerator] = {}
     generator = _global_generator(create=False)
     if generator is not None:
         found["global"] = generator
-    objects = [("model", model)]
-    for name, value in list(vars(model).items()):
-        if isinstance(value, (keras.losses.Loss, keras.layers.Layer)) and value is not model:
-            objects.append((f"model.{name}", value))
-    for prefix, obj in objects:
-        for name, value in list(vars(obj).items()):
-            if isinstance(value, keras.random.SeedGenerator):
-                found[f"{prefix}.{name}"] = value
+    _find_generators(model, "model", found, depth=3, seen=set())
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Dropout and friends
         for name, value in list(vars(layer).items()):
             if isinstance(value, keras.random.SeedGenerator):
                 found.setdefault(f"layer.{layer.path or layer.name}.{name}", value)
     return found
+
+
+def _find_generators(obj, prefix: str, found: dict, depth: int, seen: set) -> None:
+    """SeedGenerators among `obj`'s attributes, and among those of the losses, layers and
+    tfdnc objects (a miner held by a loss) it holds, `depth` levels down."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, keras.random.SeedGenerator):
+            found.setdefault(f"{prefix}.{name}", value)
+        elif depth > 0 and hasattr(value, "__dict__") and (
+                isinstance(value, (keras.losses.Loss, keras.layers.Layer))
+                or type(value).__module__.startswith("tfdnc.")):
+            _find_generators(value, f"{prefix}.{name}", found, depth - 1, seen)
 
 
 def _global_generator(create: bool):
