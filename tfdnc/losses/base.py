@@ -18,6 +18,22 @@ def safe_divide(numerator, denominator):
     return tf.math.divide_no_nan(numerator, denominator)
 
 
+def learner_slot(learner, num_learners: int) -> tf.Tensor:
+    """Index of a learner's state (proxies, memory): the learner id, or `num_learners` for None.
+
+    A loss with a state per Divide & Conquer learner keeps `num_learners + 1`
+    slots: one per learner and the last for the full embedding (`learner=None`).
+    An id outside [0, num_learners) is clipped into it (a graph cannot raise);
+    a Python int is checked up front.
+    """
+    if learner is None:
+        return tf.constant(num_learners, tf.int32)
+    if isinstance(learner, int) and not 0 <= learner < num_learners:
+        raise ValueError(f"`learner` must be in [0, {num_learners}) or None, got {learner}")
+    learner = tf.cast(tf.reshape(learner, []), tf.int32)
+    return tf.clip_by_value(learner, 0, num_learners - 1)
+
+
 @keras.saving.register_keras_serializable(package="tfdnc")
 class LossParameters(keras.layers.Layer):
     """Holds a loss's variables (learnable or state) as Keras layer weights.
@@ -166,6 +182,19 @@ class MetricLoss(keras.losses.Loss):
         if sample_weight is not None:
             sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         return self._compute(labels, embeddings, sample_weight=sample_weight, learner=learner)
+
+    def compute_against_reference(
+        self, labels, embeddings, reference: Reference, sample_weight=None
+    ) -> tuple[tf.Tensor, dict]:
+        """Loss of the batch's anchors against `reference` instead of the batch (used by XBM).
+
+        Only for losses with `supports_reference = True` (pair- and
+        triplet-based losses); `labels` and `embeddings` as standardised by
+        `compute_loss_and_stats`.
+        """
+        if not self.supports_reference:
+            raise ValueError(f"{type(self).__name__} cannot compare a batch with a reference set")
+        return self._compute(labels, embeddings, sample_weight=sample_weight, reference=reference)
 
     def on_clusters_changed(self) -> None:
         """Called when the D&C clusters are recomputed; losses with a per-learner state reset it."""
