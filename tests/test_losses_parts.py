@@ -175,7 +175,7 @@ def test_soft_margin_triplet_matches_reference(seed, classes, per_class, dim, mi
 
 def test_every_loss_accepts_a_learner_and_cluster_changes():
     labels, x = batch(0, 4, 2, 8)
-    for name, options in ALL:
+    for name, options in ALL + [("npair", {}), ("lifted", {}), ("angular", {})]:
         if name == "margin":
             options = {**options, "negative_sampling": "closest_beyond_cutoff"}
         loss = get_loss(name, **options)
