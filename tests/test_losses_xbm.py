@@ -175,6 +175,8 @@ def test_anchors_get_a_finite_gradient_and_xla_compiles():
 def test_invalid_wrapping_is_refused():
     with pytest.raises(ValueError, match="pair-based"):
         get_loss("npair", xbm_size=16, embedding_dim=4)
+    with pytest.raises(ValueError, match="pair-based"):
+        get_loss("proxy_anchor", xbm_size=16, embedding_dim=4, num_classes=3)
     with pytest.raises(ValueError, match="symmetrical"):
         CrossBatchMemory(TripletLoss(symmetrical=True), memory_size=16, embedding_dim=4)
     with pytest.raises(ValueError, match="embedding_dim"):

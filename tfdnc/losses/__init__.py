@@ -62,6 +62,8 @@ def get_loss(name: str, xbm_size: int | None = None, **options) -> MetricLoss:
         raise ValueError(f"Unknown loss name {name!r}; known losses: {sorted(LOSSES)}")
     if not xbm_size:
         return LOSSES[key](**options)
+    if not LOSSES[key].supports_reference:
+        raise ValueError(f"`xbm_size`: a cross-batch memory needs a pair-based loss, {name!r} is not one")
     memory = {k: options.pop(k) for k in _MEMORY_OPTIONS if k in options}
     return CrossBatchMemory(LOSSES[key](**options), memory_size=xbm_size, **memory)
 
