@@ -18,6 +18,14 @@ def safe_divide(numerator, denominator):
     return tf.math.divide_no_nan(numerator, denominator)
 
 
+def log1p_sum_exp(z, mask, axis: int = 1):
+    """log(1 + sum over `mask` of exp(z)) along `axis` (rows: 1, columns: 0), computed stably."""
+    neg_inf = tf.fill(tf.shape(z), tf.constant(-float("inf"), z.dtype))
+    z = tf.where(mask, z, neg_inf)
+    one = tf.zeros_like(tf.gather(z, [0], axis=axis))  # the "1" as exp(0)
+    return tf.reduce_logsumexp(tf.concat([one, z], axis=axis), axis=axis)
+
+
 def learner_slot(learner, num_learners: int) -> tf.Tensor:
     """Index of a learner's state (proxies, memory): the learner id, or `num_learners` for None.
 

@@ -6,15 +6,8 @@ import keras
 import tensorflow as tf
 
 from tfdnc.distances import pairwise_cosine_similarity
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import MetricLoss, log1p_sum_exp, safe_divide
 from tfdnc.miners import Miner, MultiSimilarityMiner, deserialize_miner
-
-
-def _log1p_sum_exp(z, mask):
-    """log(1 + sum over mask of exp(z)) per row, computed stably."""
-    neg_inf = tf.fill(tf.shape(z), tf.constant(-float("inf"), z.dtype))
-    z = tf.where(mask, z, neg_inf)
-    return tf.reduce_logsumexp(tf.concat([tf.zeros_like(z[:, :1]), z], axis=1), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -85,8 +78,8 @@ class MultiSimilarityLoss(MetricLoss):
         s, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
         pairs = self.miner(s, pos_mask, neg_mask)
         keep_pos, keep_neg = pairs.positive_mask, pairs.negative_mask
-        pos_term = _log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
-        neg_term = _log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta
+        pos_term = log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
+        neg_term = log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta
         anchor_on = tf.reduce_any(keep_pos, axis=1) & tf.reduce_any(keep_neg, axis=1)
         on = tf.cast(anchor_on, tf.float32)
         loss = self.reducer((pos_term + neg_term) * on, None, sample_weight)

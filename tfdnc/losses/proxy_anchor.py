@@ -8,14 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfdnc.distances import pairwise_cosine_similarity
-from tfdnc.losses.base import LossParameters, MetricLoss, learner_slot, safe_divide
-
-
-def _log1p_sum_exp_columns(z, mask):
-    """log(1 + sum over the rows where `mask` holds of exp(z)) for every column, stably."""
-    neg_inf = tf.fill(tf.shape(z), tf.constant(-float("inf"), z.dtype))
-    z = tf.where(mask, z, neg_inf)
-    return tf.reduce_logsumexp(tf.concat([tf.zeros_like(z[:1]), z], axis=0), axis=0)
+from tfdnc.losses.base import LossParameters, MetricLoss, learner_slot, log1p_sum_exp, safe_divide
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -112,8 +105,8 @@ class ProxyAnchorLoss(MetricLoss):
         s = pairwise_cosine_similarity(embeddings, proxies)  # (B, C)
         positive = tf.cast(tf.one_hot(labels, self.num_classes), tf.bool)
         negative = tf.logical_not(positive)
-        pos_term = _log1p_sum_exp_columns(-self.alpha * (s - self.margin), positive)
-        neg_term = _log1p_sum_exp_columns(self.alpha * (s + self.margin), negative)
+        pos_term = log1p_sum_exp(-self.alpha * (s - self.margin), positive, axis=0)  # per proxy
+        neg_term = log1p_sum_exp(self.alpha * (s + self.margin), negative, axis=0)
         with_positive = tf.reduce_any(positive, axis=0)
         loss = self.reducer(pos_term, with_positive) + self.reducer(neg_term)
         # a sample is "active" when some other proxy is within 2 margins of its own

@@ -24,6 +24,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfdnc.miners.base import Configurable
+
 
 def _weights_like(terms, sample_weight):
     """(B,) weights reshaped to broadcast over `terms` (axis 0 the anchor)."""
@@ -31,7 +33,7 @@ def _weights_like(terms, sample_weight):
     return tf.reshape(w, tf.concat([tf.shape(w), tf.ones([tf.rank(terms) - 1], tf.int32)], 0))
 
 
-class Reducer:
+class Reducer(Configurable):
     """Base class: `reducer(terms, mask=None, sample_weight=None)` -> scalar.
 
     `numerator / denominator` with numerator = sum(w * terms * mask);
@@ -60,16 +62,6 @@ class Reducer:
 
     def denominator(self, terms, mask, weights):
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")

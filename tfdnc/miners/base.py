@@ -44,7 +44,22 @@ class PairSelection:
     negative_mask: tf.Tensor
 
 
-class Miner:
+class Configurable:
+    """A plain (non-Keras) object rebuilt from its constructor arguments: miners and reducers."""
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Miner(Configurable):
     """Base class: `miner(matrix, positive_mask, negative_mask, dim=None)` -> a selection.
 
     Subclasses implement `__call__` and `get_config` (plain constructor
@@ -59,14 +74,3 @@ class Miner:
 
     def __call__(self, matrix, positive_mask, negative_mask, dim: int | None = None):
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
