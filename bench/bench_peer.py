@@ -58,6 +58,8 @@ PEER = "pml"
 # Bench-level settings that are not TrainConfig fields: the cross-batch memory size
 # (wrapped around the loss through loss_options, see `loss_options_for`).
 XBM_SIZE = "xbm_size"
+# further memory options, as bench settings "xbm_<option>" (e.g. xbm_start_step)
+XBM_OPTIONS = ("start_step", "batch_loss", "memory_weight")
 XBM_LOSSES = ("margin", "multi_similarity")  # of LOSSES, those a memory can wrap
 # tfdnc configuration name -> the TrainConfig fields that define it. They win over
 # --set (so --set k_final=4 changes the D&C runs, not "k1"); K for D&C and the rest
@@ -72,6 +74,10 @@ TFDNC_CONFIGS: dict[str, dict] = {
     # cross-batch memory of 512 entries per learner around the loss (docs/bench/losses.md)
     "k1-xbm": {"k_final": 1, "mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
     "dnc-fixed-xbm": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
+    # as the XBM authors' code: the batch's own loss plus the memory's, memory from step 150
+    # (the end of the first K = 1 stage of the default schedule)
+    "dnc-fixed-xbm-authors": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
+                              "xbm_batch_loss": True},
 }
 CONFIGS = (PEER,) + tuple(TFDNC_CONFIGS)
 # Settings the bench fixes for both sides (TrainConfig's defaults for the rest):
@@ -146,16 +152,17 @@ def full_settings(settings: dict, splits) -> dict:
         tfdnc.config.LOSSES = tuple(tfdnc.config.LOSSES) + ("proxy_anchor",)
     values = dict(settings)
     xbm_size = values.pop(XBM_SIZE, None)
+    xbm_options = {k: values.pop(f"xbm_{k}") for k in XBM_OPTIONS if f"xbm_{k}" in values}
     if "image_size" not in values and splits.train.images is not None:
         height, width = splits.train.images.shape[1:3]
         if height == width:
             values["image_size"] = int(height)
     values = TrainConfig.from_dict(values, source="bench_peer settings").to_dict()
-    values["loss_options"] = loss_options_for(values, splits, xbm_size)
+    values["loss_options"] = loss_options_for(values, splits, xbm_size, xbm_options)
     return values
 
 
-def loss_options_for(values: dict, splits, xbm_size: int | None) -> dict:
+def loss_options_for(values: dict, splits, xbm_size: int | None, xbm_options: dict | None = None) -> dict:
     """The run's loss options plus what Proxy-Anchor / the memory need to know about data and model."""
     import numpy as np
 
@@ -164,7 +171,7 @@ def loss_options_for(values: dict, splits, xbm_size: int | None) -> dict:
     if values["loss"] == "proxy_anchor":
         options = {"num_classes": len(np.unique(splits.train.labels)), **model, **options}
     if xbm_size:
-        options = {XBM_SIZE: int(xbm_size), **model, **options}
+        options = {XBM_SIZE: int(xbm_size), **model, **(xbm_options or {}), **options}
     return options
 
 
@@ -495,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for config in configs:
                     if (config == PEER and loss in TFDNC_ONLY_LOSSES) or (
-                            config.endswith("-xbm") and loss not in XBM_LOSSES):
+                            XBM_SIZE in TFDNC_CONFIGS.get(config, {}) and loss not in XBM_LOSSES):
                         continue  # no peer for it / not pair-based: no memory around it
                     key = job_key(dataset, loss, config, seed)
                     settings = resolve_settings(dataset, loss, config, seed, args.epochs, overrides)

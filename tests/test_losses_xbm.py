@@ -157,6 +157,33 @@ def test_one_memory_per_learner_and_reset_when_clusters_change():
     np.testing.assert_array_equal(loss.memory_count.numpy(), before)
 
 
+def test_start_step_and_batch_loss_follow_the_xbm_authors_code():
+    rng = np.random.default_rng(4)
+    batches = [class_batch(rng, 4, 2, 5) for _ in range(4)]
+    plain = ContrastiveLoss()
+    memory_only = CrossBatchMemory(ContrastiveLoss(), memory_size=24, embedding_dim=5)
+    late = CrossBatchMemory(ContrastiveLoss(), memory_size=24, embedding_dim=5, start_step=2)
+    both = CrossBatchMemory(ContrastiveLoss(), memory_size=24, embedding_dim=5, batch_loss=True, memory_weight=0.5)
+    fn = tf.function(late.compute_loss_and_stats)
+    for i, (labels, x) in enumerate(batches):
+        batch = float(plain(labels, x))
+        value = float(fn(labels, x)[0])
+        if i < 2:  # before start_step: the batch alone, nothing written
+            assert value == pytest.approx(batch, rel=1e-5) and late.memory_count.numpy()[1] == 0
+        memory = float(memory_only(labels, x))
+        assert float(both(labels, x)) == pytest.approx(batch + 0.5 * memory, rel=1e-5)
+    assert late.memory_count.numpy()[1] == 16 and int(late.steps.numpy()) == 4
+    # from start_step on it is the memory loss of the batches written since
+    fresh = CrossBatchMemory(ContrastiveLoss(), memory_size=24, embedding_dim=5)
+    for labels, x in batches[2:]:
+        expected = float(fresh(labels, x))
+    assert value == pytest.approx(expected, rel=1e-5)
+    late.on_clusters_changed()
+    assert int(late.steps.numpy()) == 4  # the warm-up is not repeated after a re-clustering
+    restored = keras.losses.deserialize(keras.losses.serialize(both))
+    assert restored.get_config() == both.get_config() and restored.batch_loss and restored.memory_weight == 0.5
+
+
 def test_anchors_get_a_finite_gradient_and_xla_compiles():
     rng = np.random.default_rng(3)
     loss = get_loss("triplet", mining="batch_hard", xbm_size=24, embedding_dim=5)

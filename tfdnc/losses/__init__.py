@@ -42,7 +42,7 @@ LOSSES: dict[str, type[MetricLoss]] = {
 }
 
 # Options that go to the memory, not to the wrapped loss, when `xbm_size` is given.
-_MEMORY_OPTIONS = ("embedding_dim", "num_learners")
+_MEMORY_OPTIONS = ("embedding_dim", "num_learners", "start_step", "batch_loss", "memory_weight")
 
 
 def get_loss(name: str, xbm_size: int | None = None, **options) -> MetricLoss:
@@ -53,8 +53,9 @@ def get_loss(name: str, xbm_size: int | None = None, **options) -> MetricLoss:
             "multi_similarity", "npair", "lifted", "angular", "proxy_anchor");
             "-" and "_" are interchangeable.
         xbm_size: if > 0, wrap the loss in a `CrossBatchMemory` of this many
-            entries per learner; then `embedding_dim` (required) and
-            `num_learners` go to the memory.
+            entries per learner; then `embedding_dim` (required),
+            `num_learners`, `start_step`, `batch_loss` and `memory_weight` go
+            to the memory.
         **options: constructor arguments of the loss, e.g. `symmetrical=True`.
     """
     key = str(name).lower().replace("-", "_")

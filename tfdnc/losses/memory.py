@@ -35,6 +35,14 @@ class CrossBatchMemory(MetricLoss):
     batch (the model all-gathers it); the variables aggregate as
     "only_first_replica", so every replica holds the same memory.
 
+    Two departures from that default follow the XBM authors' code
+    (msight-tech/research-xbm: ret_benchmark/engine/trainer.py:109-117):
+    `start_step` (their START_ITERATION) leaves the memory out (no writes,
+    the wrapped loss on the batch alone) for the first training calls, while
+    embeddings still drift fast; `batch_loss=True` adds the wrapped loss of
+    the batch against itself (with its full gradient) to `memory_weight` x the
+    memory loss, as their `loss + XBM.WEIGHT * xbm_loss`.
+
     Memory: (num_learners + 1) x memory_size x (embedding_dim + 1) x 4 bytes.
 
     Args:
@@ -45,6 +53,9 @@ class CrossBatchMemory(MetricLoss):
         memory_size: entries per memory; at least the (global) batch size.
         embedding_dim: size of the embeddings.
         num_learners: number of D&C learners (K); 1 without D&C.
+        start_step: training calls before the memory is used (and written).
+        batch_loss: also add the wrapped loss of the batch against itself.
+        memory_weight: weight of the memory loss.
 
     Example:
     >>> loss = CrossBatchMemory(MarginLoss(), memory_size=4096, embedding_dim=128, num_learners=4)
@@ -60,6 +71,9 @@ class CrossBatchMemory(MetricLoss):
         memory_size: int = 1024,
         embedding_dim: int | None = None,
         num_learners: int = 1,
+        start_step: int = 0,
+        batch_loss: bool = False,
+        memory_weight: float = 1.0,
         name: str | None = None,
         **kwargs,
     ):
@@ -80,12 +94,19 @@ class CrossBatchMemory(MetricLoss):
             raise ValueError(f"CrossBatchMemory: `embedding_dim` must be >= 1, got {embedding_dim}")
         if int(num_learners) < 1:
             raise ValueError(f"CrossBatchMemory: `num_learners` must be >= 1, got {num_learners}")
+        if int(start_step) < 0:
+            raise ValueError(f"CrossBatchMemory: `start_step` must be >= 0, got {start_step}")
+        if not memory_weight > 0:
+            raise ValueError(f"CrossBatchMemory: `memory_weight` must be > 0, got {memory_weight}")
         super().__init__(name=name or f"xbm_{loss.name}", **kwargs)
         self.loss = loss
         self.expects_normalized = loss.expects_normalized
         self.memory_size = int(memory_size)
         self.embedding_dim = int(embedding_dim)
         self.num_learners = int(num_learners)
+        self.start_step = int(start_step)
+        self.batch_loss = bool(batch_loss)
+        self.memory_weight = float(memory_weight)
         slots = self.num_learners + 1
         layer = LossParameters(name=f"{self.name}_memory")
         state = {"trainable": False, "initializer": "zeros", "aggregation": "only_first_replica"}
@@ -96,6 +117,8 @@ class CrossBatchMemory(MetricLoss):
         # entries written so far (saturates at memory_size) and the next slot to write
         self.memory_count = layer.add_weight(shape=(slots,), dtype="int32", name="count", **state)
         self.memory_pointer = layer.add_weight(shape=(slots,), dtype="int32", name="pointer", **state)
+        # training calls so far (for `start_step`; not reset with the memories)
+        self.steps = layer.add_weight(shape=(), dtype="int32", name="steps", **state)
         if loss.variables_layer is not None:
             layer.wrapped_loss_parameters = loss.variables_layer  # e.g. learnable beta
         self._variables_layer = layer
@@ -117,7 +140,9 @@ class CrossBatchMemory(MetricLoss):
         if not training:
             return self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight)
         slot = learner_slot(learner, self.num_learners)
-        positions = self._enqueue(slot, labels, embeddings)
+        use_memory = tf.convert_to_tensor(self.steps) >= self.start_step
+        self.steps.assign_add(1)
+        positions = self._enqueue(slot, labels, embeddings, use_memory)
         count = tf.gather(tf.convert_to_tensor(self.memory_count), slot)
         reference = Reference(
             labels=tf.gather(tf.convert_to_tensor(self.memory_labels), slot),
@@ -126,36 +151,36 @@ class CrossBatchMemory(MetricLoss):
             self_index=positions,
         )
         loss, stats = self.loss.compute_against_reference(labels, embeddings, reference, sample_weight)
-        stats = {**stats, "memory_fill": tf.cast(count, tf.float32) / float(self.memory_size)}
+        loss = self.memory_weight * loss
+        if self.batch_loss or self.start_step > 0:
+            batch, batch_stats = self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight)
+            # before `start_step` the batch alone; after it the memory loss (plus the batch's)
+            loss = tf.where(use_memory, loss + batch if self.batch_loss else loss, batch)
+            stats = {k: tf.where(use_memory, v, batch_stats[k]) if k in batch_stats else v for k, v in stats.items()}
+        stats["memory_fill"] = tf.cast(count, tf.float32) / float(self.memory_size)
         return loss, stats
 
-    def _enqueue(self, slot, labels, embeddings) -> tf.Tensor:
-        """Writes the batch at the slot's pointer (wrapping around); returns the positions written."""
+    def _enqueue(self, slot, labels, embeddings, write=True) -> tf.Tensor:
+        """Writes the batch at the slot's pointer (wrapping around) if `write`; returns the positions.
+
+        Without `write` the memory keeps its content and the positions point
+        past the filled part (no anchor meets its own entry).
+        """
         b = tf.shape(labels)[0]
         pointer = tf.gather(tf.convert_to_tensor(self.memory_pointer), slot)
         positions = tf.math.floormod(pointer + tf.range(b, dtype=tf.int32), self.memory_size)
         where = tf.stack([tf.fill([b], slot), positions], axis=1)
-        self.memory_embeddings.assign(
-            tf.tensor_scatter_nd_update(
-                tf.convert_to_tensor(self.memory_embeddings), where, tf.stop_gradient(embeddings)
-            )
-        )
-        self.memory_labels.assign(
-            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_labels), where, labels)
-        )
         count = tf.gather(tf.convert_to_tensor(self.memory_count), slot)
-        self.memory_count.assign(
-            tf.tensor_scatter_nd_update(
-                tf.convert_to_tensor(self.memory_count), [[slot]], [tf.minimum(count + b, self.memory_size)]
-            )
+        updates = (
+            (self.memory_embeddings, where, tf.stop_gradient(embeddings)),
+            (self.memory_labels, where, labels),
+            (self.memory_count, [[slot]], [tf.minimum(count + b, self.memory_size)]),
+            (self.memory_pointer, [[slot]], [tf.math.floormod(pointer + b, self.memory_size)]),
         )
-        self.memory_pointer.assign(
-            tf.tensor_scatter_nd_update(
-                tf.convert_to_tensor(self.memory_pointer), [[slot]],
-                [tf.math.floormod(pointer + b, self.memory_size)],
-            )
-        )
-        return positions
+        for variable, index, values in updates:
+            old = tf.convert_to_tensor(variable)
+            variable.assign(tf.where(write, tf.tensor_scatter_nd_update(old, index, values), old))
+        return tf.where(write, positions, -tf.ones_like(positions))
 
     def on_clusters_changed(self) -> None:
         """Empties every memory (the learners' subspaces change with the clusters)."""
@@ -169,7 +194,7 @@ class CrossBatchMemory(MetricLoss):
     def memory_bytes(self) -> int:
         """Bytes held by the memory variables."""
         slots = self.num_learners + 1
-        return 4 * (slots * self.memory_size * (self.embedding_dim + 1) + 2 * slots)
+        return 4 * (slots * self.memory_size * (self.embedding_dim + 1) + 2 * slots + 1)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -181,4 +206,7 @@ class CrossBatchMemory(MetricLoss):
             "memory_size": self.memory_size,
             "embedding_dim": self.embedding_dim,
             "num_learners": self.num_learners,
+            "start_step": self.start_step,
+            "batch_loss": self.batch_loss,
+            "memory_weight": self.memory_weight,
         }
