@@ -186,11 +186,12 @@ def _emulate_learner_contract() -> None:
     `DivideAndConquerSchedule._set` (every new cluster assignment). Skipped
     when the model already has `on_clusters_changed`.
     """
-    from tfdnc.callbacks import DivideAndConquerSchedule
     from tfdnc.model import DivideAndConquerModel
 
     if hasattr(DivideAndConquerModel, "on_clusters_changed") or hasattr(DivideAndConquerModel, "_bench_shim"):
         return
+    from tfdnc.callbacks import DivideAndConquerSchedule  # where the schedule lived before the model side
+
     learner_loss, set_clusters = DivideAndConquerModel._learner_loss, DivideAndConquerSchedule._set
 
     def _learner_loss(self, images, labels, cluster, training):
