@@ -27,7 +27,8 @@ from tfdnc.model import DivideAndConquerModel
 from tfdnc.serving import ExportedModel, GrpcClient, RestClient, ServingError
 from tfdnc.serving import client as client_module
 from tfdnc.serving.tensors import from_json_value, to_json_value
-from tfdnc.serving.testing import LocalModelServer
+
+from serving_fakes import LocalModelServer  # tests/serving_fakes.py
 
 SIZE = 16
 DIM = 8
