@@ -95,7 +95,7 @@ def _embed(args) -> int:
 
 def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
     """Files and folders -> (id, path) pairs; ids of folder images are relative paths."""
-    from tfdnc.serving.images import list_images
+    from tfdnc.exporting.gallery import list_images
 
     entries = []
     for item in items:
@@ -199,7 +199,7 @@ def _search(args) -> int:
         queries_emb = embed_files(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
                                   args.batch_size)
         gallery_ids, gallery_emb = _load_gallery(model, args.gallery, args.batch_size)
-        result = brute_force_search(queries_emb, gallery_emb, gallery_ids, args.k)
+        result = search_embeddings(queries_emb, gallery_emb, gallery_ids, args.k)
     records = result.to_records(query_ids)
     _write_records(args.output, records)
     return 0
@@ -216,23 +216,19 @@ def _load_gallery(model, gallery, batch_size):
     return loaded.ids, loaded.embeddings
 
 
-def brute_force_search(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):
-    """Cosine top-k of every query among the gallery rows."""
-    from tfdnc.serving.client import SearchResult
+def search_embeddings(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):
+    """Exact cosine top-k of every query among the gallery rows (a `SearchResult`).
 
-    def unit(x):
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k is clipped to the gallery size; the search is tfdnc's one exact top-k
+    (`tfdnc.evaluation.neighbors`), so ties rank the lower gallery row first.
+    """
+    from tfdnc.evaluation.neighbors import nearest_neighbors
+    from tfdnc.serving.client import SearchResult
 
     if queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"gallery embeddings have {gallery.shape[1]} dims, the export's have {queries.shape[1]}")
-    similarities = unit(queries) @ unit(gallery).T
-    k = min(k, gallery.shape[0])
-    order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    return SearchResult(
-        ids=np.asarray(ids)[order],
-        similarities=np.take_along_axis(similarities, order, axis=1).astype(np.float32),
-        indices=order.astype(np.int32),
-    )
+    indices, similarities = nearest_neighbors(queries, gallery, k=min(k, gallery.shape[0]), metric="cosine")
+    return SearchResult(ids=np.asarray(ids)[indices], similarities=similarities, indices=indices.astype(np.int32))
 
 
 def _write_records(output, records) -> None:
