@@ -99,6 +99,26 @@ def test_layout_is_tf_serving_base_name_version(exported):
     assert meta["channels"] == 1 and meta["num_learners"] == 2 and meta["gallery_size"] == 6
 
 
+def test_version_is_readable_by_other_users_whatever_the_umask(model, tmp_path):
+    """TF Serving often runs as another user: folders 0755, files 0644."""
+    old_umask = os.umask(0o077)
+    try:
+        path = export_model(model, tmp_path, "m", image_size=IMAGE_SIZE)  # with warm-up
+    finally:
+        os.umask(old_umask)
+    modes = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        modes[os.path.relpath(dirpath, path)] = os.stat(dirpath).st_mode & 0o777
+        for name in filenames:
+            modes[os.path.relpath(os.path.join(dirpath, name), path)] = (
+                os.stat(os.path.join(dirpath, name)).st_mode & 0o777
+            )
+    assert {"saved_model.pb", "variables", os.path.join(contract.ASSETS_EXTRA, contract.METADATA_FILE)} <= set(modes)
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o755 if os.path.isdir(os.path.join(path, name)) else 0o644)}
+    assert wrong == {}
+
+
 def test_versions_increment_and_are_never_overwritten(model, tmp_path):
     first = export_model(model, tmp_path, "m", image_size=IMAGE_SIZE, warmup=False)
     os.makedirs(tmp_path / "m" / "7")  # a version someone else wrote
@@ -333,6 +353,14 @@ def test_wrong_pixels_fail_with_a_clear_error(loaded):
     assert fn(pixels=tf.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1)))["embeddings"].shape == (2, EMBED_DIM)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_an_invalid_argument(loaded, bad):
+    pixels = np.full((2, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[1, 3, 4, 0] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`pixels` holds NaN or infinite values"):
+        loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
+
+
 def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
     """TF Serving runs signatures through Session::Run feeds, which skip the
     Python-side shape check; the graph's own assertion must catch it."""
@@ -355,6 +383,8 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
         for bad in [(2, 12, 12, 1), (2, IMAGE_SIZE, IMAGE_SIZE, 3), (0, IMAGE_SIZE, IMAGE_SIZE, 1)]:
             with pytest.raises(tf.errors.InvalidArgumentError, match="embed_pixels: `pixels`"):
                 run(np.zeros(bad, np.float32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
+            run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.nan, np.float32))
         assert run(np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)).shape == (2, EMBED_DIM)
 
 

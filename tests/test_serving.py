@@ -166,6 +166,10 @@ def test_bad_requests_name_model_version_and_signature(client):
         client.predict({"pixels": np.zeros((1, 9, 9, 3), np.float32)}, "embed_pixels")
     assert err.value.code == "INVALID_ARGUMENT" and "shape" in err.value.details
 
+    with pytest.raises(ServingError) as err:  # not finite numbers computed from NaN pixels
+        client.embed_pixels(np.full((1, SIZE, SIZE, 3), np.nan, np.float32))
+    assert err.value.code == "INVALID_ARGUMENT" and "NaN or infinite" in err.value.details
+
     with pytest.raises(ServingError) as err:
         client.predict({"wrong_name": np.array([good], dtype=object)})
     assert err.value.code == "INVALID_ARGUMENT"

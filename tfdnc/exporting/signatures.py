@@ -6,7 +6,8 @@ so TF Serving can run the exported graphs without custom ops or Python.
 Bad requests fail with `InvalidArgument` for that request only (TF Serving
 answers HTTP 400 / gRPC INVALID_ARGUMENT and keeps serving): an empty batch,
 an empty or non-image string (the message names its index in the batch),
-a corrupt image (the decoder's own message) and pixels of the wrong shape.
+a corrupt image (the decoder's own message), pixels of the wrong shape and
+NaN or infinite pixels.
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ class ServingGraphs:
             ),
         ]
         with tf.control_dependencies(checks):
+            # After the shape checks, so a wrong shape is reported as such.
+            finite = tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(pixels)),
+                [f"{signature}: `{contract.PIXELS}` holds NaN or infinite values; "
+                 "send pixel values in [0, 255]"],
+            )
+        with tf.control_dependencies([finite]):
             return tf.identity(pixels)
 
     def embed(self, pixels: tf.Tensor) -> tf.Tensor:
