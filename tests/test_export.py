@@ -198,6 +198,12 @@ def test_signatures_names_dtypes_shapes(loaded):
         "similarities": (tf.float32, [None, 4]),
         "indices": (tf.int32, [None, 4]),
     }
+    assert inputs("search_k") == {"image_bytes": (tf.string, [None]), "k": (tf.int32, [None])}
+    assert outputs("search_k") == {
+        "ids": (tf.string, [None, None]),
+        "similarities": (tf.float32, [None, None]),
+        "indices": (tf.int32, [None, None]),
+    }
 
 
 def test_graph_uses_only_core_tensorflow_ops(exported):
@@ -247,6 +253,42 @@ def test_search_matches_brute_force(model, loaded, gallery_dir):
     np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, order, 1), atol=1e-5)
     assert [i.decode() for i in out["ids"].numpy()[0]] == [ids[j] for j in order[0]]
     assert out["ids"].numpy()[0, 0].decode() == ids[2]  # a gallery image finds itself
+
+
+def test_search_k_answers_each_request_with_its_own_k(model, tmp_path, gallery_dir):
+    path = export_model(model, tmp_path, "k", image_size=IMAGE_SIZE, resize_size=RESIZE,
+                        gallery=str(gallery_dir), top_k=2, max_k=5, warmup=False)
+    signatures = tf.saved_model.load(path).signatures
+    files = sorted(gallery_dir.rglob("*.png"))
+    gallery = keras_reference(model, [p.read_bytes() for p in files])
+    queries = [files[4].read_bytes(), random_png(np.random.default_rng(8), 21, 26)]
+    sims = keras_reference(model, queries) @ (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
+    order = np.argsort(-sims, axis=1)
+    assert signatures["search"](image_bytes=tf.constant(queries))["indices"].shape == (2, 2)  # top_k
+    for ks, width in [([1, 1], 1), ([5, 5], 5), ([3, 1], 3)]:
+        out = signatures["search_k"](image_bytes=tf.constant(queries), k=tf.constant(ks))
+        # Every row gets the batch's largest k, best first: its own top k lead.
+        np.testing.assert_array_equal(out["indices"].numpy(), order[:, :width])
+        np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, order[:, :width], 1),
+                                   atol=1e-5)
+    assert json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))["max_k"] == 5
+    for ks, message in [([6, 1], r"`k`\[0\] = 6 is outside 1..5"), ([1, 0], r"`k`\[1\] = 0 is outside 1..5"),
+                        ([2], r"one value per image")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            signatures["search_k"](image_bytes=tf.constant(queries), k=tf.constant(ks))
+
+
+def test_max_k_is_clipped_to_the_gallery(model, tmp_path):
+    emb = np.random.default_rng(6).normal(size=(3, EMBED_DIM))
+    path = export_model(model, tmp_path, "small", image_size=IMAGE_SIZE, gallery=(emb, ["a", "b", "c"]),
+                        top_k=10, max_k=100, warmup=False)
+    meta = json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))
+    assert (meta["top_k"], meta["max_k"]) == (3, 3)
+    search_k = tf.saved_model.load(path).signatures["search_k"]
+    png = random_png(np.random.default_rng(2), 16, 16)
+    assert search_k(image_bytes=tf.constant([png]), k=tf.constant([3]))["ids"].shape == (1, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside 1..3"):
+        search_k(image_bytes=tf.constant([png]), k=tf.constant([4]))
 
 
 def test_gallery_from_npz_with_integer_ids(model, tmp_path):
@@ -365,6 +407,7 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
     """TF Serving runs signatures through Session::Run feeds, which skip the
     Python-side shape check; the graph's own assertion must catch it."""
     path = exported[1]
+    png = random_png(np.random.default_rng(1), 16, 16)  # eager, before the graph
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
@@ -385,6 +428,14 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
                 run(np.zeros(bad, np.float32))
         with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
             run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.nan, np.float32))
+
+        sig = meta.signature_def["search_k"]
+        images, k = (graph.get_tensor_by_name(sig.inputs[name].name)._as_tf_output() for name in ("image_bytes", "k"))
+        ids = graph.get_tensor_by_name(sig.outputs["ids"].name)._as_tf_output()
+        for count, bad_k in ((2, np.int32(2)), (1, np.array([2, 2], np.int32))):  # one k for two images, ...
+            with pytest.raises(tf.errors.InvalidArgumentError, match="`k` must hold one value per image"):
+                pywrap_tf_session.TF_SessionRun_wrapper(
+                    sess._session, None, {images: np.array([png] * count, dtype=object), k: bad_k}, [ids], [], None)
         assert run(np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)).shape == (2, EMBED_DIM)
 
 

@@ -57,7 +57,7 @@ def base(models, tmp_path_factory):
     rng = np.random.default_rng(0)
     gallery = (rng.normal(size=(7, DIM)), np.array([f"item{i}" for i in range(7)]))
     for model in models:  # versions 1 and 2
-        export_model(model, base, "dnc", image_size=SIZE, gallery=gallery, top_k=3, warmup=False)
+        export_model(model, base, "dnc", image_size=SIZE, gallery=gallery, top_k=3, max_k=5, warmup=False)
     return base
 
 
@@ -117,6 +117,61 @@ def test_clients_return_what_the_export_computes(client, local, models):
     ]
     records = hits.to_records(["a", "b", "c"])
     assert records[0]["query"] == "a" and records[0]["rank"] == 1 and len(records) == 9
+
+
+def test_search_with_a_per_request_k(client, local):
+    rng = np.random.default_rng(12)
+    images = [png(rng), png(rng, 30, 18), png(rng, 17, 33)]
+    default = client.search(images)  # `search`: the export's top_k
+    assert default.ids.shape == (3, 3)
+    for k, batch_size in [(5, None), (1, None), (4, 2)]:
+        hits = client.search(images, batch_size=batch_size, k=k)  # `search_k`
+        assert hits.ids.shape == hits.similarities.shape == hits.indices.shape == (3, k)
+        expected = local.search(images, k=k)
+        np.testing.assert_array_equal(hits.indices, expected.indices)
+        np.testing.assert_allclose(hits.similarities, expected.similarities, atol=1e-6)
+        assert hits.ids[0, 0] == f"item{hits.indices[0, 0]}"
+        shared = min(k, 3)
+        np.testing.assert_array_equal(hits.indices[:, :shared], default.indices[:, :shared])
+        assert np.all(np.diff(hits.similarities, axis=1) <= 1e-6)  # best first
+    with pytest.raises(ServingError, match="signature 'search_k'") as err:
+        client.search(images, k=6)
+    assert err.value.code == "INVALID_ARGUMENT" and "outside 1..5" in err.value.details
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
+            client.search(images, k=bad)
+
+
+class OlderExport(client_module.ServingClient):
+    """An export from before `search_k`: `search` with a fixed top-3 only."""
+
+    def __init__(self):
+        super().__init__("old")
+        self.calls = []
+
+    def _predict(self, inputs, signature):
+        self.calls.append(signature)
+        if signature != "search":
+            raise self._error(f"unknown signature {signature!r}", "INVALID_ARGUMENT", signature)
+        rows = len(inputs["image_bytes"])
+        return {"ids": np.array([[b"x", b"y", b"z"]] * rows, dtype=object),
+                "similarities": np.tile(np.float32([0.9, 0.5, 0.1]), (rows, 1)),
+                "indices": np.tile(np.int32([4, 0, 2]), (rows, 1))}
+
+    def _status(self):
+        return [{"version": 1, "state": "AVAILABLE", "error": ""}]
+
+    def _metadata(self):
+        return {"search": {"inputs": {"image_bytes": {"dtype": "string", "shape": [-1]}}, "outputs": {}}}
+
+
+def test_k_on_an_export_without_search_k_cuts_search_or_says_why():
+    old = OlderExport()
+    hits = old.search([b"a", b"b"], k=2)
+    assert hits.ids.tolist() == [["x", "y"], ["x", "y"]] and hits.indices.shape == (2, 2)
+    assert set(old.calls) == {"search"}  # never asked for a signature it lacks
+    with pytest.raises(ValueError, match="no `search_k` signature and its `search` returns 3 hits"):
+        old.search([b"a"], k=4)
 
 
 def test_specific_version(server, models):
@@ -222,6 +277,10 @@ def test_rest_wire_format(server, local):
     assert isinstance(answer["outputs"]["ids"][0][0], str)
     status, answer = _post(url, {"signature_name": "search", "instances": [{"image_bytes": b64}]})
     assert status == 200 and set(answer["predictions"][0]) == {"ids", "similarities", "indices"}
+    status, answer = _post(url, {"signature_name": "search_k", "inputs": {"image_bytes": [b64, b64], "k": [4, 2]}})
+    assert status == 200 and np.asarray(answer["outputs"]["ids"]).shape == (2, 4)
+    status, answer = _post(url, {"signature_name": "search_k", "instances": [{"image_bytes": b64, "k": 9}]})
+    assert status == 400 and "`k`[0] = 9 is outside 1..5" in answer["error"]
     status, answer = _post(url, {"instances": [{"b64": base64.b64encode(b"junk").decode()}]})
     assert status == 400 and set(answer) == {"error"} and "image_bytes" in answer["error"]
     status, answer = _post(url, {"nothing": []})

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery", default=None,
                         help="folder of images or .npz (embeddings, ids): adds the `search` signature")
     parser.add_argument("--top-k", type=int, default=10, help="hits returned by `search` (default 10)")
+    parser.add_argument("--max-k", type=int, default=None,
+                        help="largest k a `search_k` request may ask for (default: --top-k)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="crop side (required for a .keras file; overrides config.json)")
     parser.add_argument("--resize-size", type=int, default=None,
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from tfdnc.exporting.exporter import export_checkpoint, export_model, export_run, load_keras_model
     from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS
 
-    options = {"max_pixels": DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)}
+    options = {"max_pixels": DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None),
+               "max_k": args.max_k}
 
     try:
         if os.path.isdir(args.source):

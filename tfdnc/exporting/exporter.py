@@ -36,6 +36,7 @@ def export_model(
     version: int | None = None,
     gallery=None,
     top_k: int = 10,
+    max_k: int | None = None,
     warmup: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     source: str | None = None,
@@ -57,6 +58,9 @@ def export_model(
             folder of images (ids: relative paths) or (embeddings, ids);
             adds the `search` signature.
         top_k: how many gallery hits `search` returns (clipped to its size).
+        max_k: the largest k a `search_k` request may ask for (default
+            `top_k`; clipped to the gallery size); larger requests fail
+            with INVALID_ARGUMENT.
         warmup: write TF Serving warm-up requests (skipped with a warning
             when `tensorflow-serving-api` is not installed).
         max_pixels: largest image (height x width) a request may send,
@@ -95,7 +99,7 @@ def export_model(
     archive.track(model)
     functions = {
         endpoint: archive.add_endpoint(endpoint, fn, input_signature=spec)
-        for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k).items()
+        for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k, max_k).items()
     }
     if gallery_obj is not None:
         archive.add_variable_collection("gallery", graphs.gallery_variables())
@@ -131,7 +135,8 @@ def export_model(
             "max_pixels": graphs.max_pixels,
             "num_learners": graphs.num_learners if graphs.has_learners else None,
             "gallery_size": len(gallery_obj) if gallery_obj is not None else 0,
-            "top_k": min(int(top_k), len(gallery_obj)) if gallery_obj is not None else None,
+            "top_k": graphs.top_k if gallery_obj is not None else None,
+            "max_k": graphs.max_k if gallery_obj is not None else None,
             "warmup_requests": warmup_records,
             "signatures": signatures,
             "export_seconds": round(time.perf_counter() - started, 3),
@@ -150,6 +155,7 @@ def export_run(
     warmup: bool = True,
     top_k: int = 10,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_k: int | None = None,
 ) -> str:
     """Exports RUN_DIR/model.keras with the image sizes of RUN_DIR/config.json.
 
@@ -180,6 +186,7 @@ def export_run(
         version=version,
         gallery=gallery,
         top_k=top_k,
+        max_k=max_k,
         warmup=warmup,
         max_pixels=max_pixels,
         source=os.path.abspath(run_dir),
@@ -278,5 +285,7 @@ def _warmup_requests(graphs: ServingGraphs, signatures: dict) -> list:
             inputs = {contract.PIXELS: np.full((1, *graphs.image_shape), 128.0, np.float32)}
         else:
             inputs = {contract.IMAGE_BYTES: np.array([image], dtype=object)}
+        if endpoint == contract.SEARCH_K:
+            inputs[contract.K] = np.array([graphs.max_k], np.int32)
         requests.append((endpoint, inputs))
     return requests

@@ -97,6 +97,10 @@ class ServingGraphs:
         return tf.TensorSpec((None, *self.image_shape), tf.float32, name=contract.PIXELS)
 
     @property
+    def k_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec((None,), tf.int32, name=contract.K)
+
+    @property
     def has_learners(self) -> bool:
         return callable(getattr(self.model, "learner_embeddings", None))
 
@@ -191,11 +195,15 @@ class ServingGraphs:
         return out
 
     # --- signatures ----------------------------------------------------------
-    def endpoints(self, gallery=None, top_k: int = 10) -> dict[str, tuple[Callable, list]]:
+    def endpoints(
+        self, gallery=None, top_k: int = 10, max_k: int | None = None
+    ) -> dict[str, tuple[Callable, list]]:
         """name -> (function returning a dict of outputs, input signature).
 
         `gallery`: a `tfdnc.exporting.Gallery` whose embeddings and ids become
-        variables; the `search` signature is only built when one is given.
+        variables; the `search` (k = `top_k`) and `search_k` (a k per query,
+        up to `max_k`, default `top_k`) signatures are only built when one is
+        given. Both k are clipped to the gallery size.
         """
         endpoints = {}
 
@@ -219,9 +227,12 @@ class ServingGraphs:
             endpoints[contract.EMBED_LEARNERS] = (embed_learners, [self.bytes_spec])
 
         if gallery is not None:
-            if int(top_k) < 1:
-                raise ValueError(f"ServingGraphs: `top_k` must be >= 1, got {top_k}")
-            k = min(int(top_k), len(gallery))
+            max_k = top_k if max_k is None else max_k
+            for name, value in (("top_k", top_k), ("max_k", max_k)):
+                if int(value) < 1:
+                    raise ValueError(f"ServingGraphs: `{name}` must be >= 1, got {value}")
+            self.top_k = min(int(top_k), len(gallery))
+            self.max_k = min(int(max_k), len(gallery))
             # tf.Variables (not constants) so the gallery lives in the
             # SavedModel's variables/ checkpoint, not in the graph proto.
             self.gallery_embeddings = tf.Variable(
@@ -230,18 +241,53 @@ class ServingGraphs:
             self.gallery_ids = tf.Variable(gallery.ids, trainable=False, name="gallery_ids")
 
             def search(image_bytes):
-                pixels = self.decode(image_bytes, contract.SEARCH)
-                queries = self.embed(pixels)
-                similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
-                top = tf.math.top_k(similarities, k=k)
-                return {
-                    contract.IDS: tf.gather(self.gallery_ids, top.indices),
-                    contract.SIMILARITIES: top.values,
-                    contract.INDICES: top.indices,
-                }
+                queries = self.embed(self.decode(image_bytes, contract.SEARCH))
+                return self.top_hits(queries, self.top_k)
+
+            def search_k(image_bytes, k):
+                k = self.check_k(k, tf.shape(image_bytes)[0], contract.SEARCH_K)
+                queries = self.embed(self.decode(image_bytes, contract.SEARCH_K))
+                return self.top_hits(queries, tf.reduce_max(k))
 
             endpoints[contract.SEARCH] = (search, [self.bytes_spec])
+            endpoints[contract.SEARCH_K] = (search_k, [self.bytes_spec, self.k_spec])
         return endpoints
+
+    def top_hits(self, queries: tf.Tensor, k) -> dict[str, tf.Tensor]:
+        """The k most similar gallery items of each query: ids, cosines, rows."""
+        similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
+        top = tf.math.top_k(similarities, k=k)
+        return {
+            contract.IDS: tf.gather(self.gallery_ids, top.indices),
+            contract.SIMILARITIES: top.values,
+            contract.INDICES: top.indices,
+        }
+
+    def check_k(self, k: tf.Tensor, count: tf.Tensor, signature: str) -> tf.Tensor:
+        """Returns `k` after checking one value per image, each in 1..max_k."""
+        # Flattened first: TF Serving feeds skip the (batch,) shape check, and
+        # every op below then sees one dimension whatever was sent.
+        k = tf.reshape(k, [-1])
+        shape_ok = tf.debugging.Assert(
+            tf.equal(tf.size(k), count),
+            [f"{signature}: `{contract.K}` must hold one value per image in "
+             f"`{contract.IMAGE_BYTES}` (shape (batch,)); got shape", tf.shape(k),
+             "for a batch of", count],
+        )
+        with tf.control_dependencies([shape_ok]):
+            outside = tf.logical_or(k < 1, k > self.max_k)
+            first = tf.argmax(tf.cast(outside, tf.int32), output_type=tf.int32)
+            in_range = tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(outside)),
+                [tf.strings.join([
+                    f"{signature}: `{contract.K}`[", tf.strings.as_string(first), "] = ",
+                    tf.strings.as_string(tf.gather(k, first)),
+                    f" is outside 1..{self.max_k}; this export returns at most {self.max_k} hits "
+                    "(export option max_k, clipped to the gallery size)",
+                ])],
+            )
+        with tf.control_dependencies([in_range]):
+            return tf.identity(k)
 
     def gallery_variables(self) -> list:
         return [v for v in (getattr(self, "gallery_embeddings", None),
