@@ -72,6 +72,23 @@ def test_export_cli_refuses_an_existing_version_and_bad_sources(run_dir, export_
     (tmp_path / "m.keras").write_bytes(b"")
     assert export_main([str(tmp_path / "m.keras"), "--base", str(export_base), "--name", "x"]) == 2
     assert "--image-size is required" in capsys.readouterr().err
+    assert export_main([str(run_dir), "--base", str(tmp_path), "--name", "x", "--warmup-batch-sizes", "1,0"]) == 2
+    assert "--warmup-batch-sizes must be one or more positive integers" in capsys.readouterr().err
+    assert export_main([str(run_dir), "--base", str(tmp_path), "--name", "x",
+                        "--batching-parameters", str(tmp_path / "nope.txt")]) == 2
+    assert "cannot read batching parameters" in capsys.readouterr().err
+
+
+def test_export_cli_warms_up_the_batch_sizes_of_a_batching_file(run_dir, tmp_path, capsys):
+    from tfdnc.exporting.cli import main as export_main
+
+    config = tmp_path / "batching.txt"
+    config.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 8\n")
+    assert export_main([str(run_dir), "--base", str(tmp_path / "e"), "--name", "w",
+                        "--batching-parameters", str(config)]) == 0
+    version = capsys.readouterr().out.strip()
+    metadata = json.load(open(os.path.join(version, "assets.extra", "tfdnc_export.json")))
+    assert metadata["warmup_batch_sizes"] == [2, 8] and metadata["warmup_requests"] == 2 * 3
 
 
 @pytest.fixture(scope="module")

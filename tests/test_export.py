@@ -291,6 +291,18 @@ def test_max_k_is_clipped_to_the_gallery(model, tmp_path):
         search_k(image_bytes=tf.constant([png]), k=tf.constant([4]))
 
 
+def test_a_bad_gallery_image_is_named(model, tmp_path):
+    folder = tmp_path / "gallery"
+    (folder / "cats").mkdir(parents=True)
+    rng = np.random.default_rng(13)
+    for i in range(3):
+        (folder / "cats" / f"{i}.png").write_bytes(random_png(rng, 18, 18))
+    (folder / "cats" / "1b.png").write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
+    with pytest.raises(ValueError, match=r"cannot embed gallery image '.*cats/1b\.png': "):
+        export_model(model, tmp_path / "e", "g", image_size=IMAGE_SIZE, gallery=str(folder), warmup=False)
+    assert list_versions(tmp_path / "e" / "g") == []
+
+
 def test_gallery_from_npz_with_integer_ids(model, tmp_path):
     rng = np.random.default_rng(5)
     emb = rng.normal(size=(9, EMBED_DIM)).astype("float32")
@@ -338,6 +350,71 @@ def _pil_encode(fmt, height, width, mode="RGB", **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array, mode).save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def _webp(frames, **options) -> bytes:
+    import io
+
+    from PIL import Image
+
+    mode = "RGBA" if frames[0].shape[-1] == 4 else "RGB"
+    images = [Image.fromarray(f, mode) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "WEBP", lossless=True, exact=True, save_all=len(images) > 1,
+                   append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+def _grey_reference(model, rgb_frames) -> np.ndarray:
+    """The documented conversion for BMP/GIF/WebP in a grey export: rounded rgb_to_grayscale."""
+    grey = [tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(f[..., :3], tf.float32))), tf.uint8) for f in rgb_frames]
+    return model(tf.stack([eval_transform(g, IMAGE_SIZE, RESIZE) for g in grey]), training=False).numpy()
+
+
+def test_webp_bmp_gif_in_galleries_and_requests_of_a_grey_export(model, tmp_path):
+    """WebP (still, alpha, animated), BMP and GIF wherever serving reads images.
+
+    TensorFlow's decoders give these formats in no other channel count (WebP
+    only at its own 3 or 4), so a grey export used to refuse them all; an
+    animated WebP gives its first frame (`expand_animations=False`).
+    """
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(21)
+    rgb = [rng.integers(0, 256, (22, 19, 3), dtype=np.uint8) for _ in range(4)]
+    # Alpha below 255, or the encoder leaves the alpha channel (and the flag) out.
+    rgba = [np.dstack([f, np.full(f.shape[:2], 200, np.uint8)]) for f in rgb]
+    bmp, gif = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb[3]).save(bmp, "BMP")
+    Image.fromarray(rgb[3]).save(gif, "GIF")
+    requests = {
+        "still.webp": (_webp(rgb[:1]), rgb[0]),
+        "alpha.webp": (_webp(rgba[1:2]), rgb[1]),
+        "moving.WEBP": (_webp(rgba[2:], duration=100), rgb[2]),  # 2 frames: the first one counts
+        "image.bmp": (bmp.getvalue(), rgb[3]),
+        "image.gif": (gif.getvalue(), tf.io.decode_image(gif.getvalue(), 3, expand_animations=False).numpy()),
+    }
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name, (data, _) in requests.items():
+        (folder / name).write_bytes(data)
+    path = export_model(model, tmp_path, "webp", image_size=IMAGE_SIZE, resize_size=RESIZE,
+                        gallery=str(folder), top_k=2, warmup=False)
+    signatures = tf.saved_model.load(path).signatures
+    names = list(requests)
+    contents = tf.constant([requests[n][0] for n in names])
+    got = signatures["serving_default"](image_bytes=contents)["embeddings"].numpy()
+    np.testing.assert_allclose(got, _grey_reference(model, [requests[n][1] for n in names]), atol=1e-5)
+    hits = signatures["search"](image_bytes=contents)
+    assert [row[0].decode() for row in hits["ids"].numpy()] == names  # each finds itself in the gallery
+    # An animated WebP without alpha cannot be decoded by TensorFlow (at 3
+    # channels it is refused, at its own count the decoder corrupts memory):
+    # refused, naming the image, before the decoder sees it.
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"`image_bytes`\[1\] is an animated WebP without alpha"):
+        signatures["serving_default"](image_bytes=tf.constant([requests["still.webp"][0], _webp(rgb[:2], duration=100)]))
 
 
 @pytest.mark.parametrize(
@@ -442,18 +519,39 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
 # --- warm-up ------------------------------------------------------------------------
 
 
-def test_warmup_records_replay_on_every_signature(exported, loaded):
+def test_warmup_records_replay_on_every_signature_and_batch_size(exported, loaded):
+    """One record per signature and batch size the kit's server-side batching runs."""
+    from tfdnc.exporting.warmup import DEFAULT_WARMUP_BATCH_SIZES
+
     path = exported[1]
-    logs = read_warmup_requests(os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE))
-    assert sorted(log.predict_log.request.model_spec.signature_name for log in logs) == sorted(
-        contract.SIGNATURES
-    )
+    warmup_file = os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE)
+    logs = read_warmup_requests(warmup_file)
+    seen = []
     for log in logs:
         request = log.predict_log.request
         assert request.model_spec.name == "dnc"
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        sizes = {int(v.shape[0]) for v in inputs.values()}
+        assert len(sizes) == 1  # every input batched alike (k too), as TF Serving's batching needs
+        size = sizes.pop()
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
-        assert all(v.shape[0] == 1 for v in outputs.values())
+        assert all(v.shape[0] == size for v in outputs.values())
+        seen.append((request.model_spec.signature_name, size))
+    assert sorted(seen) == sorted((s, b) for s in contract.SIGNATURES for b in DEFAULT_WARMUP_BATCH_SIZES)
+    # 117 pixel images over the five sizes stay small (one value for the batch).
+    assert os.path.getsize(warmup_file) < 64 * IMAGE_SIZE * IMAGE_SIZE * 4
+    metadata = json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))
+    assert metadata["warmup_batch_sizes"] == list(DEFAULT_WARMUP_BATCH_SIZES)
+
+
+def test_warmup_batch_sizes_are_chosen_and_checked(model, tmp_path):
+    path = export_model(model, tmp_path, "w", image_size=IMAGE_SIZE, warmup_batch_sizes=[8, 2, 8])
+    logs = read_warmup_requests(os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE))
+    sizes = sorted({tf.make_ndarray(next(iter(log.predict_log.request.inputs.values()))).shape[0] for log in logs})
+    assert sizes == [2, 8] and len(logs) == 2 * 3  # no gallery: three signatures
+    for bad in ([], [0, 4], ["x"]):
+        with pytest.raises(ValueError, match="warmup_batch_sizes"):
+            export_model(model, tmp_path, "bad", image_size=IMAGE_SIZE, warmup_batch_sizes=bad)
 
 
 # --- run directory and the stand-alone contract ----------------------------------------

@@ -174,6 +174,23 @@ def test_k_on_an_export_without_search_k_cuts_search_or_says_why():
         old.search([b"a"], k=4)
 
 
+def test_webp_requests_still_alpha_and_animated(client, models):
+    """An RGB export embeds a WebP as the PNG of the same pixels (an animation: its first frame)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(14)
+    frames = [rng.integers(0, 256, (21, 18, 3), dtype=np.uint8) for _ in range(2)]
+    still, animated = io.BytesIO(), io.BytesIO()
+    Image.fromarray(frames[0]).save(still, "WEBP", lossless=True)
+    rgba = [Image.fromarray(np.dstack([f, np.full(f.shape[:2], 200, np.uint8)]), "RGBA") for f in frames]
+    rgba[1].save(animated, "WEBP", lossless=True, exact=True, save_all=True, append_images=rgba[:1], duration=50)
+    got = client.embed([still.getvalue(), animated.getvalue()])
+    expected = reference(models[1], [encode_png(frames[0]), encode_png(frames[1])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_specific_version(server, models):
     images = [png(np.random.default_rng(3))]
     for version, model in zip((1, 2), models):

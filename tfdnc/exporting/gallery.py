@@ -107,11 +107,8 @@ class Gallery:
             contents = [_read_bytes(path) for _, path in batch]
             try:
                 chunks.append(np.asarray(embed(contents)))
-            except Exception as exc:  # noqa: BLE001 - re-raised naming the files
-                names = ", ".join(repr(path) for _, path in batch[:3])
-                raise ValueError(
-                    f"cannot embed gallery images ({names}{', ...' if len(batch) > 3 else ''}): {exc}"
-                ) from exc
+            except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+                _raise_naming_the_image(batch, contents, embed, exc)
         return cls(np.concatenate(chunks), np.array([i for i, _ in entries], dtype=object))
 
     @classmethod
@@ -130,6 +127,21 @@ class Gallery:
             f"gallery {path!r} is neither a folder of images nor an .npz file "
             "with arrays 'embeddings' and 'ids'"
         )
+
+
+def _raise_naming_the_image(batch, contents, embed, error: Exception):
+    """Embeds the batch's images one by one; raises ValueError naming the first that fails."""
+    for (_, path), one in zip(batch, contents):
+        try:
+            embed([one])
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+            raise ValueError(f"cannot embed gallery image {path!r}: {_first_line(exc)}") from exc
+    raise ValueError(f"cannot embed gallery images {batch[0][1]!r} ... {batch[-1][1]!r}: {error}") from error
+
+
+def _first_line(error: Exception) -> str:
+    # TF errors carry the graph's message first, then node and op names.
+    return str(getattr(error, "message", error)).strip().splitlines()[0]
 
 
 def _read_bytes(path: str) -> bytes:

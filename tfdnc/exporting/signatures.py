@@ -125,12 +125,21 @@ class ServingGraphs:
             check = tf.debugging.Assert(_looks_like_image(contents), [message])
             # Format check, then size check, then decode: each gates the next.
             with tf.control_dependencies([check]):
+                decodable = tf.debugging.Assert(
+                    tf.logical_not(_Header(contents).webp_animated_without_alpha),
+                    [tf.strings.join([
+                        f"{signature}: `{contract.IMAGE_BYTES}`[", tf.strings.as_string(index),
+                        "] is an animated WebP without alpha, which TensorFlow's WebP decoder "
+                        "cannot read; send a still image (e.g. its first frame)",
+                    ])],
+                )
+            with tf.control_dependencies([decodable]):
                 if self.max_pixels is None:
                     gate = tf.no_op()
                 else:
                     gate = self._size_check(index, contents, signature)
             with tf.control_dependencies([gate]):
-                image = decode_image(contents, self.channels)
+                image = decode_request_image(contents, self.channels)
             return eval_transform(image, self.image_size, self.resize_size)
 
         with tf.control_dependencies([non_empty]):
@@ -295,16 +304,74 @@ class ServingGraphs:
 
 
 def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
-    # Pad so fixed-offset slices never run past a short string.
-    head = tf.strings.substr(
-        tf.strings.join([contents, tf.constant(b"\0" * _HEADER_LEN)]), 0, _HEADER_LEN
-    )
-    matches = [
-        tf.equal(tf.strings.substr(head, offset, len(magic)), magic) for offset, magic in _MAGIC
-    ]
-    riff = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
-    matches[-1] = tf.logical_and(riff, matches[-1])
+    header = _Header(contents, _HEADER_LEN)  # padded: slices never run past a short string
+    matches = [header.starts(magic, offset) for offset, magic in _MAGIC]
+    matches[-1] = tf.logical_and(header.starts(b"RIFF"), matches[-1])
     return tf.logical_and(tf.strings.length(contents) > 0, tf.reduce_any(tf.stack(matches)))
+
+
+class _Header:
+    """The first bytes of an encoded image, padded with NULs, as graph ops."""
+
+    def __init__(self, contents: tf.Tensor, length: int = _SIZE_HEADER_LEN):
+        self.text = tf.strings.substr(
+            tf.strings.join([contents, tf.constant(b"\0" * length)]), 0, length
+        )
+        self.bytes = tf.cast(tf.io.decode_raw(self.text, tf.uint8), tf.int64)
+
+    def starts(self, magic: bytes, offset: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(self.text, offset, len(magic)), magic)
+
+    def little(self, start: int, count: int) -> tf.Tensor:
+        return tf.add_n([self.bytes[start + k] * 256**k for k in range(count)])
+
+    def big(self, start: int, count: int) -> tf.Tensor:
+        return tf.add_n([self.bytes[start + k] * 256 ** (count - 1 - k) for k in range(count)])
+
+    def flag(self, index: int, mask: int) -> tf.Tensor:
+        return tf.not_equal(tf.bitwise.bitwise_and(self.bytes[index], mask), 0)
+
+    @property
+    def webp(self) -> tf.Tensor:
+        return tf.logical_and(self.starts(b"RIFF"), self.starts(b"WEBP", 8))
+
+    @property
+    def webp_alpha(self) -> tf.Tensor:
+        """Whether a WebP has an alpha channel (VP8X ALPHA flag, or VP8L's alpha bit)."""
+        vp8x = tf.logical_and(self.starts(b"VP8X", 12), self.flag(20, 0x10))
+        vp8l = tf.logical_and(self.starts(b"VP8L", 12), self.flag(24, 0x10))
+        return tf.logical_and(self.webp, tf.logical_or(vp8x, vp8l))
+
+    @property
+    def webp_animated_without_alpha(self) -> tf.Tensor:
+        animated = tf.logical_and(self.starts(b"VP8X", 12), self.flag(20, 0x02))
+        return tf.logical_and(tf.logical_and(self.webp, animated), tf.logical_not(self.webp_alpha))
+
+
+def decode_request_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
+    """An encoded image -> uint8 (H, W, `channels`), any format the contract lists.
+
+    JPEG and PNG go to `tfdnc.data.transforms.decode_image` as training
+    decodes them. TensorFlow's BMP, GIF and WebP decoders convert to no other
+    channel count (1 fails for all three; WebP only decodes at its own 3 or
+    4), so those are decoded as RGB (WebP with alpha at 4, alpha dropped as
+    the PNG decoder drops it) and turned grey with `tf.image.rgb_to_grayscale`
+    (what PNG's own grey conversion gives, to one level) when `channels` is 1.
+    The first frame of an animation (`expand_animations=False`).
+    """
+    header = _Header(contents)
+    native = tf.logical_or(header.starts(b"\xff\xd8\xff"), header.starts(b"\x89PNG\r\n\x1a\n"))
+
+    def as_rgb():
+        rgb = tf.cond(header.webp_alpha,
+                      lambda: decode_image(contents, 4)[..., :3],
+                      lambda: decode_image(contents, 3))
+        if channels == 3:
+            return rgb
+        grey = tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32))
+        return tf.cast(tf.clip_by_value(tf.round(grey), 0, 255), tf.uint8)
+
+    return tf.cond(native, lambda: decode_image(contents, channels), as_rgb)
 
 
 def declared_image_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -313,42 +380,28 @@ def declared_image_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     JPEG through `tf.image.extract_jpeg_shape`; PNG, GIF, BMP and WebP
     (VP8, VP8L, VP8X) from their fixed header fields. (0, 0) for other data.
     """
-    head = tf.strings.substr(
-        tf.strings.join([contents, tf.constant(b"\0" * _SIZE_HEADER_LEN)]), 0, _SIZE_HEADER_LEN
-    )
-    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
-
-    def little(start, count):
-        return tf.add_n([b[start + k] * 256**k for k in range(count)])
-
-    def big(start, count):
-        return tf.add_n([b[start + k] * 256 ** (count - 1 - k) for k in range(count)])
-
-    def starts(magic, offset=0):
-        return tf.equal(tf.strings.substr(head, offset, len(magic)), magic)
-
-    bmp_height = little(22, 4)
+    h = _Header(contents)
+    bmp_height = h.little(22, 4)
     bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)  # top-down BMPs
-    vp8l = little(21, 4)
-    webp = tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8))
+    vp8l = h.little(21, 4)
     candidates = [  # (is this format, height, width)
-        (starts(b"\x89PNG\r\n\x1a\n"), big(20, 4), big(16, 4)),
-        (starts(b"GIF8"), little(8, 2), little(6, 2)),
-        (starts(b"BM"), bmp_height, little(18, 4)),
-        (tf.logical_and(webp, starts(b"VP8X", 12)), little(27, 3) + 1, little(24, 3) + 1),
-        (tf.logical_and(webp, starts(b"VP8L", 12)), (vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1),
-        (tf.logical_and(webp, starts(b"VP8 ", 12)), little(28, 2) % 16384, little(26, 2) % 16384),
+        (h.starts(b"\x89PNG\r\n\x1a\n"), h.big(20, 4), h.big(16, 4)),
+        (h.starts(b"GIF8"), h.little(8, 2), h.little(6, 2)),
+        (h.starts(b"BM"), bmp_height, h.little(18, 4)),
+        (tf.logical_and(h.webp, h.starts(b"VP8X", 12)), h.little(27, 3) + 1, h.little(24, 3) + 1),
+        (tf.logical_and(h.webp, h.starts(b"VP8L", 12)), (vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1),
+        (tf.logical_and(h.webp, h.starts(b"VP8 ", 12)), h.little(28, 2) % 16384, h.little(26, 2) % 16384),
     ]
-    jpeg = starts(b"\xff\xd8\xff")
+    jpeg = h.starts(b"\xff\xd8\xff")
     jpeg_shape = tf.cond(
         jpeg,
         lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
         lambda: tf.zeros([2], tf.int64),
     )
     height, width = jpeg_shape[0], jpeg_shape[1]
-    for is_format, h, w in candidates:
-        height = tf.where(is_format, h, height)
-        width = tf.where(is_format, w, width)
+    for is_format, fh, fw in candidates:
+        height = tf.where(is_format, fh, height)
+        width = tf.where(is_format, fw, width)
     return height, width
 
 
