@@ -366,8 +366,8 @@ def _webp(frames, **options) -> bytes:
 
 
 def _grey_reference(model, rgb_frames) -> np.ndarray:
-    """The documented conversion for BMP/GIF/WebP in a grey export: rounded rgb_to_grayscale."""
-    grey = [tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(f[..., :3], tf.float32))), tf.uint8) for f in rgb_frames]
+    """The documented conversion for BMP/GIF/WebP in a grey export: rgb_to_grayscale."""
+    grey = [tf.image.rgb_to_grayscale(tf.constant(f[..., :3], tf.uint8)) for f in rgb_frames]
     return model(tf.stack([eval_transform(g, IMAGE_SIZE, RESIZE) for g in grey]), training=False).numpy()
 
 
@@ -424,7 +424,7 @@ def test_webp_bmp_gif_in_galleries_and_requests_of_a_grey_export(model, tmp_path
      ("WEBP", "RGBA", {"quality": 80})],  # VP8L, VP8 and VP8X headers
 )
 def test_declared_image_size_matches_the_decoder(fmt, mode, options):
-    from tfdnc.exporting.signatures import declared_image_size
+    from tfdnc.data.transforms import declared_image_size
 
     for height, width in [(17, 300), (301, 5)]:
         data = _pil_encode(fmt, height, width, mode, **options)
@@ -433,7 +433,7 @@ def test_declared_image_size_matches_the_decoder(fmt, mode, options):
 
 
 def test_top_down_bmp_and_unknown_data_sizes():
-    from tfdnc.exporting.signatures import declared_image_size
+    from tfdnc.data.transforms import declared_image_size
 
     data = bytearray(_pil_encode("BMP", 9, 13))
     data[22:26] = (-9).to_bytes(4, "little", signed=True)  # rows stored top-down

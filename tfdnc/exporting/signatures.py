@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfdnc.data.transforms import decode_image, eval_transform
+from tfdnc.data.transforms import declared_image_size, decode_image, eval_transform
 from tfdnc.exporting import contract
 
 # (offset, magic bytes) per format; an image matches if any entry matches.
@@ -30,7 +30,6 @@ _MAGIC = (
     (8, b"WEBP"),  # RIFF....WEBP
 )
 _HEADER_LEN = 12
-_SIZE_HEADER_LEN = 32
 # 40 megapixels: an 8K photo fits; decoding it takes 120 MB (uint8 RGB) and
 # the float32 copy the resize starts from 480 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -313,20 +312,14 @@ def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
 class _Header:
     """The first bytes of an encoded image, padded with NULs, as graph ops."""
 
-    def __init__(self, contents: tf.Tensor, length: int = _SIZE_HEADER_LEN):
+    def __init__(self, contents: tf.Tensor, length: int = 32):  # 32: every flag read below
         self.text = tf.strings.substr(
             tf.strings.join([contents, tf.constant(b"\0" * length)]), 0, length
         )
-        self.bytes = tf.cast(tf.io.decode_raw(self.text, tf.uint8), tf.int64)
+        self.bytes = tf.io.decode_raw(self.text, tf.uint8)
 
     def starts(self, magic: bytes, offset: int = 0) -> tf.Tensor:
         return tf.equal(tf.strings.substr(self.text, offset, len(magic)), magic)
-
-    def little(self, start: int, count: int) -> tf.Tensor:
-        return tf.add_n([self.bytes[start + k] * 256**k for k in range(count)])
-
-    def big(self, start: int, count: int) -> tf.Tensor:
-        return tf.add_n([self.bytes[start + k] * 256 ** (count - 1 - k) for k in range(count)])
 
     def flag(self, index: int, mask: int) -> tf.Tensor:
         return tf.not_equal(tf.bitwise.bitwise_and(self.bytes[index], mask), 0)
@@ -349,60 +342,20 @@ class _Header:
 
 
 def decode_request_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
-    """An encoded image -> uint8 (H, W, `channels`), any format the contract lists.
+    """`tfdnc.data.transforms.decode_image`, and WebPs with alpha too.
 
-    JPEG and PNG go to `tfdnc.data.transforms.decode_image` as training
-    decodes them. TensorFlow's BMP, GIF and WebP decoders convert to no other
-    channel count (1 fails for all three; WebP only decodes at its own 3 or
-    4), so those are decoded as RGB (WebP with alpha at 4, alpha dropped as
-    the PNG decoder drops it) and turned grey with `tf.image.rgb_to_grayscale`
-    (what PNG's own grey conversion gives, to one level) when `channels` is 1.
-    The first frame of an animation (`expand_animations=False`).
+    TensorFlow decodes a WebP only at its own channel count: 4 for one with
+    alpha (still or animated), which the training decoder's 3 or 1 refuse.
+    Those are decoded at 4 and their alpha dropped (as PNG's decoder drops
+    it), then made grey for a grey export the way the training decoder makes
+    GIF, BMP and WebP grey. Everything else is the training decoder's.
     """
-    header = _Header(contents)
-    native = tf.logical_or(header.starts(b"\xff\xd8\xff"), header.starts(b"\x89PNG\r\n\x1a\n"))
 
-    def as_rgb():
-        rgb = tf.cond(header.webp_alpha,
-                      lambda: decode_image(contents, 4)[..., :3],
-                      lambda: decode_image(contents, 3))
-        if channels == 3:
-            return rgb
-        grey = tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32))
-        return tf.cast(tf.clip_by_value(tf.round(grey), 0, 255), tf.uint8)
+    def with_alpha():
+        rgb = decode_image(contents, 4)[..., :3]
+        return rgb if channels == 3 else tf.image.rgb_to_grayscale(rgb)
 
-    return tf.cond(native, lambda: decode_image(contents, channels), as_rgb)
-
-
-def declared_image_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(height, width) as int64 from an image's header, without decoding it.
-
-    JPEG through `tf.image.extract_jpeg_shape`; PNG, GIF, BMP and WebP
-    (VP8, VP8L, VP8X) from their fixed header fields. (0, 0) for other data.
-    """
-    h = _Header(contents)
-    bmp_height = h.little(22, 4)
-    bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)  # top-down BMPs
-    vp8l = h.little(21, 4)
-    candidates = [  # (is this format, height, width)
-        (h.starts(b"\x89PNG\r\n\x1a\n"), h.big(20, 4), h.big(16, 4)),
-        (h.starts(b"GIF8"), h.little(8, 2), h.little(6, 2)),
-        (h.starts(b"BM"), bmp_height, h.little(18, 4)),
-        (tf.logical_and(h.webp, h.starts(b"VP8X", 12)), h.little(27, 3) + 1, h.little(24, 3) + 1),
-        (tf.logical_and(h.webp, h.starts(b"VP8L", 12)), (vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1),
-        (tf.logical_and(h.webp, h.starts(b"VP8 ", 12)), h.little(28, 2) % 16384, h.little(26, 2) % 16384),
-    ]
-    jpeg = h.starts(b"\xff\xd8\xff")
-    jpeg_shape = tf.cond(
-        jpeg,
-        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
-        lambda: tf.zeros([2], tf.int64),
-    )
-    height, width = jpeg_shape[0], jpeg_shape[1]
-    for is_format, fh, fw in candidates:
-        height = tf.where(is_format, fh, height)
-        width = tf.where(is_format, fw, width)
-    return height, width
+    return tf.cond(_Header(contents).webp_alpha, with_alpha, lambda: decode_image(contents, channels))
 
 
 def encode_png(image: np.ndarray) -> bytes:
