@@ -124,15 +124,8 @@ class ServingGraphs:
             check = tf.debugging.Assert(_looks_like_image(contents), [message])
             # Format check, then size check, then decode: each gates the next.
             with tf.control_dependencies([check]):
-                decodable = tf.debugging.Assert(
-                    tf.logical_not(_Header(contents).webp_animated_without_alpha),
-                    [tf.strings.join([
-                        f"{signature}: `{contract.IMAGE_BYTES}`[", tf.strings.as_string(index),
-                        "] is an animated WebP without alpha, which TensorFlow's WebP decoder "
-                        "cannot read; send a still image (e.g. its first frame)",
-                    ])],
-                )
-            with tf.control_dependencies([decodable]):
+                decodable = self._decodable_check(index, contents, signature)
+            with tf.control_dependencies(decodable):
                 if self.max_pixels is None:
                     gate = tf.no_op()
                 else:
@@ -148,6 +141,32 @@ class ServingGraphs:
             (indices, image_bytes),
             fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32),
         )
+
+    def _decodable_check(self, index, contents, signature) -> list:
+        """Asserts against what TensorFlow's decoders refuse, or decode wrong, without saying which image.
+
+        The rules of `tfdnc.data.validation`'s named skips, as graph ops: an
+        animated WebP without alpha; a BMP that is not uncompressed 8-bit
+        grey, 24- or 32-bit (an 8-bit colour palette decodes without error,
+        as grey colour indices).
+        """
+        header = _Header(contents)
+        prefix = [f"{signature}: `{contract.IMAGE_BYTES}`[", tf.strings.as_string(index), "] is "]
+        webp = tf.debugging.Assert(
+            tf.logical_not(header.webp_animated_without_alpha),
+            [tf.strings.join(prefix + [
+                "an animated WebP without alpha, which TensorFlow's WebP decoder cannot read; "
+                "send a still image (e.g. its first frame)"])],
+        )
+        bits = header.little(28, 2)
+        bmp = tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(header.starts(b"BM"), tf.logical_not(_readable_bmp(contents, header)))),
+            [tf.strings.join(prefix + [
+                "a ", tf.strings.as_string(bits), "-bit BMP (compression ",
+                tf.strings.as_string(header.little(30, 4)), ") that TensorFlow cannot decode right: it "
+                "reads uncompressed 24- and 32-bit BMPs and 8-bit grey ones only; send a PNG or JPEG"])],
+        )
+        return [webp, bmp]
 
     def _size_check(self, index, contents, signature):
         height, width = declared_image_size(contents)
@@ -312,7 +331,7 @@ def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
 class _Header:
     """The first bytes of an encoded image, padded with NULs, as graph ops."""
 
-    def __init__(self, contents: tf.Tensor, length: int = 32):  # 32: every flag read below
+    def __init__(self, contents: tf.Tensor, length: int = 64):  # 64: every field read below
         self.text = tf.strings.substr(
             tf.strings.join([contents, tf.constant(b"\0" * length)]), 0, length
         )
@@ -320,6 +339,10 @@ class _Header:
 
     def starts(self, magic: bytes, offset: int = 0) -> tf.Tensor:
         return tf.equal(tf.strings.substr(self.text, offset, len(magic)), magic)
+
+    def little(self, start: int, count: int) -> tf.Tensor:
+        """An unsigned little-endian integer (int64) from `count` bytes at `start`."""
+        return tf.add_n([tf.cast(self.bytes[start + k], tf.int64) * 256**k for k in range(count)])
 
     def flag(self, index: int, mask: int) -> tf.Tensor:
         return tf.not_equal(tf.bitwise.bitwise_and(self.bytes[index], mask), 0)
@@ -339,6 +362,26 @@ class _Header:
     def webp_animated_without_alpha(self) -> tf.Tensor:
         animated = tf.logical_and(self.starts(b"VP8X", 12), self.flag(20, 0x02))
         return tf.logical_and(tf.logical_and(self.webp, animated), tf.logical_not(self.webp_alpha))
+
+
+def _readable_bmp(contents: tf.Tensor, header: _Header) -> tf.Tensor:
+    """Whether TensorFlow decodes this BMP right (see `tfdnc.data.validation`'s BMP reasons)."""
+    bits, compression = header.little(28, 2), header.little(30, 4)
+    plain = tf.logical_and(tf.reduce_any(tf.equal(bits, [8, 24, 32])), tf.reduce_any(tf.equal(compression, [0, 3])))
+
+    def grey_ramp():
+        # TensorFlow ignores the palette and returns the indices: right only
+        # for the palette index i -> (i, i, i).
+        length = tf.cast(tf.strings.length(contents), tf.int64)
+        start = tf.minimum(14 + header.little(14, 4), length)
+        used = tf.where(tf.equal(header.little(46, 4), 0), tf.constant(256, tf.int64), header.little(46, 4))
+        table = tf.io.decode_raw(tf.strings.substr(contents, start, tf.minimum(4 * used, length - start)), tf.uint8)
+        entries = tf.reshape(table[: tf.size(table) // 4 * 4], [-1, 4])[:, :3]
+        ramp = tf.cast(tf.range(tf.shape(entries)[0])[:, None] * tf.ones([1, 3], tf.int32), tf.uint8)
+        return tf.reduce_all(tf.equal(entries, ramp))
+
+    is_8bit = tf.logical_and(plain, tf.equal(bits, 8))
+    return tf.logical_and(plain, tf.cond(is_8bit, grey_ramp, lambda: tf.constant(True)))
 
 
 def decode_request_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
