@@ -88,7 +88,7 @@ def embedding_throughput(n: int, image_size: int, width: int, batch_size: int) -
     from tfdnc.backbones import build_backbone
     from tfdnc.data.pipeline import make_eval_dataset
     from tfdnc.datasets.base import ImageSet
-    from tfdnc.distributed.recluster import embed_images
+    from tfdnc.evaluation.embedding import embed_images
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)

@@ -13,7 +13,9 @@ import sys
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 
-README_SECTIONS = ["backbones", "losses", "symm", "evaluation", "datasets", "serving", "scale", "pretrain"]
+README_SECTIONS = [
+    "backbones", "losses", "symm", "evaluation", "datasets", "serving", "scale", "pretrain", "architecture",
+]
 BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "peer", "serving", "scale", "pretrain"]
 
 

@@ -12,7 +12,8 @@ from tfdnc.data.pipeline import make_eval_dataset, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.datasets.base import ImageSet
 from tfdnc.distributed import all_gather_batch, build_strategy, read_tf_config, replica_loss_scale, worker_info
-from tfdnc.distributed.recluster import embed_images, replica_blocks
+from tfdnc.distributed.collectives import replica_blocks
+from tfdnc.evaluation.embedding import embed_images
 
 
 def _tf_config(**overrides):
@@ -110,7 +111,7 @@ def test_replica_blocks_cover_the_set():
 
 
 def test_one_worker_gather_and_broadcast_pass_values_through():
-    from tfdnc.distributed.recluster import _worker_rows, broadcast_from_chief, gather_rows_to_chief
+    from tfdnc.distributed.collectives import broadcast_from_chief, gather_rows_to_chief, worker_rows as _worker_rows
 
     strategy = build_strategy("default")
     rows = np.random.default_rng(0).normal(size=(11, 3)).astype(np.float32)

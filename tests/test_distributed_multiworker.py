@@ -57,7 +57,8 @@ def worker_main(index: int, out_dir: str) -> None:
     from tfdnc.data.sampling import ClusterBatchSampler
     from tfdnc.distributed.driver import fit_custom_loop, per_replica_dataset_fn
     from tfdnc.data.pipeline import make_eval_dataset
-    from tfdnc.distributed.recluster import DistributedSchedule, embed_images
+    from tfdnc.evaluation.embedding import embed_images
+    from tfdnc.training.distributed import DistributedSchedule
     from tfdnc.model import DivideAndConquerModel
 
     info = worker_info(strategy)

@@ -8,7 +8,7 @@ import pytest
 
 from tfdnc.evaluation import (
     RetrievalEvaluation,
-    evaluate,
+    compute_metrics as evaluate,
     map_at_r,
     marp,
     nearest_neighbors,
@@ -397,3 +397,25 @@ def test_callback_on_dataset_and_query_gallery():
         RetrievalEvaluation(g, gl[:-1])
     with pytest.raises(ValueError, match="`every`"):
         RetrievalEvaluation(g, gl, every=0)
+
+
+def test_evaluation_due_every_n_epochs_the_last_and_optionally_the_first():
+    from tfdnc.evaluation import evaluation_due
+
+    assert [e for e in range(7) if evaluation_due(e, 3, 7)] == [0, 2, 5, 6]
+    assert [e for e in range(7) if evaluation_due(e, 3, 7, first=False)] == [2, 5, 6]
+    assert [e for e in range(4) if evaluation_due(e, 3)] == [0, 2]  # length unknown: no "last"
+
+
+def test_nearest_neighbors_with_excluded_items_and_inner_product():
+    rng = np.random.default_rng(11)
+    gallery = rng.normal(size=(30, 6))
+    picks = np.array([2, 9, 21, 29])
+    idx, sims = nearest_neighbors(gallery[picks], gallery, 5, exclude=picks, metric="inner_product")
+    for row, s, i in zip(idx, sims, picks):
+        brute = gallery @ gallery[i]
+        brute[i] = -np.inf
+        np.testing.assert_array_equal(row, np.argsort(-brute, kind="stable")[:5])
+        np.testing.assert_allclose(s, np.sort(brute)[::-1][:5], rtol=1e-5)
+    with pytest.raises(ValueError, match="`exclude` has 3 entries"):
+        nearest_neighbors(gallery[picks], gallery, 1, exclude=picks[:3])

@@ -223,3 +223,37 @@ def test_compile_with_a_keras_loss_is_refused(make_tiny_model):
     model = make_tiny_model()
     with pytest.raises(ValueError, match="constructor"):
         model.compile(optimizer="adam", loss="mse")
+
+
+class _LearnerAwareTriplet(TripletLoss):
+    """A triplet loss recording what it is told: learner, training, cluster changes (the losses' contract)."""
+
+    accepts_learner = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.learners = []
+        self.cluster_changes = 0
+
+    def compute_loss_and_stats(self, labels, embeddings, learner=None, training=True):
+        self.learners.append((None if learner is None else int(learner), training))
+        return super().compute_loss_and_stats(labels, embeddings)
+
+    def on_clusters_changed(self):
+        self.cluster_changes += 1
+
+
+def test_loss_is_told_the_batch_learner_and_cluster_changes(make_tiny_model):
+    loss = _LearnerAwareTriplet(margin=0.5, mining="batch_all")
+    model = make_tiny_model(k_max=4, loss=loss)
+    model.masks.set_num_active(4)
+    x, y = _batch(cluster=3)
+    model.train_step((x, y))  # eager: the loss sees the concrete cluster id
+    model.full_embedding = True
+    model.train_step((x, y))
+    model.test_step((x, y))
+    assert loss.learners == [(3, True), (None, True), (None, False)]
+    model.on_clusters_changed()
+    assert loss.cluster_changes == 1
+    # A loss without the hook: nothing to tell, no error.
+    make_tiny_model(k_max=2, loss=TripletLoss()).on_clusters_changed()

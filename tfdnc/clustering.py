@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfdnc.utils import l2_normalize
+
 __all__ = [
     "ClusteringError",
     "ClusterStats",
@@ -118,12 +120,12 @@ def _check_k(k, n: int, name: str = "k") -> int:
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     # einsum: no N x D temporary (np.linalg.norm squares a copy of x).
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     if np.all(np.abs(norms - 1.0) < 1e-4):
         # Already unit rows (the schedule's features): skip the N x D copy,
         # 2 GB at 1,000,000 x 512.
         return x
-    return x / np.maximum(norms, 1e-12)
+    return l2_normalize(x, dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------- k-means
@@ -359,6 +361,25 @@ def _repair(x, class_idx, assignments, k, min_classes, min_images, centroids=Non
         moved += 1
 
 
+def _kmeans_tries(x, class_idx, k, seed, niter, max_retries, min_classes, min_images, spherical, backend):
+    """k-means with seeds seed, seed + 1, ... until every cluster holds `min_classes` usable classes.
+
+    Returns (assignments, centroids, True) for the first such try, else the
+    best try (fewest missing usable classes summed over the clusters) and False.
+    """
+    c = int(class_idx.max()) + 1
+    best = None  # (score, assignments, centroids)
+    for attempt in range(int(max_retries)):
+        a, centroids = kmeans(x, k, niter=niter, seed=seed + attempt, spherical=spherical, backend=backend)
+        n_usable = (_contingency(a, class_idx, k, c) >= min_images).sum(1)
+        if n_usable.min() >= min_classes:
+            return a, centroids, True
+        score = int(np.minimum(n_usable - min_classes, 0).sum())
+        if best is None or score > best[0]:
+            best = (score, a, centroids)
+    return best[1], best[2], False
+
+
 def cluster_balanced(
     features: np.ndarray,
     labels: np.ndarray,
@@ -413,19 +434,10 @@ def cluster_balanced(
         x = _l2_normalize(x)
     _, class_idx = np.unique(y, return_inverse=True)
     class_idx = class_idx.reshape(-1)
-    c = int(class_idx.max()) + 1
-
-    best = None  # (score, assignments, centroids)
-    for attempt in range(int(max_retries)):
-        a, centroids = kmeans(x, k, niter=niter, seed=seed + attempt, spherical=spherical, backend=backend)
-        n_usable = (_contingency(a, class_idx, k, c) >= min_images).sum(1)
-        if n_usable.min() >= min_classes:
-            return a
-        # Best try: fewest missing usable classes summed over clusters.
-        score = int(np.minimum(n_usable - min_classes, 0).sum())
-        if best is None or score > best[0]:
-            best = (score, a, centroids)
-    _, a, centroids = best
+    a, centroids, ok = _kmeans_tries(x, class_idx, k, seed, niter, max_retries, min_classes, min_images,
+                                     spherical, backend)
+    if ok:
+        return a
     stats = cluster_stats(a, y, k, min_images=min_images)
     msg = (
         f"cluster_balanced: none of {max_retries} k-means tries (seeds {seed}..{seed + max_retries - 1}) "
@@ -588,18 +600,10 @@ def _split_one(x, class_idx, seed, niter, max_retries, min_classes, min_images, 
         short.append(c)
         return np.zeros(x.shape[0], dtype=np.int64)
     n_usable_parent = int((np.unique(class_idx, return_counts=True)[1] >= min_images).sum())
-    best = None
-    for attempt in range(int(max_retries)):
-        a2, centroids = kmeans(x, 2, niter=niter, seed=seed + attempt, spherical=spherical, backend=backend)
-        table = np.zeros((2, int(class_idx.max()) + 1), dtype=np.int64)
-        np.add.at(table, (a2, class_idx), 1)
-        n_usable = (table >= min_images).sum(1)
-        if n_usable.min() >= min_classes:
-            return a2
-        score = int(np.minimum(n_usable - min_classes, 0).sum())
-        if best is None or score > best[0]:
-            best = (score, a2, centroids)
-    _, a2, centroids = best
+    a2, centroids, ok = _kmeans_tries(x, class_idx, 2, seed, niter, max_retries, min_classes, min_images,
+                                      spherical, backend)
+    if ok:
+        return a2
     if n_usable_parent >= 2 * min_classes:
         return _class_level_split(x, class_idx, a2, centroids, min_classes, min_images)
     short.append(c)

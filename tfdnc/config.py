@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("margin", "triplet", "contrastive", "multi_similarity", "npair", "lifted", "angular")
-MASK_MODES = ("learnable", "fixed")
-GROWTH = ("double", "fixed")
-CLUSTER_FEATURES = ("penultimate", "embedding")
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-STRATEGIES = ("default", "mirrored", "multi-worker")  # tfdnc.distributed.strategy.STRATEGIES
+# The allowed values live with the code that uses them; this module only checks them.
+from tfdnc.distributed.strategy import STRATEGIES
+from tfdnc.layers.masks import MASK_MODES
+from tfdnc.losses import LOSSES as _LOSS_CLASSES
+from tfdnc.training.phases import GROWTH
+from tfdnc.training.recluster import CLUSTER_FEATURES
+from tfdnc.utils import read_json, write_json
+
+LOSSES = tuple(_LOSS_CLASSES)
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")  # how train.build_model applies weight decay
+MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -155,7 +158,7 @@ class TrainConfig:
             bad("batchnorm_epsilon", f"must be a finite number > 0, got {self.batchnorm_epsilon}")
         if self.strategy not in STRATEGIES:
             bad("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
+        if self.mixed_precision not in MIXED_PRECISION:
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
 
     # --- (de)serialisation -------------------------------------------------
@@ -171,16 +174,8 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        try:
-            with open(path) as f:
-                values = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read config file {path!r}: {exc}") from exc
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(read_json(path, what="config file"), source=path)

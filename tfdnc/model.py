@@ -242,7 +242,24 @@ class DivideAndConquerModel(keras.Model):
             embeddings = self.masks(z, cluster=cluster, normalize=normalize)
         # Under a distribution strategy the loss mines the global batch.
         embeddings, labels = all_gather_batch(embeddings, labels)
+        if getattr(self.metric_loss, "accepts_learner", False):
+            # Losses with per-learner state (XBM memories) need to know whose batch
+            # this is, and must leave that state alone outside training.
+            learner = None if self._full_embedding or not training else cluster
+            return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
         return self.metric_loss.compute_loss_and_stats(labels, embeddings)
+
+    def on_clusters_changed(self) -> None:
+        """Called by the schedule whenever the cluster assignment changes.
+
+        Re-clustering, growth, a restored state and the final K = 1 phase
+        all change which images a learner sees; a loss that keeps state tied
+        to the clusters (e.g. an XBM memory) is told here, through its own
+        `on_clusters_changed`.
+        """
+        notify = getattr(self.metric_loss, "on_clusters_changed", None)
+        if callable(notify):
+            notify()
 
     def train_step(self, data):
         x, labels = data[0], data[1]

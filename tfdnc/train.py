@@ -3,38 +3,56 @@
 With no arguments it trains Divide & Conquer (K = 1 -> 4, multi-similarity
 loss with Symmetrical Synthesis) on the generated `shapes` data set (200 train
 / 200 test classes in four families), prints Recall@K, NMI, MAP@R and mARP
-before and after, and leaves a run directory:
+before and after, and leaves a run directory: config.json, model.keras,
+checkpoints/, backup/ (for --resume), clusters.npz, history.json,
+metrics.json, logs/ (TensorBoard) and export/tfdnc/1/ (the SavedModel for
+TensorFlow Serving); `tfdnc.rundir` defines the layout.
 
-    RUN_DIR/config.json          the TrainConfig of the run
-    RUN_DIR/model.keras          the trained model (keras.saving.load_model)
-    RUN_DIR/checkpoints/         last.keras, written every epoch
-    RUN_DIR/backup/              weights + optimizer state for --resume
-    RUN_DIR/clusters.npz         the cluster state (with clusters.prev.npz)
-    RUN_DIR/history.json         per-epoch logs, K and cluster sizes
-    RUN_DIR/metrics.json         metrics before and after training
-    RUN_DIR/logs/                TensorBoard
-    RUN_DIR/export/tfdnc/1/      the SavedModel for TensorFlow Serving
+`run` is a short list of named steps (`prepare_run_dir`, `build_data`,
+`build_model`, `build_schedule`, `build_callbacks`, `fit`, `finish`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
 import sys
 import time
 import typing
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+from tfdnc import rundir
+from tfdnc.backbones import build_backbone
 from tfdnc.config import TrainConfig
+from tfdnc.data.cache import cache_decoded_images
+from tfdnc.data.pipeline import image_channels, make_train_dataset
+from tfdnc.data.sampling import ClusterBatchSampler
+from tfdnc.data.validation import validate_training_set
+from tfdnc.datasets import DATASETS, load_dataset
+from tfdnc.datasets.base import ImageSet
+from tfdnc.distributed.driver import fit_custom_loop, fit_mirrored, per_replica_dataset_fn
+from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
+from tfdnc.evaluation.callback import RetrievalEvaluation
+from tfdnc.evaluation.embedding import embed_image_set, model_function
+from tfdnc.evaluation.protocols import run_protocol
+from tfdnc.losses import LOSSES, get_loss
+from tfdnc.model import DivideAndConquerModel
+from tfdnc.rundir import RunDir
+from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
+from tfdnc.training.cluster_state import ClusterStateStore
+from tfdnc.training.distributed import DistributedReclusterer
+from tfdnc.training.recluster import LocalReclusterer
+from tfdnc.training.schedule import DivideAndConquerSchedule
+from tfdnc.utils import read_json
 
 _HELP = {
-    "dataset": "data set name (mnist, digits, shapes, cub, cars, sop, inshop, vehicleid, folder, csv)",
+    "dataset": f"data set name ({', '.join(DATASETS)})",
     "data_dir": "folder holding the data set in its distributed layout",
     "backbone": "backbone name (small_cnn, resnet50, ...)",
     "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
@@ -43,7 +61,7 @@ _HELP = {
     "mask_mode": "'learnable' (TPAMI) or 'fixed' (CVPR contiguous blocks)",
     "recluster_every": "T: re-cluster every T epochs",
     "full_embedding_epoch": "epoch from which the loss uses the full embedding ('none': never)",
-    "loss": "learner loss",
+    "loss": f"learner loss ({', '.join(LOSSES)})",
     "loss_options": "JSON object of loss arguments, e.g. '{\"alpha\": 0.2}'",
     "symm": "Symmetrical Synthesis of hard negatives",
     "classes_per_batch": "P classes per batch",
@@ -115,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                  if f.name != "preset" and hasattr(args, f.name)}
     if args.resume:
         run_dir = overrides.get("run_dir", TrainConfig.run_dir)
-        path = os.path.join(run_dir, "config.json")
+        path = RunDir(run_dir).config
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
         values = TrainConfig.load(path).to_dict()
@@ -132,17 +150,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(get_preset(args.preset))
         values["preset"] = args.preset
     if args.config:
-        values.update(_read_json(args.config))
+        values.update(read_json(args.config, what="--config"))
     values.update(overrides)
     return TrainConfig.from_dict(values, source=args.config or "command line")
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--config: cannot read {path!r}: {exc}") from exc
+# --- the run: a short story of named steps ------------------------------------------------
 
 
 def run(
@@ -153,63 +166,125 @@ def run(
     backup_every_steps: int | None = None,
     verbose: int = 1,
 ) -> dict:
-    """Trains, evaluates and (optionally) exports; returns the metrics dict."""
-    from tfdnc.backbones import build_backbone
-    from tfdnc.callbacks import DivideAndConquerSchedule, NonFiniteLossGuard
-    from tfdnc.data.pipeline import image_channels, make_eval_dataset, make_train_dataset
-    from tfdnc.data.sampling import ClusterBatchSampler
-    from tfdnc.data.validation import validate_training_set
-    from tfdnc.datasets import load_dataset
-    from tfdnc.losses import get_loss
-    from tfdnc.model import DivideAndConquerModel
-    from tfdnc.protocols import run_protocol
+    """Trains, evaluates and (optionally) exports; returns the metrics dict.
 
-    from tfdnc.distributed import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
-
+    Every worker of a multi-worker run calls it; only the chief evaluates,
+    saves and exports (the others return {}).
+    """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = build_strategy(config.strategy)
-    multi_worker = is_multi_worker(strategy)
-    if multi_worker and resume:
-        raise ValueError("--resume is not supported with --strategy multi-worker yet; resume with mirrored/default")
     chief = worker_info(strategy).is_chief
-    run_dir = config.run_dir
-    if not resume and os.path.exists(os.path.join(run_dir, "backup")):
+    if is_multi_worker(strategy) and resume:
+        raise ValueError("--resume is not supported with --strategy multi-worker yet; resume with mirrored/default")
+    run_dir = prepare_run_dir(config, resume, chief)
+    data = build_data(config, run_dir, strict_images)
+    model = build_model(config, strategy, data)
+    schedule = build_schedule(config, strategy, data, run_dir, verbose)  # checks K against the classes
+    embed = embed_function(model, config)
+    metrics = run_dir.metrics() if resume else {}
+    if "before" not in metrics and chief:
+        metrics["before"] = evaluate_and_print("Before training", data.splits, embed, verbose)
+        run_dir.write_metrics(metrics)
+    evaluation = RetrievalEvaluation.from_protocol(data.splits, embed, every=config.eval_every)
+    callbacks = build_callbacks(schedule, evaluation, run_dir, chief=chief, multi_worker=is_multi_worker(strategy),
+                                backup_every_steps=backup_every_steps)
+    start = time.perf_counter()
+    fit(model, strategy, data, callbacks, config, verbose)
+    train_seconds = time.perf_counter() - start
+    if not chief:
+        return {}
+    return finish(model, config, run_dir, data, embed, evaluation, metrics, train_seconds, export, verbose)
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
+    """The run directory, created, with config.json written by the chief; refuses to overwrite a run."""
+    run_dir = RunDir(config.run_dir)
+    if not resume and run_dir.holds_run():
         raise FileExistsError(
-            f"--run-dir {run_dir!r} already holds a run; pass --resume to continue it or choose another --run-dir"
+            f"--run-dir {run_dir.path!r} already holds a run; pass --resume to continue it or choose another --run-dir"
         )
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir.create()
     if chief:
-        config.save(os.path.join(run_dir, "config.json"))
+        config.save(run_dir.config)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
+    return run_dir
 
+
+@dataclass
+class TrainingData:
+    """The data of a run: the splits, the (checked, maybe cached) training set and its sampler.
+
+    Attributes:
+        splits: the data set (its test / query / gallery sets are evaluated).
+        train_set: the training images that passed the checks.
+        labels: contiguous class ids 0..C-1 of `train_set`.
+        num_classes: C.
+        channels: image channels.
+        sampler: the `ClusterBatchSampler` the schedule feeds.
+        steps: batches per epoch.
+        config: the run's settings (augmentation, image size).
+    """
+
+    splits: object
+    train_set: ImageSet
+    labels: np.ndarray
+    num_classes: int
+    channels: int
+    sampler: ClusterBatchSampler
+    steps: int
+    config: TrainConfig
+
+    def dataset(self, num_shards: int = 1, shard_index: int = 0):
+        """The training `tf.data` pipeline (one worker's part of each batch with `num_shards` > 1)."""
+        c = self.config
+        return make_train_dataset(self.train_set, self.sampler, self.steps, c.image_size, labels=self.labels,
+                                  crop_scale=c.crop_scale, crop_ratio=c.crop_ratio, flip=c.flip,
+                                  num_shards=num_shards, shard_index=shard_index)
+
+
+def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False) -> TrainingData:
+    """Loads the data set, drops unreadable images (listed in skipped.txt), caches if asked, plans batches."""
     splits = load_dataset(config.dataset, config.data_dir, use_boxes=config.use_boxes)
     train_set, report = validate_training_set(splits.train, strict=strict_images)
     if report.lines():
-        with open(os.path.join(run_dir, "skipped.txt"), "w") as f:
-            f.write("\n".join(report.lines()) + "\n")
+        run_dir.write_skipped(report.lines())
         print(f"[tfdnc] skipped {report.removed} unreadable image(s) and {len(report.lone_classes)} "
-              f"single-image class(es); see {os.path.join(run_dir, 'skipped.txt')}")
+              f"single-image class(es); see {run_dir.skipped}")
     classes, contiguous = np.unique(train_set.labels, return_inverse=True)
     channels = image_channels(train_set)
     if config.cache_dir:
-        from tfdnc.data.cache import cache_decoded_images
-
         train_set = cache_decoded_images(train_set, config.cache_dir, config.cache_max_side, channels)
+    sampler = ClusterBatchSampler(contiguous, config.classes_per_batch, config.images_per_class, seed=config.seed)
+    steps = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
+    return TrainingData(splits, train_set, contiguous, len(classes), channels, sampler, steps, config)
 
-    loss_options = dict(config.loss_options)
+
+def loss_arguments(config: TrainConfig, num_classes: int) -> dict:
+    """The metric loss's keyword arguments: --loss-options, plus what other flags imply.
+
+    --symm turns on Symmetrical Synthesis; a margin loss with a learnable
+    beta per class needs the number of classes.
+    """
+    options = dict(config.loss_options)
     if config.symm:
-        loss_options["symmetrical"] = True
-    if config.loss == "margin" and loss_options.get("learnable_beta"):
-        loss_options.setdefault("num_classes", len(classes))
+        options["symmetrical"] = True
+    if config.loss == "margin" and options.get("learnable_beta"):
+        options.setdefault("num_classes", num_classes)
+    return options
+
+
+def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndConquerModel:
+    """The compiled Divide & Conquer model, built under `strategy`'s scope."""
     with strategy.scope():
-        loss = get_loss(config.loss, **loss_options)
+        loss = get_loss(config.loss, **loss_arguments(config, data.num_classes))
         backbone = build_backbone(
-            config.backbone, (config.image_size, config.image_size, channels), weights=config.backbone_weights,
+            config.backbone, (config.image_size, config.image_size, data.channels), weights=config.backbone_weights,
             freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
             batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
         )
+        # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
         coupled = config.weight_decay_mode == "coupled"
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
         model = DivideAndConquerModel(
@@ -225,161 +300,103 @@ def run(
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
+    return model
 
-    sampler = ClusterBatchSampler(contiguous, config.classes_per_batch, config.images_per_class, seed=config.seed)
-    steps = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
-    train_ds = make_train_dataset(train_set, sampler, steps, config.image_size, labels=contiguous,
-                                  crop_scale=config.crop_scale, crop_ratio=config.crop_ratio, flip=config.flip)
 
-    def embed(image_set):
-        dataset = make_eval_dataset(image_set, config.image_size, config.eval_resize, batch_size=256)
-        if multi_worker:  # Keras predict cannot run under MultiWorkerMirroredStrategy
-            import tensorflow as tf
+def embed_function(model: keras.Model, config: TrainConfig):
+    """ImageSet -> (N, d) embeddings under the evaluation transform (any strategy, multi-worker too)."""
+    call = model_function(model)
 
-            from tfdnc.distributed.recluster import embed_images
+    def embed(image_set: ImageSet) -> np.ndarray:
+        return embed_image_set(call, image_set, config.image_size, config.eval_resize, batch_size=256,
+                               dim=model.embedding_dim)
 
-            return embed_images(tf.function(lambda x: model(x, training=False)), dataset, len(image_set))
-        return model.predict(dataset, verbose=0)
+    return embed
 
-    def evaluate(title: str, result=None) -> dict:
-        result = result or run_protocol(splits, embed, progress=verbose > 0)
-        print(f"\n{title}\n{result.table()}")
-        return result.to_dict()
 
-    if multi_worker:
-        from tfdnc.distributed.recluster import DistributedSchedule
+def evaluate_and_print(title: str, splits, embed, verbose: int = 1, result=None) -> dict:
+    """Runs the data set's protocol (unless `result` is given), prints its table, returns it as a dict."""
+    result = result or run_protocol(splits, embed, progress=verbose > 0)
+    print(f"\n{title}\n{result.table()}")
+    return result.to_dict()
 
-        DivideAndConquerSchedule = functools.partial(DistributedSchedule, strategy)  # noqa: N806
-    schedule = DivideAndConquerSchedule(
-        sampler, train_set, k_final=config.k_final, image_size=config.image_size, resize_size=config.eval_resize,
-        growth=config.growth, recluster_every=config.recluster_every,
+
+def build_schedule(config: TrainConfig, strategy, data: TrainingData, run_dir: RunDir,
+                   verbose: int) -> DivideAndConquerSchedule:
+    """The D&C schedule; under several workers it re-clusters with them and only the chief saves."""
+    if is_multi_worker(strategy):
+        reclusterer = DistributedReclusterer(
+            strategy, data.train_set, image_size=config.image_size, resize_size=config.eval_resize,
+            cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters)
+    else:
+        reclusterer = LocalReclusterer(data.train_set, image_size=config.image_size, resize_size=config.eval_resize,
+                                       cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters)
+    store = ClusterStateStore(run_dir.path, read_only=not worker_info(strategy).is_chief)
+    return DivideAndConquerSchedule(
+        data.sampler, data.train_set, k_final=config.k_final, image_size=config.image_size,
+        resize_size=config.eval_resize, growth=config.growth, recluster_every=config.recluster_every,
         full_embedding_epoch=config.full_embedding_epoch, final_k1_epochs=config.final_k1_epochs,
         freeze_backbone_after_recluster=config.freeze_backbone_after_recluster,
         cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters, seed=config.seed,
-        state_dir=run_dir, verbose=verbose,
+        verbose=verbose, reclusterer=reclusterer, store=store,
     )
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    metrics = _read_json(metrics_path) if resume and os.path.exists(metrics_path) else {}
-    if "before" not in metrics and chief:
-        metrics["before"] = evaluate("Before training")
-        _write_json(metrics_path, metrics)
 
-    backup_dir = os.path.join(run_dir, "backup")
-    protocol_evaluation = ProtocolEvaluation(splits, embed, every=config.eval_every)
-    callbacks = [
-        NonFiniteLossGuard(checkpoint_hint=backup_dir),
-        schedule,
-        protocol_evaluation,
-        HistoryWriter(os.path.join(run_dir, "history.json"), schedule),
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq=backup_every_steps or "epoch",
-                                         delete_checkpoint=False, double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
-    ]
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    start = time.perf_counter()
-    if multi_worker:
-        from tfdnc.distributed.driver import fit_custom_loop, per_replica_dataset_fn
 
-        def worker_dataset(num_shards, shard_index):
-            return make_train_dataset(train_set, sampler, steps, config.image_size, labels=contiguous,
-                                      crop_scale=config.crop_scale, crop_ratio=config.crop_ratio, flip=config.flip,
-                                      num_shards=num_shards, shard_index=shard_index)
+def build_callbacks(schedule, evaluation, run_dir: RunDir, *, chief: bool, multi_worker: bool,
+                    backup_every_steps: int | None = None) -> list:
+    """The callbacks of `fit`, in the order they must run.
 
-        # The chief alone checkpoints, logs and evaluates; the others train and re-cluster in step.
-        callbacks = [c for c in callbacks if chief or isinstance(c, (NonFiniteLossGuard, DistributedSchedule))]
-        callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.BackupAndRestore)]
-        fit_custom_loop(model, strategy, per_replica_dataset_fn(worker_dataset, sampler.batch_size),
-                        steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    The schedule comes before the evaluation (which must see the epoch's
+    phase) and before the checkpoints (which must save grown masks); the
+    evaluation before History / TensorBoard / checkpoints (they log its
+    metrics). Every worker trains and re-clusters; the chief alone
+    evaluates, writes files and checkpoints. BackupAndRestore needs Keras
+    `fit`, which the multi-worker loop replaces.
+    """
+    callbacks = [NonFiniteLossGuard(checkpoint_hint=run_dir.backup), schedule]
+    if chief:
+        callbacks += [evaluation, HistoryWriter(run_dir, schedule)]
+    if not multi_worker:
+        callbacks.append(keras.callbacks.BackupAndRestore(run_dir.backup, save_freq=backup_every_steps or "epoch",
+                                                          delete_checkpoint=False, double_checkpoint=True))
+    if chief:
+        callbacks += [keras.callbacks.ModelCheckpoint(run_dir.last_checkpoint),
+                      keras.callbacks.TensorBoard(run_dir.logs)]
+    return callbacks
+
+
+def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, config: TrainConfig, verbose: int) -> None:
+    """Trains with the loop the strategy needs: Keras `fit`, `fit` under MirroredStrategy, or the multi-worker loop."""
+    epochs = config.epochs
+    if is_multi_worker(strategy):
+        fit_custom_loop(model, strategy, per_replica_dataset_fn(data.dataset, data.sampler.batch_size),
+                        steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose)
     elif config.strategy == "mirrored":
-        from tfdnc.distributed.driver import fit_mirrored
-
-        fit_mirrored(model, strategy, train_ds, steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks,
-                     verbose=verbose, shuffle=False)
+        fit_mirrored(model, strategy, data.dataset(), steps_per_epoch=data.steps, epochs=epochs,
+                     callbacks=callbacks, verbose=verbose, shuffle=False)
     else:
-        model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs, callbacks=callbacks, verbose=verbose,
+        model.fit(data.dataset(), steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
-    train_seconds = time.perf_counter() - start
-    if not chief:
-        return {}
 
-    model.save(os.path.join(run_dir, "model.keras"))
+
+def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embed, evaluation, metrics: dict,
+           train_seconds: float, export: bool, verbose: int = 1) -> dict:
+    """Saves model.keras, evaluates the trained model, exports it if asked and writes metrics.json."""
+    model.save(run_dir.model)
     # The last epoch's evaluation already scored these weights; reuse it.
-    final = protocol_evaluation.result if protocol_evaluation.result_epoch == config.epochs - 1 else None
-    metrics["after"] = evaluate("After training", final)
+    final = evaluation.result if evaluation.result_epoch == config.epochs - 1 else None
+    metrics["after"] = evaluate_and_print("After training", data.splits, embed, verbose, result=final)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
     if export:
         from tfdnc.exporting import export_run
 
-        path = export_run(run_dir, os.path.join(run_dir, "export"), "tfdnc")
+        path = export_run(run_dir.path, run_dir.export_base, rundir.EXPORT_NAME)
         metrics["export"] = path
         print(f"[tfdnc] exported SavedModel: {path}")
-    _write_json(metrics_path, metrics)
-    print(f"[tfdnc] run directory: {run_dir}")
+    run_dir.write_metrics(metrics)
+    print(f"[tfdnc] run directory: {run_dir.path}")
     return metrics
-
-
-class ProtocolEvaluation(keras.callbacks.Callback):
-    """Logs `val_recall@K`, `val_nmi`, ... of the data set's protocol every N epochs.
-
-    Runs before History, TensorBoard and the checkpoint callbacks in the list,
-    so they all see the metrics (of the first evaluation set of the protocol).
-    """
-
-    def __init__(self, splits, embed, every: int = 1):
-        super().__init__()
-        self.splits, self.embed, self.every = splits, embed, every
-        self.result = None  # the latest ProtocolResult
-        self.result_epoch: int | None = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        from tfdnc.protocols import run_protocol
-
-        last = epoch + 1 == self.params.get("epochs", 0)
-        if logs is None or ((epoch + 1) % self.every and not last):
-            return
-        result = run_protocol(self.splits, self.embed)
-        self.result, self.result_epoch = result, epoch
-        for key, value in next(iter(result.results.values())).items():
-            logs[f"val_{key}"] = float(value)
-
-
-class HistoryWriter(keras.callbacks.Callback):
-    """Rewrites RUN_DIR/history.json each epoch: the logs plus K and cluster sizes."""
-
-    def __init__(self, path: str, schedule):
-        super().__init__()
-        self.path = path
-        self.schedule = schedule
-
-    def on_epoch_end(self, epoch, logs=None):
-        records = _read_json(self.path) if os.path.exists(self.path) else []
-        # A resumed run re-does epochs after its checkpoint; keep one record each.
-        records = [r for r in records if r.get("epoch", -1) < epoch]
-        entry = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-        if self.schedule.history and self.schedule.history[-1]["epoch"] == epoch:
-            entry.update(self.schedule.history[-1])
-        entry["epoch"] = epoch
-        records.append(entry)
-        _write_json(self.path, records)
-
-
-def _write_json(path: str, values) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,9 +60,8 @@ class ClusterBatchSampler:
         self.classes_per_batch = int(classes_per_batch)
         self.images_per_class = int(images_per_class)
         self.seed = int(seed)
-        self._published = -1
-        self._closed = False
-        self._condition = threading.Condition()
+        self.gate = EpochGate()
+        self._lock = threading.Lock()
         _OPEN_SAMPLERS.add(self)
         self.set_clusters(np.zeros(len(labels), dtype=np.int64), k=1)
 
@@ -95,7 +94,7 @@ class ClusterBatchSampler:
                     "every batch needs positive pairs"
                 )
             members.append(classes)
-        with self._condition:
+        with self._lock:
             self.k = int(k)
             self._members = members
 
@@ -113,27 +112,66 @@ class ClusterBatchSampler:
 
     # --- publication: the schedule callback releases one epoch at a time -------------
     def publish(self, epoch: int) -> None:
-        """Allows the input pipeline to plan `epoch` with the current clusters."""
+        """Allows the input pipeline to plan `epoch` with the current clusters (see `EpochGate`)."""
+        self.gate.publish(epoch)
+
+    def reset_publication(self) -> None:
+        """Forgets published epochs (at the start of each `fit`)."""
+        self.gate.reset()
+
+    def close(self) -> None:
+        """Ends the plan generators (at the end of `fit`), so iterators can shut down."""
+        self.gate.close()
+
+    def wait_for_epoch_after(self, previous: int, timeout: float | None = None,
+                             warn_every: float = 600.0) -> int | None:
+        """Blocks until an epoch later than `previous` is published (see `EpochGate.wait_for_epoch_after`)."""
+        return self.gate.wait_for_epoch_after(previous, timeout=timeout, warn_every=warn_every)
+
+
+class EpochGate:
+    """The handshake between the schedule callback and the input pipeline's thread.
+
+    The callback publishes epoch e once the clusters of e are set; the
+    pipeline's generator waits for it before planning e, so it never
+    prefetches a batch of an old clustering. Closing the gate ends the
+    waiting generators (at the end of `fit`, or at interpreter exit).
+
+    Example:
+    >>> gate = EpochGate()
+    >>> gate.publish(0)
+    >>> gate.wait_for_epoch_after(-1)
+    0
+    """
+
+    def __init__(self):
+        self._published = -1
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def publish(self, epoch: int) -> None:
+        """Releases `epoch` to the waiting pipeline."""
         with self._condition:
             self._published = int(epoch)
             self._condition.notify_all()
 
-    def reset_publication(self) -> None:
-        """Forgets published epochs (at the start of each `fit`)."""
+    def reset(self) -> None:
+        """Forgets published epochs and reopens the gate (at the start of each `fit`)."""
         with self._condition:
             self._published = -1
             self._closed = False
 
     def close(self) -> None:
-        """Ends the plan generators (at the end of `fit`), so iterators can shut down."""
+        """Wakes every waiter with None, so iterators can shut down."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
 
-    def wait_for_epoch_after(self, previous: int, timeout: float | None = None, warn_every: float = 600.0) -> int | None:
+    def wait_for_epoch_after(self, previous: int, timeout: float | None = None,
+                             warn_every: float = 600.0) -> int | None:
         """Blocks until an epoch later than `previous` is published; returns it.
 
-        Returns None once the sampler is closed. Waiting is normal while the
+        Returns None once the gate is closed. Waiting is normal while the
         schedule re-clusters; every `warn_every` seconds a line says what the
         pipeline waits for, so a missing callback does not look like a hang.
         """

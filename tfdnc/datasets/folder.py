@@ -23,9 +23,9 @@ from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.datasets.classsplit import class_ids, split_classes
 from tfdnc.datasets.errors import DatasetError
 from tfdnc.datasets.listfile import require_dir
+from tfdnc.utils import IMAGE_EXTENSIONS, list_image_files
 
 # What tf.io.decode_image reads.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def load_image_folder(data_dir: str | None = None, train_fraction: float = 0.5) -> DataSplits:
@@ -78,16 +78,10 @@ def _scan(folder: str) -> tuple[list[str], list[str]]:
     files, names = [], []
     for name in classes:
         class_dir = os.path.join(folder, name)
-        images = sorted(
-            os.path.join(dirpath, f)
-            for dirpath, _, filenames in os.walk(class_dir)
-            for f in filenames
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        )
-        if not images:
-            raise DatasetError(
-                f"class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})", class_dir
-            )
+        try:
+            images = list_image_files(class_dir, what="class folder")
+        except ValueError:
+            raise DatasetError(f"class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})", class_dir) from None
         files += images
         names += [name] * len(images)
     return files, names

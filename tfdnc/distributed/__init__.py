@@ -1,4 +1,4 @@
-"""Scale: distribution strategies, global-batch gathering, the multi-worker driver, sharded re-clustering."""
+"""Scale: distribution strategies, global-batch gathering, collectives between workers, the multi-worker driver."""
 
 from tfdnc.distributed.gather import all_gather_batch, num_replicas, replica_loss_scale
 from tfdnc.distributed.strategy import (

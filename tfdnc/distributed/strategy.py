@@ -31,7 +31,9 @@ from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
-from tfdnc.config import STRATEGIES
+# "default": one device; "mirrored": the GPUs of this host; "multi-worker":
+# the hosts listed in TF_CONFIG (tfdnc.config.TrainConfig.strategy).
+STRATEGIES = ("default", "mirrored", "multi-worker")
 
 __all__ = [
     "STRATEGIES", "WorkerInfo", "build_strategy", "read_tf_config", "worker_info", "is_multi_worker",

@@ -1,9 +1,16 @@
-"""Evaluation of embeddings: retrieval and clustering metrics, and a Keras callback."""
+"""Evaluation of embeddings: metrics, exact neighbours, the benchmark protocols, and a Keras callback.
 
-from tfdnc.evaluation.callback import RetrievalEvaluation
+- `metrics`: `compute_metrics` (arrays -> Recall@K, MAP@R, mARP, NMI, F1);
+- `neighbors`: `nearest_neighbors`, the one exact top-k engine;
+- `embedding`: `embed_images` / `embed_image_set`, the one way images are embedded;
+- `protocols`: `run_protocol` (a data set's evaluation sets -> `ProtocolResult`);
+- `callback`: `RetrievalEvaluation` and `evaluation_due`, the one "when" rule.
+"""
+
+from tfdnc.evaluation.callback import RetrievalEvaluation, evaluation_due
 from tfdnc.evaluation.metrics import (
     ALL_METRICS,
-    evaluate,
+    compute_metrics,
     map_at_r,
     marp,
     nmi_and_f1,
@@ -17,7 +24,8 @@ from tfdnc.evaluation.neighbors import nearest_neighbors
 __all__ = [
     "ALL_METRICS",
     "RetrievalEvaluation",
-    "evaluate",
+    "compute_metrics",
+    "evaluation_due",
     "map_at_r",
     "marp",
     "nearest_neighbors",

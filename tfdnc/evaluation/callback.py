@@ -1,13 +1,28 @@
-"""A Keras callback that writes retrieval metrics into the epoch logs."""
+"""The Keras callback that writes retrieval metrics into the epoch logs, and the rule of when."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
-from tfdnc.evaluation.metrics import ALL_METRICS, evaluate
+from tfdnc.evaluation.metrics import ALL_METRICS, compute_metrics
+
+
+def evaluation_due(epoch: int, every: int, epochs: int | None = None, *, first: bool = True) -> bool:
+    """Whether an evaluation every `every` epochs runs after the 0-based `epoch`.
+
+    Every `every`-th epoch and the last one (of `epochs`, when known); with
+    `first`, also the first epoch (it fixes CSVLogger's columns).
+
+    >>> [e for e in range(5) if evaluation_due(e, 2, 5)]
+    [0, 1, 3, 4]
+    >>> [e for e in range(5) if evaluation_due(e, 2, 5, first=False)]
+    [1, 3, 4]
+    """
+    last = epochs is not None and epoch + 1 == epochs
+    return (first and epoch == 0) or (epoch + 1) % every == 0 or last
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -36,6 +51,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             `tfdnc.evaluation.metrics`).
         prefix: prepended to every key.
         batch_size: for `model.predict` on arrays.
+        evaluator: instead of the sets above, a function `model ->
+            ProtocolResult` (see `from_protocol`); the metrics of its first
+            evaluation set go to the logs, the whole result to `result`.
+        first: also evaluate after the first epoch.
 
     Example:
 
@@ -49,7 +68,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
     def __init__(
         self,
-        data,
+        data=None,
         labels=None,
         *,
         query_data=None,
@@ -61,8 +80,12 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         batch_size: int = 256,
         seed: int = 0,
         verbose: int = 0,
+        evaluator: Callable | None = None,
+        first: bool = True,
     ):
         super().__init__()
+        if data is None and evaluator is None:
+            raise ValueError("pass the evaluation `data` (or an `evaluator`)")
         if int(every) < 1:
             raise ValueError(f"`every` must be >= 1, got {every}")
         unknown = set(metrics) - set(ALL_METRICS)
@@ -79,17 +102,33 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.seed = seed
         self.verbose = verbose
+        self.evaluator = evaluator
+        self.first = bool(first)
         self.last_results: dict[str, float] = {}
+        self.result = None  # the latest ProtocolResult (with an evaluator)
+        self.result_epoch: int | None = None
 
-    def _due(self, epoch: int) -> bool:
-        last = self.params.get("epochs") if self.params else None
-        return epoch == 0 or (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 == last)
+    @classmethod
+    def from_protocol(cls, splits, embed: Callable, *, every: int = 1, seed: int = 0, prefix: str = "val_",
+                      verbose: int = 0) -> "RetrievalEvaluation":
+        """Evaluates with the data set's protocol (`tfdnc.evaluation.protocols`) every `every` epochs.
+
+        `embed` maps an `ImageSet` to its (N, d) embeddings. The first
+        protocol set's metrics go to the logs (`val_recall@1`, `val_nmi`,
+        ...); the first epoch is evaluated only when it is due anyway.
+        """
+        from tfdnc.evaluation.protocols import run_protocol
+
+        return cls(evaluator=lambda model: run_protocol(splits, embed, seed=seed), every=every, prefix=prefix,
+                   seed=seed, verbose=verbose, first=False)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._due(epoch):
+        if not evaluation_due(epoch, self.every, self.params.get("epochs") if self.params else None,
+                              first=self.first):
             return
         results = self.evaluate_model(self.model)
         self.last_results = results
+        self.result_epoch = epoch
         if logs is not None:
             logs.update({self.prefix + key: value for key, value in results.items()})
         if self.verbose:
@@ -117,11 +156,14 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
     def evaluate_model(self, model) -> dict[str, float]:
         """The metrics of `model` on the evaluation set, without the prefix."""
+        if self.evaluator is not None:
+            self.result = self.evaluator(model)
+            return {key: float(value) for key, value in next(iter(self.result.results.values())).items()}
         emb, labels = self.embed(model, self.data, self.labels)
         q_emb = q_labels = None
         if self.query_data is not None:
             q_emb, q_labels = self.embed(model, self.query_data, self.query_labels)
-        return evaluate(emb, labels, ks=self.ks, query_embeddings=q_emb, query_labels=q_labels,
+        return compute_metrics(emb, labels, ks=self.ks, query_embeddings=q_emb, query_labels=q_labels,
                         metrics=self.metrics, seed=self.seed)
 
 

@@ -31,7 +31,7 @@ hits or all misses. Papers that cite "MAP@R" from Musgrave et al. mean
 Example:
 
 ```python
-results = evaluate(test_embeddings, test_labels)   # {'recall@1': ..., 'nmi': ...}
+results = compute_metrics(test_embeddings, test_labels)   # {'recall@1': ..., 'nmi': ...}
 recalls = recall_at_k(gallery, gallery_labels, ks=(1, 10, 20),
                       query_embeddings=queries, query_labels=query_labels)
 ```
@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from tfdnc.evaluation.neighbors import check_embeddings, iter_topk
+from tfdnc.utils import l2_normalize
 
 ALL_METRICS = ("recall", "map@r", "marp", "r_precision", "nmi", "f1")
 RANK_METRICS = ("map@r", "marp", "r_precision")
@@ -273,12 +274,12 @@ def nmi_and_f1(embeddings, labels, n_clusters: int | None = None, *, seed: int =
     if n_clusters is None:
         n_clusters = len(np.unique(y))
     if normalize:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalize(x)
     clusters, _ = kmeans(x, n_clusters, niter=niter, seed=seed)
     return float(normalized_mutual_info_score(y, clusters)), pairwise_f1(y, clusters)
 
 
-def evaluate(
+def compute_metrics(
     embeddings,
     labels,
     *,
@@ -298,7 +299,7 @@ def evaluate(
     `marp` the D&C TPAMI code's mARP, see the module docstring). In
     query-vs-gallery mode NMI and F1 cluster queries and gallery together.
 
-    >>> evaluate(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
+    >>> compute_metrics(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
     {'recall@1': 0.73, 'recall@10': 0.91, 'nmi': 0.68}
     """
     unknown = set(metrics) - set(ALL_METRICS)

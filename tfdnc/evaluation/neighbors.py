@@ -3,9 +3,9 @@
 Ranking: similarity descending; equal similarities rank the lower gallery
 index first (the rule of `tf.math.top_k`, which does the selection). The
 similarity is the inner product of L2-normalised vectors for
-`metric="cosine"` (the same ranking as Euclidean distance between them) and
+`metric="cosine"` (the same ranking as Euclidean distance between them),
 `-||q - g||^2 + ||q||^2 = 2 q.g - ||g||^2` for `metric="euclidean"` on the
-vectors as given.
+vectors as given, and q.g on the vectors as given for `metric="inner_product"`.
 
 Memory: one (chunk, G) float32 similarity block at a time, plus a copy of
 the gallery; the default chunk holds about 64 MB of similarities.
@@ -17,7 +17,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-METRICS = ("cosine", "euclidean")
+from tfdnc.utils import l2_normalize
+
+METRICS = ("cosine", "euclidean", "inner_product")
 _DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
@@ -37,7 +39,7 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
     if metric == "cosine":
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return l2_normalize(x)
     return x
 
 
@@ -51,6 +53,7 @@ def iter_topk(
     k_for_chunk: Callable[[int, int], int],
     *,
     exclude_self: bool = False,
+    exclude: np.ndarray | None = None,
     metric: str = "cosine",
     chunk_size: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -58,7 +61,9 @@ def iter_topk(
 
     `k_for_chunk(start, stop)` gives the number of neighbours that chunk
     needs (it may differ per chunk, e.g. MAP@R's largest R in it). With
-    `exclude_self`, queries are the gallery and row i never returns item i.
+    `exclude_self`, queries are the gallery and row i never returns item i;
+    `exclude[i]` names the one gallery item row i may not return (e.g. the
+    query itself when the queries are some gallery rows).
     """
     import tensorflow as tf
 
@@ -68,6 +73,13 @@ def iter_topk(
     n_q, n_g = q.shape[0], g.shape[0]
     if exclude_self and n_q != n_g:
         raise ValueError(f"exclude_self needs queries == gallery, got {n_q} queries and {n_g} gallery items")
+    if exclude_self:
+        exclude = np.arange(n_q)
+    elif exclude is not None:
+        exclude = np.asarray(exclude, np.int64).reshape(-1)
+        if len(exclude) != n_q:
+            raise ValueError(f"`exclude` has {len(exclude)} entries for {n_q} queries")
+    exclude_one = exclude is not None
     if chunk_size is None:
         chunk_size = default_chunk_size(n_g)
     if int(chunk_size) < 1:
@@ -75,7 +87,7 @@ def iter_topk(
     chunk_size = int(chunk_size)
     g_t = tf.constant(g)
     sq_norms = tf.constant((g.astype(np.float64) ** 2).sum(1).astype(np.float32)) if metric == "euclidean" else None
-    limit = n_g - 1 if exclude_self else n_g
+    limit = n_g - 1 if exclude_one else n_g
     for start in range(0, n_q, chunk_size):
         stop = min(start + chunk_size, n_q)
         k = int(k_for_chunk(start, stop))
@@ -87,10 +99,10 @@ def iter_topk(
         # One extra neighbour when the query itself is in the gallery: it is
         # removed if returned, else the last one is, which leaves the top k
         # of everything but the query under the same order.
-        values, idx = tf.math.top_k(sims, k=k + 1 if exclude_self else k, sorted=True)
+        values, idx = tf.math.top_k(sims, k=k + 1 if exclude_one else k, sorted=True)
         values, idx = values.numpy(), idx.numpy().astype(np.int64)
-        if exclude_self:
-            drop = idx == np.arange(start, stop)[:, None]
+        if exclude_one:
+            drop = idx == exclude[start:stop, None]
             drop[~drop.any(1), -1] = True
             keep = ~drop
             idx = idx[keep].reshape(stop - start, k)
@@ -103,13 +115,15 @@ def nearest_neighbors(
     gallery=None,
     k: int = 1,
     *,
+    exclude: np.ndarray | None = None,
     metric: str = "cosine",
     chunk_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest gallery items of every query, best first.
 
     Without `gallery`, searches `queries` against themselves, excluding
-    each query itself.
+    each query itself. `exclude[i]` is a gallery index query i may not
+    return (e.g. itself, when the queries are some of the gallery's rows).
 
     Returns:
         (indices int64 (Q, k), similarities float32 (Q, k)).
@@ -125,7 +139,7 @@ def nearest_neighbors(
         raise ValueError(f"`gallery` has dimension {g.shape[1]}, `queries` {q.shape[1]}")
     idx = np.empty((q.shape[0], k), dtype=np.int64)
     sims = np.empty((q.shape[0], k), dtype=np.float32)
-    for start, i, s in iter_topk(q, g, lambda a, b: k, exclude_self=exclude_self, metric=metric,
+    for start, i, s in iter_topk(q, g, lambda a, b: k, exclude_self=exclude_self, exclude=exclude, metric=metric,
                                  chunk_size=chunk_size):
         idx[start:start + len(i)] = i
         sims[start:start + len(i)] = s

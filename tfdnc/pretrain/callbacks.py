@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -10,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdnc.pretrain.policy import ReinforceTrainer
+from tfdnc.utils import read_json, write_json
 
 # Per-permutation features the policy sees (columns of the state).
 STATE_FEATURES = ("loss_zscore", "accuracy", "log_mean_loss", "sampling_share")
@@ -230,8 +230,7 @@ class PretrainCheckpoint(keras.callbacks.Callback):
             return 0
         self.checkpoint.restore(path).assert_existing_objects_matched()
         if self.history_path and os.path.isfile(self.history_path):
-            with open(self.history_path) as f:
-                self.records = json.load(f)
+            self.records = read_json(self.history_path, what="pretrain")
         return int(self.epoch.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
@@ -241,7 +240,4 @@ class PretrainCheckpoint(keras.callbacks.Callback):
             record = {"epoch": epoch + 1}
             record.update({k: float(v) for k, v in (logs or {}).items()})
             self.records.append(record)
-            tmp = f"{self.history_path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.records, f, indent=1)
-            os.replace(tmp, self.history_path)
+            write_json(self.history_path, self.records, indent=1)

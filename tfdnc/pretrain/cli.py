@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from tfdnc.utils import write_json
+
 SAMPLING = ("uniform", "policy")
 
 
@@ -122,18 +124,15 @@ def _load_inputs(args):
 
 
 def run(args) -> dict:
-    """Runs one pretraining; returns a summary dict (also printed as JSON)."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    """Runs one pretraining; returns a summary dict (also printed as JSON).
 
-    from tfdnc.backbones import build_backbone
-    from tfdnc.pretrain.callbacks import (STATE_FEATURES, HeldOutMonitor, HeldOutPermutations,
-                                          PolicySamplingCallback, PretrainCheckpoint)
-    from tfdnc.pretrain.handoff import check_weights_path, export_backbone_weights, set_batchnorm_momentum
-    from tfdnc.pretrain.jigsaw import ClipFrames, JigsawTiles, OrderPredictionModel
-    from tfdnc.pretrain.permutations import generate_permutations
-    from tfdnc.pretrain.policy import PermutationPolicy, ReinforceTrainer
+    The steps: split the inputs, choose the items and the permutation set,
+    build the model and its callbacks, fit, then score on the held-out
+    inputs and hand the trunk's weights over to metric learning.
+    """
+    import keras
+
+    from tfdnc.pretrain.handoff import check_weights_path
 
     out = check_weights_path(args.out)
     run_dir = args.run_dir or out[: -len(".weights.h5")] + "_run"
@@ -141,26 +140,47 @@ def run(args) -> dict:
     keras.utils.set_random_seed(args.seed)
 
     inputs = _load_inputs(args)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(inputs))
+    train_inputs, heldout_inputs = _split_inputs(args, inputs)
+    task = _pretext_task(args, inputs)
+    permutations = _permutation_set(args, task["num_items"], run_dir)
+    model, backbone = _build_model(args, task, permutations, int(inputs.shape[-1]), train_inputs)
+    heldout, policy_cb, checkpoint, callbacks = _callbacks(args, model, heldout_inputs, run_dir)
+    initial_epoch = checkpoint.restore() if args.resume else 0
+    if args.resume and initial_epoch == 0:
+        print(f"--resume: no checkpoint in {run_dir}/checkpoints, starting fresh", file=sys.stderr)
+    steps, seconds = _fit(args, model, train_inputs, callbacks, initial_epoch)
+    summary = _summary(args, task, steps, seconds, heldout.score(model), policy_cb, run_dir)
+    _hand_over(args, backbone, inputs, train_inputs, task["temporal"], out, summary)
+    summary["out"] = out
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary
+
+
+def _split_inputs(args, inputs):
+    """(training inputs, held-out inputs), a seeded random split."""
+    import numpy as np
+
+    order = np.random.default_rng(args.seed).permutation(len(inputs))
     if args.max_images:
         order = order[: args.max_images]
     if len(order) <= args.heldout + args.batch_size:
         raise ValueError(f"only {len(order)} images: need more than --heldout ({args.heldout}) "
                          f"+ --batch-size ({args.batch_size})")
-    heldout_inputs = inputs[np.sort(order[: args.heldout])]
-    train_inputs = inputs[np.sort(order[args.heldout :])]
+    return inputs[np.sort(order[args.heldout :])], inputs[np.sort(order[: args.heldout])]
+
+
+def _pretext_task(args, inputs) -> dict:
+    """The item maker (jigsaw tiles of an image, or frames of a clip) and its sizes."""
+    from tfdnc.pretrain.jigsaw import ClipFrames, JigsawTiles
 
     temporal = inputs.ndim == 5
-    channels = int(inputs.shape[-1])
     side = int(min(inputs.shape[-3], inputs.shape[-2]))
     if temporal:
         num_items = int(inputs.shape[1])
         tile = args.tile_size or round(0.85 * side)
         if tile > side:
             raise ValueError(f"--tile-size {tile} exceeds the frame side {side}")
-        items = ClipFrames(tile, jitter=not args.no_jitter, normalize=not args.no_tile_norm,
-                           seed=args.seed)
+        items = ClipFrames(tile, jitter=not args.no_jitter, normalize=not args.no_tile_norm, seed=args.seed)
         cell = None
     else:
         num_items = args.grid * args.grid
@@ -168,12 +188,20 @@ def run(args) -> dict:
         tile = args.tile_size or round(0.85 * cell)
         items = JigsawTiles(args.grid, cell, tile, jitter=not args.no_jitter,
                             normalize=not args.no_tile_norm, seed=args.seed)
+    return {"items": items, "num_items": num_items, "tile": tile, "cell": cell, "temporal": temporal}
+
+
+def _permutation_set(args, num_items: int, run_dir: str):
+    """The classifier's classes; a resumed run must keep the set it started with."""
+    import numpy as np
+
+    from tfdnc.pretrain.permutations import generate_permutations
+
     max_perms = math.factorial(num_items)
     if args.num_permutations > max_perms:
         raise ValueError(f"--num-permutations {args.num_permutations} exceeds {num_items}! = {max_perms}")
     permutations = generate_permutations(args.num_permutations, num_items, seed=args.seed,
                                          selection=args.permutation_selection)
-    # The classifier's classes are the rows of this set: a resumed run must keep it.
     perms_path = os.path.join(run_dir, "permutations.npy")
     if args.resume and os.path.exists(perms_path):
         saved = np.load(perms_path)
@@ -183,20 +211,45 @@ def run(args) -> dict:
                              "resume with the run's own settings")
     else:
         np.save(perms_path, permutations)
+    return permutations
 
-    backbone_options = {"width": args.width, "pixel_mode": args.pixel_mode}
-    backbone = build_backbone(args.backbone, (tile, tile, channels), **backbone_options)
+
+def _backbone_options(args) -> dict:
+    return {"width": args.width, "pixel_mode": args.pixel_mode}
+
+
+def _build_model(args, task: dict, permutations, channels: int, train_inputs):
+    """(the compiled, built order-prediction model, its backbone)."""
+    import keras
+    import tensorflow as tf
+
+    from tfdnc.backbones import build_backbone
+    from tfdnc.pretrain.handoff import set_batchnorm_momentum
+    from tfdnc.pretrain.jigsaw import OrderPredictionModel
+
+    tile = task["tile"]
+    backbone = build_backbone(args.backbone, (tile, tile, channels), **_backbone_options(args))
     set_batchnorm_momentum(backbone, args.bn_momentum)
-    model = OrderPredictionModel(backbone, permutations, items, item_units=args.item_units,
+    model = OrderPredictionModel(backbone, permutations, task["items"], item_units=args.item_units,
                                  hidden_units=args.hidden_units, dropout=args.dropout, seed=args.seed)
     model.compile(optimizer=keras.optimizers.Adam(args.lr))
     model.make_examples(tf.constant(train_inputs[:2]))  # build the item maker
     model(model.make_examples(tf.constant(train_inputs[:2]))[0])
     model.optimizer.build(model.trainable_variables)
+    return model, backbone
+
+
+def _callbacks(args, model, heldout_inputs, run_dir: str):
+    """(held-out scorer, policy callback or None, checkpoint, the callback list)."""
+    import keras
+    import numpy as np
+
+    from tfdnc.pretrain.callbacks import (STATE_FEATURES, HeldOutMonitor, HeldOutPermutations,
+                                          PolicySamplingCallback, PretrainCheckpoint)
+    from tfdnc.pretrain.policy import PermutationPolicy, ReinforceTrainer
 
     heldout = HeldOutPermutations(heldout_inputs, args.num_permutations)
-    trainer = None
-    callbacks = []
+    trainer = policy_cb = None
     if args.sampling == "policy":
         trainer = ReinforceTrainer(
             PermutationPolicy(args.policy_hidden), learning_rate=args.policy_lr,
@@ -204,18 +257,20 @@ def run(args) -> dict:
             uniform_mix=args.uniform_mix, advantage_clip=args.advantage_clip)
         trainer.build(np.zeros((args.num_permutations, len(STATE_FEATURES)), np.float32))
         policy_cb = PolicySamplingCallback(trainer, heldout, args.block_steps)
-        callbacks.append(policy_cb)
+        callbacks = [policy_cb]
     else:
-        policy_cb = None
-        callbacks.append(HeldOutMonitor(heldout))
+        callbacks = [HeldOutMonitor(heldout)]
     checkpoint = PretrainCheckpoint(os.path.join(run_dir, "checkpoints"), model, trainer,
                                     history_path=os.path.join(run_dir, "history.json"))
     callbacks.append(checkpoint)
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
-    initial_epoch = checkpoint.restore() if args.resume else 0
-    if args.resume and initial_epoch == 0:
-        print(f"--resume: no checkpoint in {run_dir}/checkpoints, starting fresh", file=sys.stderr)
+    return heldout, policy_cb, checkpoint, callbacks
+
+
+def _fit(args, model, train_inputs, callbacks, initial_epoch: int) -> tuple[int, float]:
+    """Trains from `initial_epoch`; returns (steps per epoch, seconds)."""
+    import tensorflow as tf
 
     steps = args.steps_per_epoch or max(1, len(train_inputs) // args.batch_size)
     dataset = (tf.data.Dataset.from_tensor_slices(train_inputs)
@@ -225,22 +280,29 @@ def run(args) -> dict:
     if initial_epoch < args.epochs:
         model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                   shuffle=False, callbacks=callbacks, verbose=args.verbose)
-    seconds = time.time() - start
-    scores = heldout.score(model)
+    return steps, time.time() - start
 
+
+def _summary(args, task: dict, steps: int, seconds: float, scores: dict, policy_cb, run_dir: str) -> dict:
     summary = {
         "sampling": args.sampling, "steps": args.epochs * steps, "batch_size": args.batch_size,
-        "num_permutations": args.num_permutations, "num_items": num_items,
+        "num_permutations": args.num_permutations, "num_items": task["num_items"],
         "permutation_selection": args.permutation_selection,
-        "temporal": temporal, "cell_size": cell, "tile_size": tile,
+        "temporal": task["temporal"], "cell_size": task["cell"], "tile_size": task["tile"],
         "heldout_loss": scores["mean_loss"], "heldout_accuracy": scores["mean_accuracy"],
         "train_seconds": round(seconds, 1), "seed": args.seed,
     }
     if policy_cb is not None and policy_cb.history:
         summary["policy_blocks"] = len(policy_cb.history)
         summary["final_max_sampling_prob"] = policy_cb.history[-1]["max_sampling_prob"]
-        with open(os.path.join(run_dir, "policy_history.json"), "w") as f:
-            json.dump(policy_cb.history, f, indent=1)
+        write_json(os.path.join(run_dir, "policy_history.json"), policy_cb.history, indent=1)
+    return summary
+
+
+def _hand_over(args, backbone, inputs, train_inputs, temporal: bool, out: str, summary: dict) -> None:
+    """Writes the trunk's weights for metric learning (BatchNorm recalibrated on whole images)."""
+    from tfdnc.pretrain.handoff import export_backbone_weights
+
     # Metric learning sees whole images (or single frames) at their own size.
     image_shape = tuple(int(d) for d in inputs.shape[-3:])
     calibration = None
@@ -248,11 +310,7 @@ def run(args) -> dict:
         frames = train_inputs.reshape((-1,) + image_shape) if temporal else train_inputs
         calibration = frames[:1024]
     export_backbone_weights(backbone, out, args.backbone, image_shape, calibration,
-                            metadata={"pretrain": summary}, **backbone_options)
-    summary["out"] = out
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+                            metadata={"pretrain": summary}, **_backbone_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
 from tfdnc.data.transforms import decode_image, eval_transform
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
+from tfdnc.utils import list_image_files
 
 def find_images(data_dir: str) -> list[str]:
     """Every image file under `data_dir` (recursively), sorted; labels are ignored."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
-    paths = []
-    for root, _, files in os.walk(data_dir):
-        paths.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise ValueError(
-            f"--data-dir {data_dir!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return sorted(paths)
+    try:
+        return list_image_files(data_dir, what="--data-dir")
+    except NotADirectoryError as exc:
+        # The pretraining command reports a missing folder as FileNotFoundError.
+        raise FileNotFoundError(str(exc)) from None
 
 
 def load_image_files(paths: list[str], image_size: int, channels: int) -> np.ndarray:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 
 import numpy as np
 
+from tfdnc.evaluation.neighbors import nearest_neighbors
 from tfdnc.report import figures
 from tfdnc.report.page import Section, image_source, render_page
 from tfdnc.report.runinfo import RunInfo, read_run
+from tfdnc.rundir import CONFIG, HISTORY, METRICS, RunDir
+from tfdnc.utils import l2_normalize, write_json
 
 # Settings shown in the summary table, in this order, when the config has them.
 _SUMMARY_KEYS = (
@@ -64,7 +66,7 @@ def build_report(
     if max_points < 10 or num_queries < 0 or top_k < 1:
         raise ValueError("report: need max_points >= 10, num_queries >= 0 and top_k >= 1")
     info = read_run(run_dir)
-    output_dir = output_dir or os.path.join(run_dir, "report")
+    output_dir = output_dir or RunDir(run_dir).report
     os.makedirs(output_dir, exist_ok=True)
     stages = _Stages(progress, total=5)
 
@@ -72,39 +74,11 @@ def build_report(
         return image_source(path, output_dir, inline)
 
     sections = [_summary_section(info, output_dir)]
-
     stages.step("training curves")
-    training = Section("Training")
-    path = figures.training_curves(info, os.path.join(output_dir, "curves.png"))
-    if path:
-        training.figure(src(path), "Losses and Recall@K per epoch; the dashed line marks the start of "
-                        "the full-embedding (conquer) phase.", "loss and recall curves")
-    else:
-        training.note("history.json has no losses or recalls to plot.")
-    path = figures.clusters_over_time(info, os.path.join(output_dir, "clusters.png"))
-    if path:
-        training.figure(src(path), "Number of learners K and the training-cluster sizes at every epoch.",
-                        "K and cluster sizes over time")
-    else:
-        training.note("history.json records neither K nor cluster_sizes.")
-    sections.append(training)
-
+    sections.append(_training_section(info, output_dir, src))
     stages.step("loading the model")
     embedder, why_not = _load_model(info)
-    masks_section = Section("Subspace masks")
-    masks = info.masks
-    if masks is None and embedder is not None and hasattr(getattr(embedder.model, "masks", None), "mask_values"):
-        masks = np.asarray(embedder.model.masks.mask_values())
-    if masks is not None:
-        mode = info.config_values.get("mask_mode", "")
-        path = figures.mask_heatmap(masks, os.path.join(output_dir, "masks.png"),
-                                    f"{mode} masks: learner x embedding dimension".strip())
-        masks_section.figure(src(path), "Effective mask values: one row per learner (subspace), one "
-                             "column per embedding dimension.", "mask heat map")
-    else:
-        masks_section.note(f"No masks: no masks.npy and {why_not or 'the model has no masks layer'}.")
-    sections.append(masks_section)
-
+    sections.append(_masks_section(info, embedder, why_not, output_dir, src))
     results_section = Section("Evaluation")
     map_section = Section("Test embeddings")
     retrieval_section = Section("Retrieval examples")
@@ -116,30 +90,12 @@ def build_report(
         stages.step("figures (skipped)")
     else:
         stages.step("embedding and evaluating")
-        evaluation = _evaluate(embedder, splits, batch_size, seed, progress)
-        result, embedded, sets = evaluation
-        headers = ["set", "queries", "gallery"] + [title for _, title in result.columns()]
-        rows = []
-        for name, metrics in result.results.items():
-            q, g = result.sizes[name]
-            rows.append([name, q, g] + [
-                "-" if metrics.get(key) is None else f"{100 * metrics[key]:.2f}" for key, _ in result.columns()
-            ])
-        results_section.paragraph(f"{result.protocol.title}, {result.protocol.name} protocol "
-                                  f"({'query vs gallery' if result.protocol.query_gallery else 'all-vs-all'}), "
-                                  "in percent.")
-        results_section.table(headers, rows)
-        evaluation_json = os.path.join(output_dir, "evaluation.json")
-        with open(evaluation_json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
-        results_section.links([("evaluation.json", "evaluation.json")])
-
+        result, embedded, sets = _evaluate(embedder, splits, batch_size, seed, progress)
+        _results(results_section, result, output_dir)
         stages.step("map and retrieval examples")
-        first = next(iter(sets))
-        query_set, gallery_set = sets[first]
+        query_set, gallery_set = next(iter(sets.values()))
         gallery_embeddings = embedded[id(gallery_set)]
-        k_final = _final_k(info)
-        path, caption = _embedding_map(gallery_set, gallery_embeddings, k_final, projection, max_points,
+        path, caption = _embedding_map(gallery_set, gallery_embeddings, _final_k(info), projection, max_points,
                                        map_classes, seed, output_dir)
         map_section.figure(src(path), caption, "2-D map of test embeddings")
         if num_queries:
@@ -163,6 +119,55 @@ def build_report(
 # --- sections ------------------------------------------------------------------
 
 
+def _training_section(info: RunInfo, output_dir: str, src) -> Section:
+    training = Section("Training")
+    path = figures.training_curves(info, os.path.join(output_dir, "curves.png"))
+    if path:
+        training.figure(src(path), "Losses and Recall@K per epoch; the dashed line marks the start of "
+                        "the full-embedding (conquer) phase.", "loss and recall curves")
+    else:
+        training.note("history.json has no losses or recalls to plot.")
+    path = figures.clusters_over_time(info, os.path.join(output_dir, "clusters.png"))
+    if path:
+        training.figure(src(path), "Number of learners K and the training-cluster sizes at every epoch.",
+                        "K and cluster sizes over time")
+    else:
+        training.note("history.json records neither K nor cluster_sizes.")
+    return training
+
+
+def _masks_section(info: RunInfo, embedder, why_not: str | None, output_dir: str, src) -> Section:
+    section = Section("Subspace masks")
+    masks = info.masks
+    if masks is None and embedder is not None and hasattr(getattr(embedder.model, "masks", None), "mask_values"):
+        masks = np.asarray(embedder.model.masks.mask_values())
+    if masks is None:
+        section.note(f"No masks: no masks.npy and {why_not or 'the model has no masks layer'}.")
+        return section
+    mode = info.config_values.get("mask_mode", "")
+    path = figures.mask_heatmap(masks, os.path.join(output_dir, "masks.png"),
+                                f"{mode} masks: learner x embedding dimension".strip())
+    section.figure(src(path), "Effective mask values: one row per learner (subspace), one "
+                   "column per embedding dimension.", "mask heat map")
+    return section
+
+
+def _results(section: Section, result, output_dir: str) -> None:
+    """The protocol table, in percent, and evaluation.json beside the page."""
+    headers = ["set", "queries", "gallery"] + [title for _, title in result.columns()]
+    rows = []
+    for name, metrics in result.results.items():
+        q, g = result.sizes[name]
+        rows.append([name, q, g] + [
+            "-" if metrics.get(key) is None else f"{100 * metrics[key]:.2f}" for key, _ in result.columns()
+        ])
+    section.paragraph(f"{result.protocol.title}, {result.protocol.name} protocol "
+                      f"({'query vs gallery' if result.protocol.query_gallery else 'all-vs-all'}), in percent.")
+    section.table(headers, rows)
+    write_json(os.path.join(output_dir, "evaluation.json"), result.to_dict())
+    section.links([("evaluation.json", "evaluation.json")])
+
+
 def _summary_section(info: RunInfo, output_dir: str) -> Section:
     section = Section("Run")
     values = info.config_values
@@ -183,7 +188,7 @@ def _summary_section(info: RunInfo, output_dir: str) -> Section:
     if info.metrics:
         _metrics_tables(section, info.metrics)
     files = [(name, os.path.relpath(os.path.join(info.run_dir, name), output_dir).replace(os.sep, "/"))
-             for name in ("config.json", "history.json", "metrics.json")
+             for name in (CONFIG, HISTORY, METRICS)
              if os.path.isfile(os.path.join(info.run_dir, name))]
     if files:
         section.links(files)
@@ -216,7 +221,7 @@ def _load_model(info: RunInfo):
         return None, "the run directory has no model.keras"
     if info.config is None:
         return None, "config.json is missing or unreadable (image sizes unknown)"
-    from tfdnc.evaluate import load_embedder
+    from tfdnc.embedders import load_embedder
 
     return load_embedder(info.run_dir), None
 
@@ -236,18 +241,12 @@ def _load_data(info: RunInfo, dataset: str | None, data_dir: str | None):
 
 
 def _evaluate(embedder, splits, batch_size, seed, progress):
-    from tfdnc.protocols import embed_once, evaluate_embedded, get_protocol
+    from tfdnc.evaluation.protocols import embed_evaluation_sets, embedded_arrays, evaluate_embedded
 
-    protocol = get_protocol(splits.protocol)
-    sets = protocol.evaluation_sets(splits)
-    unique = [s for pair in sets.values() for s in pair if s is not None]
-    embedded = embed_once(unique, lambda s: embedder.embed(s, batch_size=batch_size, progress=progress))
-    arrays = {
-        name: (embedded[id(q)] if q is not None else None, q.labels if q is not None else None,
-               embedded[id(g)], g.labels)
-        for name, (q, g) in sets.items()
-    }
-    return evaluate_embedded(protocol, arrays, seed=seed, progress=progress), embedded, sets
+    protocol, sets, embedded = embed_evaluation_sets(
+        splits, lambda s: embedder.embed(s, batch_size=batch_size, progress=progress))
+    result = evaluate_embedded(protocol, embedded_arrays(sets, embedded), seed=seed, progress=progress)
+    return result, embedded, sets
 
 
 def _final_k(info: RunInfo) -> int:
@@ -261,7 +260,7 @@ def _embedding_map(image_set, embeddings, k, projection, max_points, map_classes
     from tfdnc.clustering import kmeans
 
     rng = np.random.default_rng(seed)
-    x = _unit(embeddings)
+    x = l2_normalize(embeddings)
     k = int(min(max(k, 2), len(x)))
     clusters, _ = kmeans(x, k, seed=seed, spherical=True)
     classes = np.unique(image_set.labels)
@@ -285,8 +284,8 @@ def _retrieval(embedder, query_set, gallery_set, query_embeddings, gallery_embed
     rng = np.random.default_rng(seed + 1)
     all_vs_all = query_set is None
     queries = gallery_set if all_vs_all else query_set
-    q_emb = _unit(gallery_embeddings if all_vs_all else query_embeddings)
-    g_emb = _unit(gallery_embeddings)
+    q_emb = l2_normalize(gallery_embeddings if all_vs_all else query_embeddings)
+    g_emb = l2_normalize(gallery_embeddings)
     picks = np.sort(rng.choice(len(queries), min(num_queries, len(queries)), replace=False))
     top = nearest(q_emb[picks], g_emb, top_k, exclude=picks if all_vs_all else None)
     k = top.shape[1]
@@ -307,14 +306,11 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarra
     """Indices (Q, k) of the k most similar gallery rows (inner product), best first.
 
     `exclude[i]` is a gallery index query i may not retrieve (itself, in
-    all-vs-all retrieval). Ties rank the lower gallery index first, the rule
-    `tfdnc.evaluation` uses.
+    all-vs-all retrieval). Ties rank the lower gallery index first: the
+    search is `tfdnc.evaluation.neighbors.nearest_neighbors`.
     """
-    sims = np.asarray(queries, dtype=np.float64) @ np.asarray(gallery, dtype=np.float64).T
-    if exclude is not None:
-        sims[np.arange(len(sims)), np.asarray(exclude)] = -np.inf
     k = min(int(k), gallery.shape[0] - (1 if exclude is not None else 0))
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return nearest_neighbors(queries, gallery, k, exclude=exclude, metric="inner_product")[0]
 
 
 def _pixels(embedder, image_set) -> np.ndarray:
@@ -335,11 +331,6 @@ def _project(x: np.ndarray, projection: str, seed: int) -> np.ndarray:
 
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-
-
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _flatten(values, prefix=""):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from tfdnc.rundir import RunDir
+from tfdnc.utils import read_json
 
 
 @dataclass
@@ -59,11 +62,10 @@ def read_run(run_dir: str) -> RunInfo:
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"report: run directory {run_dir!r} not found")
     info = RunInfo(run_dir=run_dir)
-    config_path = os.path.join(run_dir, "config.json")
+    run = RunDir(run_dir)
+    config_path = run.config
     if os.path.isfile(config_path):
-        info.config_values = _read_json(config_path)
-        import dataclasses
-
+        info.config_values = read_json(config_path, what="report")
         from tfdnc.config import TrainConfig
 
         # Fields this version does not know (a newer run) are shown, not fatal.
@@ -74,20 +76,17 @@ def read_run(run_dir: str) -> RunInfo:
             )
         except (TypeError, ValueError):
             info.config = None  # inconsistent values: still show them
-    history_path = os.path.join(run_dir, "history.json")
-    if os.path.isfile(history_path):
-        info.history = normalise_history(_read_json(history_path), history_path)
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.isfile(metrics_path):
-        info.metrics = _read_json(metrics_path)
-    masks_path = os.path.join(run_dir, "masks.npy")
+    if os.path.isfile(run.history_file):
+        info.history = normalise_history(read_json(run.history_file, what="report"), run.history_file)
+    if os.path.isfile(run.metrics_file):
+        info.metrics = read_json(run.metrics_file, what="report")
+    masks_path = run.masks
     if os.path.isfile(masks_path):
         try:
             info.masks = np.atleast_2d(np.load(masks_path))
         except (OSError, ValueError) as exc:
             raise ValueError(f"report: cannot read {masks_path!r}: {exc}") from exc
-    model_path = os.path.join(run_dir, "model.keras")
-    info.model_path = model_path if os.path.isfile(model_path) else None
+    info.model_path = run.model if run.has_model() else None
     return info
 
 
@@ -104,11 +103,3 @@ def normalise_history(history, source: str = "history") -> list[dict]:
     if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
         raise ValueError(f"report: {source}: expected a list of per-epoch objects")
     return history
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"report: cannot read {path!r}: {exc}") from exc

@@ -1,0 +1,112 @@
+"""The cluster state of a Divide & Conquer run, and where it is kept.
+
+A `ClusterState` is one generation of the clustering: the assignment of
+every training image, which images the sampler may draw, K, and the epoch
+from which it applies (`valid_from`, its generation). `ClusterStateStore`
+keeps the newest two generations in RUN_DIR/clusters.npz and
+clusters.prev.npz (names from `tfdnc.rundir`), so a run restored from a
+checkpoint one epoch older than the newest clustering still finds the
+clustering its weights were trained with.
+
+Example:
+>>> store = ClusterStateStore("runs/default")
+>>> store.save(ClusterState(assignments, usable, k=2, valid_from=4))
+>>> store.load(epoch=5).k           # the newest generation valid at epoch 5
+2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfdnc import rundir
+
+
+@dataclass
+class ClusterState:
+    """One generation of the clustering.
+
+    Attributes:
+        assignments: (N,) int64 cluster id of every training image.
+        usable: (N,) bool, images the sampler may draw.
+        k: the number of clusters (learners).
+        valid_from: the first epoch trained with it (its generation).
+        history: the schedule's per-epoch records up to it (for a resumed run).
+    """
+
+    assignments: np.ndarray
+    usable: np.ndarray
+    k: int
+    valid_from: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def generation(self) -> int:
+        return self.valid_from
+
+
+class ClusterStateStore:
+    """Saves and loads cluster-state generations in a directory.
+
+    Args:
+        directory: where the files live (None: nothing is kept).
+        read_only: load but never write (the workers other than the chief).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None, *, read_only: bool = False):
+        self.directory = None if directory is None else os.fspath(directory)
+        self.read_only = bool(read_only)
+
+    @property
+    def paths(self) -> tuple[str, str]:
+        """(newest, previous) file paths."""
+        run = rundir.RunDir(self.directory or "")
+        return run.clusters, run.clusters_previous
+
+    def save(self, state: ClusterState) -> None:
+        """Writes `state` as the newest generation; the newest so far becomes the previous."""
+        if not self.directory or self.read_only:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        current, previous = self.paths
+        tmp = current + ".tmp.npz"
+        np.savez(tmp, assignments=np.asarray(state.assignments, np.int64), usable=np.asarray(state.usable, bool),
+                 k=int(state.k), valid_from=int(state.valid_from), history=json.dumps(state.history))
+        if os.path.exists(current):
+            os.replace(current, previous)
+        os.replace(tmp, current)
+
+    def generations(self) -> list[ClusterState]:
+        """The readable generations kept, oldest first (unreadable files are reported and skipped)."""
+        if not self.directory:
+            return []
+        states = []
+        for path in self.paths:
+            if not os.path.exists(path):
+                continue
+            try:
+                with np.load(path) as data:
+                    values = {key: data[key] for key in data.files}
+            except (OSError, ValueError) as exc:
+                print(f"[tfdnc] ignoring unreadable cluster state {path}: {exc}")
+                continue
+            history = json.loads(str(values["history"])) if "history" in values else []
+            states.append(ClusterState(np.asarray(values["assignments"], np.int64), np.asarray(values["usable"], bool),
+                                       int(values["k"]), int(values["valid_from"]), history))
+        return sorted(states, key=lambda s: s.valid_from)
+
+    def load(self, epoch: int) -> ClusterState | None:
+        """The newest generation that applies at `epoch` (valid_from <= epoch), or None.
+
+        Its history keeps only the records of the epochs before `epoch`.
+        """
+        valid = [s for s in self.generations() if s.valid_from <= epoch]
+        if not valid:
+            return None
+        state = valid[-1]
+        state.history = [h for h in state.history if h["epoch"] < epoch]
+        return state

@@ -1,0 +1,99 @@
+"""The phase policy of Divide & Conquer: what each epoch trains, and when to re-cluster.
+
+It holds no state and touches neither model nor data: given an epoch, the
+number of epochs and the epoch of the last re-clustering, it says
+
+- whether the loss uses the full embedding (the "conquer" phase),
+- whether only the embedding layer and masks learn (frozen backbone),
+- whether the epoch belongs to the final K = 1 phase (CVPR),
+- whether the training set is re-clustered after the epoch.
+
+Example:
+>>> policy = PhasePolicy(k_final=4, recluster_every=2, full_embedding_epoch=8)
+>>> policy.phase(8, total_epochs=10).full_embedding
+True
+>>> [e for e in range(6) if policy.reclusters_after(e, 6)]
+[1, 3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# "double" (TPAMI: K = 1, 2, 4, ... every T epochs) or "fixed" (CVPR: K = k_final from the start).
+GROWTH = ("double", "fixed")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one epoch trains.
+
+    Attributes:
+        epoch: the 0-based epoch.
+        full_embedding: the loss uses the full embedding, not one learner's.
+        backbone_frozen: only the embedding layer and the masks learn.
+        final_k1: all training data form one cluster (the final CVPR phase).
+    """
+
+    epoch: int
+    full_embedding: bool = False
+    backbone_frozen: bool = False
+    final_k1: bool = False
+
+
+class PhasePolicy:
+    """Decides the phase of every epoch and the epochs after which to re-cluster.
+
+    Args:
+        k_final: the final number of learners (K = 1: never re-cluster).
+        recluster_every: T, re-cluster after every T-th epoch (not the last).
+        full_embedding_epoch: from this epoch on the loss uses the full
+            embedding (None: never).
+        final_k1_epochs: the last n epochs train on all data as one cluster.
+        freeze_backbone_after_recluster: freeze the backbone on epoch 0 and on
+            the epoch right after each re-clustering.
+    """
+
+    def __init__(
+        self,
+        *,
+        k_final: int,
+        recluster_every: int = 2,
+        full_embedding_epoch: int | None = None,
+        final_k1_epochs: int = 0,
+        freeze_backbone_after_recluster: bool = False,
+    ):
+        if int(recluster_every) < 1:
+            raise ValueError(f"PhasePolicy: `recluster_every` must be >= 1, got {recluster_every}")
+        if int(k_final) < 1:
+            raise ValueError(f"PhasePolicy: `k_final` must be >= 1, got {k_final}")
+        if int(final_k1_epochs) < 0:
+            raise ValueError(f"PhasePolicy: `final_k1_epochs` must be >= 0, got {final_k1_epochs}")
+        self.k_final = int(k_final)
+        self.recluster_every = int(recluster_every)
+        self.full_embedding_epoch = full_embedding_epoch
+        self.final_k1_epochs = int(final_k1_epochs)
+        self.freeze_backbone_after_recluster = bool(freeze_backbone_after_recluster)
+
+    def phase(self, epoch: int, total_epochs: int | None = None, last_recluster_epoch: int | None = None) -> Phase:
+        """The phase of `epoch` in a run of `total_epochs` (None: unknown length)."""
+        final_k1 = bool(total_epochs and self.final_k1_epochs and epoch >= total_epochs - self.final_k1_epochs)
+        full = final_k1 or (self.full_embedding_epoch is not None and epoch >= self.full_embedding_epoch)
+        # The TPAMI code freezes on every epoch e with e % T == 0, epoch 0
+        # (right after the first clustering) included
+        # (CompVis/metric-learning-divide-and-conquer-improved: train.py:822-826).
+        frozen = self.freeze_backbone_after_recluster and (
+            epoch == 0 or (last_recluster_epoch is not None and epoch == last_recluster_epoch + 1)
+        )
+        return Phase(epoch=int(epoch), full_embedding=full, backbone_frozen=frozen, final_k1=final_k1)
+
+    def reclusters_after(self, epoch: int, total_epochs: int | None = None) -> bool:
+        """Whether the training set is re-clustered after `epoch`.
+
+        Every T epochs, except after the last one, and never when the run
+        ends at K = 1: one cluster of everything needs no features.
+        """
+        if self.k_final == 1:
+            return False
+        last = total_epochs is not None and epoch + 1 >= total_epochs
+        return (epoch + 1) % self.recluster_every == 0 and not last
