@@ -34,11 +34,7 @@ LAYERS = [
 ]
 
 # Imports that still run against the layering, each with the change that removes it.
-KNOWN_UPWARD = {
-    # exporting/gallery.py lists images with serving/images.py; moving that
-    # lister to tfdnc.utils (the exporting <-> serving split) removes it.
-    ("tfdnc.exporting", "tfdnc.serving"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()  # exporting -> serving: gone (gallery lists with tfdnc.utils)
 
 
 def _modules() -> dict[str, str]:
