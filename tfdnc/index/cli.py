@@ -189,13 +189,8 @@ def _info(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from tfdnc.index.sources import collect_images, embed_images
-
     index, model, export_info = _open(args)
-    images = collect_images(args.images)
-    if not images.labelled:
-        raise ValueError("calibrate needs labelled images: class subfolders or a CSV `label` column")
-    embeddings = embed_images(model, images.paths, args.batch_size)
+    images, embeddings = _labelled_embeddings(args, model, "calibrate")
     result = index.calibrate(embeddings, images.labels, args.precision, paths=images.paths)
     path = _save(index, args, export_info)
     print(json.dumps({**result, "index": path}, indent=2))
@@ -204,13 +199,9 @@ def _calibrate(args) -> int:
 
 def _evaluate(args) -> int:
     from tfdnc.index.evaluate import recall_through_index
-    from tfdnc.index.sources import collect_images, embed_images
 
     index, model, _ = _open(args)
-    images = collect_images(args.images)
-    if not images.labelled:
-        raise ValueError("evaluate needs labelled query images: class subfolders or a CSV `label` column")
-    queries = embed_images(model, images.paths, args.batch_size)
+    images, queries = _labelled_embeddings(args, model, "evaluate")
     result = recall_through_index(index, queries, images.labels, ks=args.ks, exclude_self=args.exclude_self)
     print(json.dumps(result, indent=2))
     return 0
@@ -238,6 +229,16 @@ def _open(args, need_model: bool = True):
     index = open_index(args.index or export, export=export)
     model = load_exported_model(export) if need_model else None
     return index, model, export_record(export)
+
+
+def _labelled_embeddings(args, model, command: str):
+    """The images named on the command line, which must all be labelled, and their embeddings."""
+    from tfdnc.index.sources import collect_images, embed_images
+
+    images = collect_images(args.images)
+    if not images.labelled:
+        raise ValueError(f"{command} needs labelled images: class subfolders or a CSV `label` column")
+    return images, embed_images(model, images.paths, args.batch_size)
 
 
 def _save(index, args, export_info) -> str:

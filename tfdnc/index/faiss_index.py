@@ -69,7 +69,7 @@ class FaissIndex(VectorIndex):
     def __init__(self, dim: int, index_type: str = "auto", *, max_k: int = DEFAULT_MAX_K,
                  threshold: float | None = None, nlist: int | None = None, nprobe: int | None = None,
                  pq_m: int | None = None, hnsw_m: int = 32, ef_construction: int = 40,
-                 ef_search: int = 64, seed: int = 0):
+                 ef_search: int = 128, seed: int = 0):
         super().__init__(dim, max_k=max_k, threshold=threshold)
         if index_type not in INDEX_TYPES:
             raise ValueError(f"FaissIndex: `index_type` must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -211,7 +211,7 @@ class FaissIndex(VectorIndex):
         index = cls(metadata["dim"], settings["index_type"], max_k=metadata["max_k"],
                     nlist=settings.get("nlist"), nprobe=settings.get("nprobe"), pq_m=settings.get("pq_m"),
                     hnsw_m=settings.get("hnsw_m", 32), ef_construction=settings.get("ef_construction", 40),
-                    ef_search=settings.get("ef_search", 64))
+                    ef_search=settings.get("ef_search", 128))
         path = os.path.join(folder, INDEX_FILE)
         if os.path.exists(path):
             try:

@@ -61,7 +61,7 @@ class MilvusIndex(VectorIndex):
     def __init__(self, dim: int, uri: str | None = None, collection: str = "tfdnc_gallery",
                  index_type: str = "auto", *, token: str | None = None, max_k: int = DEFAULT_MAX_K,
                  threshold: float | None = None, nlist: int | None = None, nprobe: int | None = None,
-                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 64):
+                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128):
         super().__init__(dim, max_k=max_k, threshold=threshold)
         if index_type not in INDEX_TYPES:
             raise ValueError(f"MilvusIndex: `index_type` must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -207,7 +207,7 @@ class MilvusIndex(VectorIndex):
         index = cls(metadata["dim"], uri, settings["collection"], settings["index_type"], token=token,
                     max_k=metadata["max_k"], nlist=settings.get("nlist"), nprobe=settings.get("nprobe"),
                     hnsw_m=settings.get("hnsw_m", 32), ef_construction=settings.get("ef_construction", 40),
-                    ef_search=settings.get("ef_search", 64))
+                    ef_search=settings.get("ef_search", 128))
         index._workdir = workdir
         index._ready = index.client.has_collection(index.collection)
         if index._ready or metadata.get("count"):
