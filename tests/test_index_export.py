@@ -193,7 +193,7 @@ def test_index_of_another_export_is_refused(exports, images, tmp_path, capsys):
 
 
 def test_serving_path_rest_and_grpc_match_in_process(exports, images, tmp_path):
-    from tfdnc.serving.testing import LocalModelServer
+    from serving_fakes import LocalModelServer  # tests/serving_fakes.py
 
     base, ours, _ = exports
     export = tmp_path / "dnc"

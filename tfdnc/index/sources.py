@@ -92,7 +92,7 @@ def embed_images(model, paths: Sequence[str], batch_size: int = 32) -> np.ndarra
     A batch the model refuses is retried image by image, so the error names
     the file that could not be decoded.
     """
-    from tfdnc.cli import embed_files  # the batching and per-file error naming `tfdnc embed` uses
+    from tfdnc.serving.files import embed_files  # the batching and per-file error naming `tfdnc embed` uses
 
     entries = [(path, path) for path in paths]
     return embed_files(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
