@@ -50,8 +50,17 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
-LOSSES = ("margin", "multi_similarity", "npair")
+LOSSES = ("margin", "multi_similarity", "npair", "proxy_anchor")
+DEFAULT_LOSSES = ("margin", "multi_similarity", "npair")
+# Losses the torch peer does not implement (tfdnc runs only).
+TFDNC_ONLY_LOSSES = ("proxy_anchor",)
 PEER = "pml"
+# Bench-level settings that are not TrainConfig fields: the cross-batch memory size
+# (wrapped around the loss through loss_options, see `loss_options_for`).
+XBM_SIZE = "xbm_size"
+# further memory options, as bench settings "xbm_<option>" (e.g. xbm_start_step)
+XBM_OPTIONS = ("start_step", "batch_loss", "memory_weight")
+XBM_LOSSES = ("margin", "multi_similarity")  # of LOSSES, those a memory can wrap
 # tfdnc configuration name -> the TrainConfig fields that define it. They win over
 # --set (so --set k_final=4 changes the D&C runs, not "k1"); K for D&C and the rest
 # of the schedule are TrainConfig's defaults unless --set.
@@ -62,6 +71,13 @@ TFDNC_CONFIGS: dict[str, dict] = {
     "dnc-fixed-symm": {"mask_mode": "fixed", "symm": True},
     "dnc-learnable": {"mask_mode": "learnable", "symm": False},
     "dnc-learnable-symm": {"mask_mode": "learnable", "symm": True},
+    # cross-batch memory of 512 entries per learner around the loss (docs/bench/losses.md)
+    "k1-xbm": {"k_final": 1, "mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
+    "dnc-fixed-xbm": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
+    # as the XBM authors' code: the batch's own loss plus the memory's, memory from step 150
+    # (the end of the first K = 1 stage of the default schedule)
+    "dnc-fixed-xbm-authors": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
+                              "xbm_batch_loss": True},
 }
 CONFIGS = (PEER,) + tuple(TFDNC_CONFIGS)
 # Settings the bench fixes for both sides (TrainConfig's defaults for the rest):
@@ -109,6 +125,9 @@ def resolve_settings(dataset: str, loss: str, config: str, seed: int, epochs: in
     settings.update(TFDNC_CONFIGS.get(config, {}))
     settings["dataset"], settings["loss"], settings["seed"] = dataset, loss, seed
     settings.setdefault("eval_every", settings.get("epochs") or _config_default("epochs"))
+    if loss == "proxy_anchor":
+        # proxies learn faster than the network (the authors: 100x; 10x here, Adam)
+        settings.setdefault("loss_lr", 10 * (settings.get("lr") or _config_default("lr")))
     return settings
 
 
@@ -120,15 +139,77 @@ def _config_default(name: str):
 
 
 def full_settings(settings: dict, splits) -> dict:
-    """`settings` completed with TrainConfig's defaults (validated), image_size from the data if unset."""
+    """`settings` completed with TrainConfig's defaults (validated), image_size from the data if unset.
+
+    The loss options that depend on the data or the model (Proxy-Anchor's
+    classes, the memory's embedding size and learners) are filled in here.
+    """
+    import tfdnc.config
     from tfdnc.config import TrainConfig
 
+    if "proxy_anchor" not in tfdnc.config.LOSSES:
+        # tfdnc.config's list of loss names predates Proxy-Anchor (the lead adds it on merge)
+        tfdnc.config.LOSSES = tuple(tfdnc.config.LOSSES) + ("proxy_anchor",)
     values = dict(settings)
+    xbm_size = values.pop(XBM_SIZE, None)
+    xbm_options = {k: values.pop(f"xbm_{k}") for k in XBM_OPTIONS if f"xbm_{k}" in values}
     if "image_size" not in values and splits.train.images is not None:
         height, width = splits.train.images.shape[1:3]
         if height == width:
             values["image_size"] = int(height)
-    return TrainConfig.from_dict(values, source="bench_peer settings").to_dict()
+    values = TrainConfig.from_dict(values, source="bench_peer settings").to_dict()
+    values["loss_options"] = loss_options_for(values, splits, xbm_size, xbm_options)
+    return values
+
+
+def loss_options_for(values: dict, splits, xbm_size: int | None, xbm_options: dict | None = None) -> dict:
+    """The run's loss options plus what Proxy-Anchor / the memory need to know about data and model."""
+    import numpy as np
+
+    options = dict(values.get("loss_options") or {})
+    model = {"embedding_dim": values["embedding_dim"], "num_learners": values["k_final"]}
+    if values["loss"] == "proxy_anchor":
+        options = {"num_classes": len(np.unique(splits.train.labels)), **model, **options}
+    if xbm_size:
+        options = {XBM_SIZE: int(xbm_size), **model, **(xbm_options or {}), **options}
+    return options
+
+
+def _emulate_learner_contract() -> None:
+    """Until the model side lands: pass the batch's learner to the loss, reset it on re-clustering.
+
+    The model side (issue 15's contract) calls
+    `loss.compute_loss_and_stats(labels, embeddings, learner=cluster)` and
+    `loss.on_clusters_changed()`; this tfdnc's model does neither yet, so the
+    bench wraps `DivideAndConquerModel._learner_loss` (learner = the batch's
+    cluster, None in the full-embedding phase and in evaluation) and
+    `DivideAndConquerSchedule._set` (every new cluster assignment). Skipped
+    when the model already has `on_clusters_changed`.
+    """
+    from tfdnc.model import DivideAndConquerModel
+
+    if hasattr(DivideAndConquerModel, "on_clusters_changed") or hasattr(DivideAndConquerModel, "_bench_shim"):
+        return
+    from tfdnc.callbacks import DivideAndConquerSchedule  # where the schedule lived before the model side
+
+    learner_loss, set_clusters = DivideAndConquerModel._learner_loss, DivideAndConquerSchedule._set
+
+    def _learner_loss(self, images, labels, cluster, training):
+        loss = self.metric_loss
+        compute = type(loss).compute_loss_and_stats
+        learner = None if (self._full_embedding or not training) else cluster
+        loss.compute_loss_and_stats = lambda y, z: compute(loss, y, z, learner=learner, training=training)
+        try:
+            return learner_loss(self, images, labels, cluster, training)
+        finally:
+            del loss.compute_loss_and_stats
+
+    def _set(self, assignments, k):
+        set_clusters(self, assignments, k)
+        getattr(self.model.metric_loss, "on_clusters_changed", lambda: None)()
+
+    DivideAndConquerModel._learner_loss, DivideAndConquerSchedule._set = _learner_loss, _set
+    DivideAndConquerModel._bench_shim = True
 
 
 # --- one run (in a subprocess) -------------------------------------------------------
@@ -180,6 +261,7 @@ def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
     from tfdnc.config import TrainConfig
 
     values = full_settings(settings, splits)
+    _emulate_learner_contract()
     run_dir = tempfile.mkdtemp(prefix=f"{settings['dataset']}-{settings['loss']}-s{settings['seed']}-", dir=run_root)
     values["run_dir"] = run_dir
     config = TrainConfig.from_dict(values, source="bench_peer settings")
@@ -201,7 +283,19 @@ def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
         "epoch_steps": [n for _, n in epochs],
         "run_dir": run_dir if keep else None,
         "settings": values,
+        "xbm_bytes": _memory_bytes(values["loss_options"]),
     }
+
+
+def _memory_bytes(options: dict) -> int | None:
+    """Bytes of the cross-batch memory's variables (None without one)."""
+    if not options.get(XBM_SIZE):
+        return None
+    from tfdnc.losses import CrossBatchMemory, TripletLoss
+
+    memory = CrossBatchMemory(TripletLoss(), memory_size=options[XBM_SIZE], embedding_dim=options["embedding_dim"],
+                              num_learners=options["num_learners"])
+    return memory.memory_bytes()
 
 
 def worker(job: dict) -> dict:
@@ -252,6 +346,8 @@ def summarise_run(result: dict) -> dict:
     if result.get("train_seconds") and result.get("steps"):
         out["fit_step_s"] = result["train_seconds"] / result["steps"]
     out["wall_seconds"] = result.get("wall_seconds")
+    if result.get("xbm_bytes"):
+        out["xbm_bytes"] = result["xbm_bytes"]
     return out
 
 
@@ -276,7 +372,7 @@ def summarise(runs: dict) -> list[dict]:
     order = {c: i for i, c in enumerate(CONFIGS)}
     for (dataset, loss, config), items in sorted(groups.items(), key=lambda kv: (*kv[0][:2], order.get(kv[0][2], 99))):
         row = {"dataset": dataset, "loss": loss, "config": config, "seeds": len(items)}
-        for key in [k for k, _ in METRICS] + ["step_s", "steady_step_s", "fit_step_s", "wall_seconds"]:
+        for key in [k for k, _ in METRICS] + ["step_s", "steady_step_s", "fit_step_s", "wall_seconds", "xbm_bytes"]:
             values = [i[key] for i in items if i.get(key) is not None]
             if values:
                 row[key] = aggregate(values)
@@ -286,7 +382,7 @@ def summarise(runs: dict) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     head = (["data set", "loss", "side / config", "seeds"] + [t for _, t in METRICS]
-            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)"])
+            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)", "XBM MB"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         side = "pytorch-metric-learning" if row["config"] == PEER else f"tfdnc {row['config']}"
@@ -297,6 +393,8 @@ def markdown(rows: list[dict]) -> str:
         for key in ("step_s", "steady_step_s", "fit_step_s"):
             a = row.get(key)
             cells.append("-" if a is None else f"{a['mean']:.4f}")
+        a = row.get("xbm_bytes")
+        cells.append("-" if a is None else f"{a['mean'] / 2**20:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Test set, %: mean ± sample standard deviation over seeds (min / max in the JSON). "
@@ -329,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--datasets", nargs="+", default=["mnist", "shapes"])
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES,
+                        help=f"{', '.join(TFDNC_ONLY_LOSSES)}: tfdnc only (the peer is skipped)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
                         help=f"'{PEER}' is the pytorch-metric-learning peer; the others are tfdnc's")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -403,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         for loss in args.losses:
             for seed in args.seeds:
                 for config in configs:
+                    if (config == PEER and loss in TFDNC_ONLY_LOSSES) or (
+                            XBM_SIZE in TFDNC_CONFIGS.get(config, {}) and loss not in XBM_LOSSES):
+                        continue  # no peer for it / not pair-based: no memory around it
                     key = job_key(dataset, loss, config, seed)
                     settings = resolve_settings(dataset, loss, config, seed, args.epochs, overrides)
                     if key in runs and runs[key].get("job_settings") == settings:

@@ -55,7 +55,7 @@ def export_base(run_dir, images, tmp_path_factory):
     base = tmp_path_factory.mktemp("exports")
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     args = [sys.executable, "-m", "export", str(run), "--base", str(base), "--name", "cli",
-            "--gallery", str(images), "--top-k", "3"]
+            "--gallery", str(images), "--top-k", "3", "--max-k", "4"]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(base / "cli" / "1")
@@ -72,6 +72,23 @@ def test_export_cli_refuses_an_existing_version_and_bad_sources(run_dir, export_
     (tmp_path / "m.keras").write_bytes(b"")
     assert export_main([str(tmp_path / "m.keras"), "--base", str(export_base), "--name", "x"]) == 2
     assert "--image-size is required" in capsys.readouterr().err
+    assert export_main([str(run_dir), "--base", str(tmp_path), "--name", "x", "--warmup-batch-sizes", "1,0"]) == 2
+    assert "--warmup-batch-sizes must be one or more positive integers" in capsys.readouterr().err
+    assert export_main([str(run_dir), "--base", str(tmp_path), "--name", "x",
+                        "--batching-parameters", str(tmp_path / "nope.txt")]) == 2
+    assert "cannot read batching parameters" in capsys.readouterr().err
+
+
+def test_export_cli_warms_up_the_batch_sizes_of_a_batching_file(run_dir, tmp_path, capsys):
+    from tfdnc.exporting.cli import main as export_main
+
+    config = tmp_path / "batching.txt"
+    config.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 8\n")
+    assert export_main([str(run_dir), "--base", str(tmp_path / "e"), "--name", "w",
+                        "--batching-parameters", str(config)]) == 0
+    version = capsys.readouterr().out.strip()
+    metadata = json.load(open(os.path.join(version, "assets.extra", "tfdnc_export.json")))
+    assert metadata["warmup_batch_sizes"] == [2, 8] and metadata["warmup_requests"] == 2 * 3
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +143,26 @@ def test_search_with_the_exports_gallery(export_base, images, tmp_path):
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["id"] == ids[3] and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert cli.main(["search", str(export_base / "cli"), str(paths[3]), "-k", "9"]) == 2
+
+
+def test_search_k_beyond_the_exports_top_k_up_to_its_max_k(export_base, exported, images, tmp_path, capsys):
+    ids, paths = _files(images)
+    gallery = exported.embed([str(p) for p in paths])
+    queries = exported.embed([str(paths[1]), str(paths[4])])
+    order = np.argsort(-(queries @ gallery.T), axis=1)
+    out = tmp_path / "hits4.csv"
+    # --top-k 3, --max-k 4: -k 4 is answered by `search_k`.
+    assert cli.main(["search", str(export_base / "cli"), str(paths[1]), str(paths[4]), "-k", "4",
+                     "--batch-size", "1", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["id"] for r in rows] == [ids[j] for j in order[:, :4].reshape(-1)]
+    assert cli.main(["search", str(export_base / "cli"), str(paths[1]), "-k", "5"]) == 2
+    assert "-k 5 exceeds the 4 hits this export's `search_k` allows" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert cli.main(["search", str(export_base / "cli"), str(paths[1]), str(broken), "-k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "tfdnc search: error: cannot process image file" in err and "broken.png" in err
 
 
 def test_search_with_a_gallery_folder_or_npz_matches_brute_force(export_base, exported, images, tmp_path, capsys):

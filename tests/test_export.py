@@ -99,6 +99,26 @@ def test_layout_is_tf_serving_base_name_version(exported):
     assert meta["channels"] == 1 and meta["num_learners"] == 2 and meta["gallery_size"] == 6
 
 
+def test_version_is_readable_by_other_users_whatever_the_umask(model, tmp_path):
+    """TF Serving often runs as another user: folders 0755, files 0644."""
+    old_umask = os.umask(0o077)
+    try:
+        path = export_model(model, tmp_path, "m", image_size=IMAGE_SIZE)  # with warm-up
+    finally:
+        os.umask(old_umask)
+    modes = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        modes[os.path.relpath(dirpath, path)] = os.stat(dirpath).st_mode & 0o777
+        for name in filenames:
+            modes[os.path.relpath(os.path.join(dirpath, name), path)] = (
+                os.stat(os.path.join(dirpath, name)).st_mode & 0o777
+            )
+    assert {"saved_model.pb", "variables", os.path.join(contract.ASSETS_EXTRA, contract.METADATA_FILE)} <= set(modes)
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o755 if os.path.isdir(os.path.join(path, name)) else 0o644)}
+    assert wrong == {}
+
+
 def test_versions_increment_and_are_never_overwritten(model, tmp_path):
     first = export_model(model, tmp_path, "m", image_size=IMAGE_SIZE, warmup=False)
     os.makedirs(tmp_path / "m" / "7")  # a version someone else wrote
@@ -178,6 +198,12 @@ def test_signatures_names_dtypes_shapes(loaded):
         "similarities": (tf.float32, [None, 4]),
         "indices": (tf.int32, [None, 4]),
     }
+    assert inputs("search_k") == {"image_bytes": (tf.string, [None]), "k": (tf.int32, [None])}
+    assert outputs("search_k") == {
+        "ids": (tf.string, [None, None]),
+        "similarities": (tf.float32, [None, None]),
+        "indices": (tf.int32, [None, None]),
+    }
 
 
 def test_graph_uses_only_core_tensorflow_ops(exported):
@@ -229,6 +255,54 @@ def test_search_matches_brute_force(model, loaded, gallery_dir):
     assert out["ids"].numpy()[0, 0].decode() == ids[2]  # a gallery image finds itself
 
 
+def test_search_k_answers_each_request_with_its_own_k(model, tmp_path, gallery_dir):
+    path = export_model(model, tmp_path, "k", image_size=IMAGE_SIZE, resize_size=RESIZE,
+                        gallery=str(gallery_dir), top_k=2, max_k=5, warmup=False)
+    signatures = tf.saved_model.load(path).signatures
+    files = sorted(gallery_dir.rglob("*.png"))
+    gallery = keras_reference(model, [p.read_bytes() for p in files])
+    queries = [files[4].read_bytes(), random_png(np.random.default_rng(8), 21, 26)]
+    sims = keras_reference(model, queries) @ (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
+    order = np.argsort(-sims, axis=1)
+    assert signatures["search"](image_bytes=tf.constant(queries))["indices"].shape == (2, 2)  # top_k
+    for ks, width in [([1, 1], 1), ([5, 5], 5), ([3, 1], 3)]:
+        out = signatures["search_k"](image_bytes=tf.constant(queries), k=tf.constant(ks))
+        # Every row gets the batch's largest k, best first: its own top k lead.
+        np.testing.assert_array_equal(out["indices"].numpy(), order[:, :width])
+        np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, order[:, :width], 1),
+                                   atol=1e-5)
+    assert json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))["max_k"] == 5
+    for ks, message in [([6, 1], r"`k`\[0\] = 6 is outside 1..5"), ([1, 0], r"`k`\[1\] = 0 is outside 1..5"),
+                        ([2], r"one value per image")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            signatures["search_k"](image_bytes=tf.constant(queries), k=tf.constant(ks))
+
+
+def test_max_k_is_clipped_to_the_gallery(model, tmp_path):
+    emb = np.random.default_rng(6).normal(size=(3, EMBED_DIM))
+    path = export_model(model, tmp_path, "small", image_size=IMAGE_SIZE, gallery=(emb, ["a", "b", "c"]),
+                        top_k=10, max_k=100, warmup=False)
+    meta = json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))
+    assert (meta["top_k"], meta["max_k"]) == (3, 3)
+    search_k = tf.saved_model.load(path).signatures["search_k"]
+    png = random_png(np.random.default_rng(2), 16, 16)
+    assert search_k(image_bytes=tf.constant([png]), k=tf.constant([3]))["ids"].shape == (1, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside 1..3"):
+        search_k(image_bytes=tf.constant([png]), k=tf.constant([4]))
+
+
+def test_a_bad_gallery_image_is_named(model, tmp_path):
+    folder = tmp_path / "gallery"
+    (folder / "cats").mkdir(parents=True)
+    rng = np.random.default_rng(13)
+    for i in range(3):
+        (folder / "cats" / f"{i}.png").write_bytes(random_png(rng, 18, 18))
+    (folder / "cats" / "1b.png").write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
+    with pytest.raises(ValueError, match=r"cannot embed gallery image '.*cats/1b\.png': "):
+        export_model(model, tmp_path / "e", "g", image_size=IMAGE_SIZE, gallery=str(folder), warmup=False)
+    assert list_versions(tmp_path / "e" / "g") == []
+
+
 def test_gallery_from_npz_with_integer_ids(model, tmp_path):
     rng = np.random.default_rng(5)
     emb = rng.normal(size=(9, EMBED_DIM)).astype("float32")
@@ -278,6 +352,71 @@ def _pil_encode(fmt, height, width, mode="RGB", **options) -> bytes:
     return buffer.getvalue()
 
 
+def _webp(frames, **options) -> bytes:
+    import io
+
+    from PIL import Image
+
+    mode = "RGBA" if frames[0].shape[-1] == 4 else "RGB"
+    images = [Image.fromarray(f, mode) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "WEBP", lossless=True, exact=True, save_all=len(images) > 1,
+                   append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+def _grey_reference(model, rgb_frames) -> np.ndarray:
+    """The documented conversion for BMP/GIF/WebP in a grey export: rgb_to_grayscale."""
+    grey = [tf.image.rgb_to_grayscale(tf.constant(f[..., :3], tf.uint8)) for f in rgb_frames]
+    return model(tf.stack([eval_transform(g, IMAGE_SIZE, RESIZE) for g in grey]), training=False).numpy()
+
+
+def test_webp_bmp_gif_in_galleries_and_requests_of_a_grey_export(model, tmp_path):
+    """WebP (still, alpha, animated), BMP and GIF wherever serving reads images.
+
+    TensorFlow's decoders give these formats in no other channel count (WebP
+    only at its own 3 or 4), so a grey export used to refuse them all; an
+    animated WebP gives its first frame (`expand_animations=False`).
+    """
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(21)
+    rgb = [rng.integers(0, 256, (22, 19, 3), dtype=np.uint8) for _ in range(4)]
+    # Alpha below 255, or the encoder leaves the alpha channel (and the flag) out.
+    rgba = [np.dstack([f, np.full(f.shape[:2], 200, np.uint8)]) for f in rgb]
+    bmp, gif = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb[3]).save(bmp, "BMP")
+    Image.fromarray(rgb[3]).save(gif, "GIF")
+    requests = {
+        "still.webp": (_webp(rgb[:1]), rgb[0]),
+        "alpha.webp": (_webp(rgba[1:2]), rgb[1]),
+        "moving.WEBP": (_webp(rgba[2:], duration=100), rgb[2]),  # 2 frames: the first one counts
+        "image.bmp": (bmp.getvalue(), rgb[3]),
+        "image.gif": (gif.getvalue(), tf.io.decode_image(gif.getvalue(), 3, expand_animations=False).numpy()),
+    }
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name, (data, _) in requests.items():
+        (folder / name).write_bytes(data)
+    path = export_model(model, tmp_path, "webp", image_size=IMAGE_SIZE, resize_size=RESIZE,
+                        gallery=str(folder), top_k=2, warmup=False)
+    signatures = tf.saved_model.load(path).signatures
+    names = list(requests)
+    contents = tf.constant([requests[n][0] for n in names])
+    got = signatures["serving_default"](image_bytes=contents)["embeddings"].numpy()
+    np.testing.assert_allclose(got, _grey_reference(model, [requests[n][1] for n in names]), atol=1e-5)
+    hits = signatures["search"](image_bytes=contents)
+    assert [row[0].decode() for row in hits["ids"].numpy()] == names  # each finds itself in the gallery
+    # An animated WebP without alpha cannot be decoded by TensorFlow (at 3
+    # channels it is refused, at its own count the decoder corrupts memory):
+    # refused, naming the image, before the decoder sees it.
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"`image_bytes`\[1\] is an animated WebP without alpha"):
+        signatures["serving_default"](image_bytes=tf.constant([requests["still.webp"][0], _webp(rgb[:2], duration=100)]))
+
+
 @pytest.mark.parametrize(
     "fmt, mode, options",
     [("PNG", "RGB", {}), ("JPEG", "RGB", {}), ("GIF", "RGB", {}), ("BMP", "RGB", {}),
@@ -285,7 +424,7 @@ def _pil_encode(fmt, height, width, mode="RGB", **options) -> bytes:
      ("WEBP", "RGBA", {"quality": 80})],  # VP8L, VP8 and VP8X headers
 )
 def test_declared_image_size_matches_the_decoder(fmt, mode, options):
-    from tfdnc.exporting.signatures import declared_image_size
+    from tfdnc.data.transforms import declared_image_size
 
     for height, width in [(17, 300), (301, 5)]:
         data = _pil_encode(fmt, height, width, mode, **options)
@@ -294,7 +433,7 @@ def test_declared_image_size_matches_the_decoder(fmt, mode, options):
 
 
 def test_top_down_bmp_and_unknown_data_sizes():
-    from tfdnc.exporting.signatures import declared_image_size
+    from tfdnc.data.transforms import declared_image_size
 
     data = bytearray(_pil_encode("BMP", 9, 13))
     data[22:26] = (-9).to_bytes(4, "little", signed=True)  # rows stored top-down
@@ -333,10 +472,19 @@ def test_wrong_pixels_fail_with_a_clear_error(loaded):
     assert fn(pixels=tf.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1)))["embeddings"].shape == (2, EMBED_DIM)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_an_invalid_argument(loaded, bad):
+    pixels = np.full((2, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[1, 3, 4, 0] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`pixels` holds NaN or infinite values"):
+        loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
+
+
 def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
     """TF Serving runs signatures through Session::Run feeds, which skip the
     Python-side shape check; the graph's own assertion must catch it."""
     path = exported[1]
+    png = random_png(np.random.default_rng(1), 16, 16)  # eager, before the graph
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
@@ -355,24 +503,55 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
         for bad in [(2, 12, 12, 1), (2, IMAGE_SIZE, IMAGE_SIZE, 3), (0, IMAGE_SIZE, IMAGE_SIZE, 1)]:
             with pytest.raises(tf.errors.InvalidArgumentError, match="embed_pixels: `pixels`"):
                 run(np.zeros(bad, np.float32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
+            run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.nan, np.float32))
+
+        sig = meta.signature_def["search_k"]
+        images, k = (graph.get_tensor_by_name(sig.inputs[name].name)._as_tf_output() for name in ("image_bytes", "k"))
+        ids = graph.get_tensor_by_name(sig.outputs["ids"].name)._as_tf_output()
+        for count, bad_k in ((2, np.int32(2)), (1, np.array([2, 2], np.int32))):  # one k for two images, ...
+            with pytest.raises(tf.errors.InvalidArgumentError, match="`k` must hold one value per image"):
+                pywrap_tf_session.TF_SessionRun_wrapper(
+                    sess._session, None, {images: np.array([png] * count, dtype=object), k: bad_k}, [ids], [], None)
         assert run(np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)).shape == (2, EMBED_DIM)
 
 
 # --- warm-up ------------------------------------------------------------------------
 
 
-def test_warmup_records_replay_on_every_signature(exported, loaded):
+def test_warmup_records_replay_on_every_signature_and_batch_size(exported, loaded):
+    """One record per signature and batch size the kit's server-side batching runs."""
+    from tfdnc.exporting.warmup import DEFAULT_WARMUP_BATCH_SIZES
+
     path = exported[1]
-    logs = read_warmup_requests(os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE))
-    assert sorted(log.predict_log.request.model_spec.signature_name for log in logs) == sorted(
-        contract.SIGNATURES
-    )
+    warmup_file = os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE)
+    logs = read_warmup_requests(warmup_file)
+    seen = []
     for log in logs:
         request = log.predict_log.request
         assert request.model_spec.name == "dnc"
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        sizes = {int(v.shape[0]) for v in inputs.values()}
+        assert len(sizes) == 1  # every input batched alike (k too), as TF Serving's batching needs
+        size = sizes.pop()
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
-        assert all(v.shape[0] == 1 for v in outputs.values())
+        assert all(v.shape[0] == size for v in outputs.values())
+        seen.append((request.model_spec.signature_name, size))
+    assert sorted(seen) == sorted((s, b) for s in contract.SIGNATURES for b in DEFAULT_WARMUP_BATCH_SIZES)
+    # 117 pixel images over the five sizes stay small (one value for the batch).
+    assert os.path.getsize(warmup_file) < 64 * IMAGE_SIZE * IMAGE_SIZE * 4
+    metadata = json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))
+    assert metadata["warmup_batch_sizes"] == list(DEFAULT_WARMUP_BATCH_SIZES)
+
+
+def test_warmup_batch_sizes_are_chosen_and_checked(model, tmp_path):
+    path = export_model(model, tmp_path, "w", image_size=IMAGE_SIZE, warmup_batch_sizes=[8, 2, 8])
+    logs = read_warmup_requests(os.path.join(path, contract.ASSETS_EXTRA, contract.WARMUP_FILE))
+    sizes = sorted({tf.make_ndarray(next(iter(log.predict_log.request.inputs.values()))).shape[0] for log in logs})
+    assert sizes == [2, 8] and len(logs) == 2 * 3  # no gallery: three signatures
+    for bad in ([], [0, 4], ["x"]):
+        with pytest.raises(ValueError, match="warmup_batch_sizes"):
+            export_model(model, tmp_path, "bad", image_size=IMAGE_SIZE, warmup_batch_sizes=bad)
 
 
 # --- run directory and the stand-alone contract ----------------------------------------

@@ -74,3 +74,19 @@ def test_compose_serves_rest_8501_grpc_8500_with_the_kit():
     assert "/models" in mounts  # the export base, matching models.config's base_path
     for local in ("./models.config", "./batching_parameters.txt"):
         assert os.path.isfile(os.path.join(KIT, local))
+
+
+def test_exports_warm_up_every_batch_size_the_kit_allows(tmp_path):
+    from tfdnc.exporting.warmup import DEFAULT_WARMUP_BATCH_SIZES, batching_batch_sizes
+
+    kit_sizes = batching_batch_sizes(os.path.join(KIT, "batching_parameters.txt"))
+    assert kit_sizes == DEFAULT_WARMUP_BATCH_SIZES == (1, 4, 16, 32, 64)
+    only_max = tmp_path / "only_max.txt"
+    only_max.write_text("max_batch_size { value: 8 }  # no allowed_batch_sizes\nbatch_timeout_micros { value: 1 }\n")
+    assert batching_batch_sizes(only_max) == (1, 8)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# allowed_batch_sizes: 4 (commented out)\n")
+    with pytest.raises(ValueError, match="neither allowed_batch_sizes nor max_batch_size"):
+        batching_batch_sizes(empty)
+    with pytest.raises(ValueError, match="cannot read batching parameters"):
+        batching_batch_sizes(tmp_path / "missing.txt")

@@ -27,7 +27,8 @@ from tfdnc.model import DivideAndConquerModel
 from tfdnc.serving import ExportedModel, GrpcClient, RestClient, ServingError
 from tfdnc.serving import client as client_module
 from tfdnc.serving.tensors import from_json_value, to_json_value
-from tfdnc.serving.testing import LocalModelServer
+
+from serving_fakes import LocalModelServer  # tests/serving_fakes.py
 
 SIZE = 16
 DIM = 8
@@ -56,7 +57,7 @@ def base(models, tmp_path_factory):
     rng = np.random.default_rng(0)
     gallery = (rng.normal(size=(7, DIM)), np.array([f"item{i}" for i in range(7)]))
     for model in models:  # versions 1 and 2
-        export_model(model, base, "dnc", image_size=SIZE, gallery=gallery, top_k=3, warmup=False)
+        export_model(model, base, "dnc", image_size=SIZE, gallery=gallery, top_k=3, max_k=5, warmup=False)
     return base
 
 
@@ -118,6 +119,78 @@ def test_clients_return_what_the_export_computes(client, local, models):
     assert records[0]["query"] == "a" and records[0]["rank"] == 1 and len(records) == 9
 
 
+def test_search_with_a_per_request_k(client, local):
+    rng = np.random.default_rng(12)
+    images = [png(rng), png(rng, 30, 18), png(rng, 17, 33)]
+    default = client.search(images)  # `search`: the export's top_k
+    assert default.ids.shape == (3, 3)
+    for k, batch_size in [(5, None), (1, None), (4, 2)]:
+        hits = client.search(images, batch_size=batch_size, k=k)  # `search_k`
+        assert hits.ids.shape == hits.similarities.shape == hits.indices.shape == (3, k)
+        expected = local.search(images, k=k)
+        np.testing.assert_array_equal(hits.indices, expected.indices)
+        np.testing.assert_allclose(hits.similarities, expected.similarities, atol=1e-6)
+        assert hits.ids[0, 0] == f"item{hits.indices[0, 0]}"
+        shared = min(k, 3)
+        np.testing.assert_array_equal(hits.indices[:, :shared], default.indices[:, :shared])
+        assert np.all(np.diff(hits.similarities, axis=1) <= 1e-6)  # best first
+    with pytest.raises(ServingError, match="signature 'search_k'") as err:
+        client.search(images, k=6)
+    assert err.value.code == "INVALID_ARGUMENT" and "outside 1..5" in err.value.details
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
+            client.search(images, k=bad)
+
+
+class OlderExport(client_module.ServingClient):
+    """An export from before `search_k`: `search` with a fixed top-3 only."""
+
+    def __init__(self):
+        super().__init__("old")
+        self.calls = []
+
+    def _predict(self, inputs, signature):
+        self.calls.append(signature)
+        if signature != "search":
+            raise self._error(f"unknown signature {signature!r}", "INVALID_ARGUMENT", signature)
+        rows = len(inputs["image_bytes"])
+        return {"ids": np.array([[b"x", b"y", b"z"]] * rows, dtype=object),
+                "similarities": np.tile(np.float32([0.9, 0.5, 0.1]), (rows, 1)),
+                "indices": np.tile(np.int32([4, 0, 2]), (rows, 1))}
+
+    def _status(self):
+        return [{"version": 1, "state": "AVAILABLE", "error": ""}]
+
+    def _metadata(self):
+        return {"search": {"inputs": {"image_bytes": {"dtype": "string", "shape": [-1]}}, "outputs": {}}}
+
+
+def test_k_on_an_export_without_search_k_cuts_search_or_says_why():
+    old = OlderExport()
+    hits = old.search([b"a", b"b"], k=2)
+    assert hits.ids.tolist() == [["x", "y"], ["x", "y"]] and hits.indices.shape == (2, 2)
+    assert set(old.calls) == {"search"}  # never asked for a signature it lacks
+    with pytest.raises(ValueError, match="no `search_k` signature and its `search` returns 3 hits"):
+        old.search([b"a"], k=4)
+
+
+def test_webp_requests_still_alpha_and_animated(client, models):
+    """An RGB export embeds a WebP as the PNG of the same pixels (an animation: its first frame)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(14)
+    frames = [rng.integers(0, 256, (21, 18, 3), dtype=np.uint8) for _ in range(2)]
+    still, animated = io.BytesIO(), io.BytesIO()
+    Image.fromarray(frames[0]).save(still, "WEBP", lossless=True)
+    rgba = [Image.fromarray(np.dstack([f, np.full(f.shape[:2], 200, np.uint8)]), "RGBA") for f in frames]
+    rgba[1].save(animated, "WEBP", lossless=True, exact=True, save_all=True, append_images=rgba[:1], duration=50)
+    got = client.embed([still.getvalue(), animated.getvalue()])
+    expected = reference(models[1], [encode_png(frames[0]), encode_png(frames[1])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_specific_version(server, models):
     images = [png(np.random.default_rng(3))]
     for version, model in zip((1, 2), models):
@@ -164,6 +237,10 @@ def test_bad_requests_name_model_version_and_signature(client):
     with pytest.raises(ServingError) as err:
         client.predict({"pixels": np.zeros((1, 9, 9, 3), np.float32)}, "embed_pixels")
     assert err.value.code == "INVALID_ARGUMENT" and "shape" in err.value.details
+
+    with pytest.raises(ServingError) as err:  # not finite numbers computed from NaN pixels
+        client.embed_pixels(np.full((1, SIZE, SIZE, 3), np.nan, np.float32))
+    assert err.value.code == "INVALID_ARGUMENT" and "NaN or infinite" in err.value.details
 
     with pytest.raises(ServingError) as err:
         client.predict({"wrong_name": np.array([good], dtype=object)})
@@ -217,6 +294,10 @@ def test_rest_wire_format(server, local):
     assert isinstance(answer["outputs"]["ids"][0][0], str)
     status, answer = _post(url, {"signature_name": "search", "instances": [{"image_bytes": b64}]})
     assert status == 200 and set(answer["predictions"][0]) == {"ids", "similarities", "indices"}
+    status, answer = _post(url, {"signature_name": "search_k", "inputs": {"image_bytes": [b64, b64], "k": [4, 2]}})
+    assert status == 200 and np.asarray(answer["outputs"]["ids"]).shape == (2, 4)
+    status, answer = _post(url, {"signature_name": "search_k", "instances": [{"image_bytes": b64, "k": 9}]})
+    assert status == 400 and "`k`[0] = 9 is outside 1..5" in answer["error"]
     status, answer = _post(url, {"instances": [{"b64": base64.b64encode(b"junk").decode()}]})
     assert status == 400 and set(answer) == {"error"} and "image_bytes" in answer["error"]
     status, answer = _post(url, {"nothing": []})

@@ -60,7 +60,7 @@ def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("serving")
     rng = np.random.default_rng(0)
     export_model(model, base, "dnc", image_size=SIZE, gallery=(rng.normal(size=(5, 8)), list("abcde")),
-                 top_k=3)
+                 top_k=3, max_k=5)
     config = base / "models.config"
     config.write_text(
         'model_config_list { config { name: "dnc" base_path: "%s" model_platform: "tensorflow" } }'
@@ -109,7 +109,16 @@ def test_real_server_matches_keras(served, kind):
     np.testing.assert_allclose(client.embed(images), _reference(model, images), atol=1e-5)
     assert client.embed_learners(images).shape == (2, 2, 8)
     assert client.search(images).ids.shape == (2, 3)
-    assert set(client.metadata()) >= {"serving_default", "embed_pixels", "embed_learners", "search"}
+    five = client.search(images, k=5)  # search_k, beyond top_k
+    assert five.ids.shape == (2, 5)
+    np.testing.assert_array_equal(five.indices[:, :3], client.search(images).indices)
+    with pytest.raises(ServingError) as err:
+        client.search(images, k=6)
+    assert err.value.code == "INVALID_ARGUMENT" and "outside 1..5" in err.value.details
+    with pytest.raises(ServingError) as err:
+        client.embed_pixels(np.full((1, SIZE, SIZE, 3), np.inf, np.float32))
+    assert err.value.code == "INVALID_ARGUMENT" and "NaN or infinite" in err.value.details
+    assert set(client.metadata()) >= {"serving_default", "embed_pixels", "embed_learners", "search", "search_k"}
     with pytest.raises(ServingError) as err:
         client.embed([images[0], b"not an image"])
     assert err.value.code == "INVALID_ARGUMENT" and "image_bytes" in err.value.details

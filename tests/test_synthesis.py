@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdnc.layers.synthesis import (
+from tfdnc.losses.synthesis import (
     SymmetricalSynthesis,
     hardest_negatives,
     pair_slots,

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from tfdnc.exporting import contract
+from tfdnc.serving.files import embed_files, name_bad_image, read_files
 
 OUTPUT_FORMATS = (".npy", ".json", ".csv")
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gallery", default=None,
                         help="folder of images or .npz (embeddings, ids) to search; "
                         "default: the gallery built into the export (`search` signature)")
-    search.add_argument("-k", type=int, default=5, help="hits per query (default 5)")
+    search.add_argument("-k", type=int, default=5,
+                        help="hits per query (default 5; with the export's gallery: up to its --max-k)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: table on stdout")
     search.add_argument("--batch-size", type=int, default=32)
 
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tfdnc.serving.errors import ServingError
 
     try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.command == "embed":
             return _embed(args)
         return _search(args)
@@ -95,7 +99,7 @@ def _embed(args) -> int:
 
 def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
     """Files and folders -> (id, path) pairs; ids of folder images are relative paths."""
-    from tfdnc.serving.images import list_images
+    from tfdnc.exporting.gallery import list_images
 
     entries = []
     for item in items:
@@ -106,40 +110,6 @@ def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
         else:
             raise FileNotFoundError(f"image file or folder {item!r} does not exist")
     return entries
-
-
-def embed_files(model, entries, signature, output, batch_size) -> np.ndarray:
-    """Embeds files in batches; a bad image is reported by its file name."""
-    return run_files(model, entries, signature, batch_size)[output].astype(np.float32)
-
-
-def run_files(model, entries, signature, batch_size) -> dict[str, np.ndarray]:
-    """Runs `signature` on image files in batches; outputs concatenated.
-
-    A request with a bad image fails as a whole; the batch is then retried
-    image by image so the error names the file.
-    """
-    from tfdnc.serving.errors import ServingError
-    from tfdnc.serving.images import read_image_bytes
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    parts = []
-    for start in range(0, len(entries), batch_size):
-        batch = entries[start : start + batch_size]
-        contents = np.array([read_image_bytes(path) for _, path in batch], dtype=object)
-        try:
-            parts.append(model.predict({contract.IMAGE_BYTES: contents}, signature))
-        except ServingError as err:
-            if err.code != "INVALID_ARGUMENT":
-                raise
-            for (_, path), one in zip(batch, contents):
-                try:
-                    model.predict({contract.IMAGE_BYTES: np.array([one], dtype=object)}, signature)
-                except ServingError as single:
-                    raise ValueError(f"cannot process image file {path!r}: {single.details}") from None
-            raise
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _write_embeddings(output, ids, embeddings, source) -> None:
@@ -170,7 +140,6 @@ def _write_embeddings(output, ids, embeddings, source) -> None:
 
 
 def _search(args) -> int:
-    from tfdnc.serving.client import SearchResult
     from tfdnc.serving.local import ExportedModel
 
     _check_output(args.output, (".json", ".csv"))
@@ -180,29 +149,36 @@ def _search(args) -> int:
     queries = collect_images(args.queries)
     query_ids = [image_id for image_id, _ in queries]
     if args.gallery is None:
-        if contract.SEARCH not in model.signature_names:
-            raise ValueError(
-                f"export {model.path!r} has no gallery (`search` signature); give --gallery "
-                "or export with `python -m export ... --gallery DIR`"
-            )
-        outputs = run_files(model, queries, contract.SEARCH, args.batch_size)
-        available = outputs[contract.IDS].shape[1]
-        if args.k > available:
-            raise ValueError(f"-k {args.k} exceeds the {available} hits the export's `search` returns "
-                             "(re-export with a larger --top-k)")
-        result = SearchResult(
-            outputs[contract.IDS][:, : args.k],
-            outputs[contract.SIMILARITIES][:, : args.k],
-            outputs[contract.INDICES][:, : args.k],
-        )
+        result = _search_export_gallery(model, queries, args.k, args.batch_size)
     else:
         queries_emb = embed_files(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
                                   args.batch_size)
         gallery_ids, gallery_emb = _load_gallery(model, args.gallery, args.batch_size)
-        result = brute_force_search(queries_emb, gallery_emb, gallery_ids, args.k)
+        result = search_embeddings(queries_emb, gallery_emb, gallery_ids, args.k)
     records = result.to_records(query_ids)
     _write_records(args.output, records)
     return 0
+
+
+def _search_export_gallery(model, queries, k: int, batch_size: int):
+    """The export's own gallery, through the client's `search` (`search_k` when the export has it)."""
+    from tfdnc.serving.errors import ServingError
+
+    if contract.SEARCH not in model.signature_names:
+        raise ValueError(
+            f"export {model.path!r} has no gallery (`search` signature); give --gallery "
+            "or export with `python -m export ... --gallery DIR`"
+        )
+    max_k = model.export_metadata.get("max_k")
+    if contract.SEARCH_K in model.signature_names and max_k is not None and k > max_k:
+        raise ValueError(f"-k {k} exceeds the {max_k} hits this export's `search_k` allows "
+                         "(export again with a larger --max-k)")
+    try:
+        return model.search([path for _, path in queries], batch_size=batch_size, k=k)
+    except ServingError as err:
+        if err.code == "INVALID_ARGUMENT":
+            name_bad_image(model, queries, read_files(queries), contract.SEARCH)
+        raise
 
 
 def _load_gallery(model, gallery, batch_size):
@@ -216,23 +192,19 @@ def _load_gallery(model, gallery, batch_size):
     return loaded.ids, loaded.embeddings
 
 
-def brute_force_search(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):
-    """Cosine top-k of every query among the gallery rows."""
-    from tfdnc.serving.client import SearchResult
+def search_embeddings(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):
+    """Exact cosine top-k of every query among the gallery rows (a `SearchResult`).
 
-    def unit(x):
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k is clipped to the gallery size; the search is tfdnc's one exact top-k
+    (`tfdnc.evaluation.neighbors`), so ties rank the lower gallery row first.
+    """
+    from tfdnc.evaluation.neighbors import nearest_neighbors
+    from tfdnc.serving.client import SearchResult
 
     if queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"gallery embeddings have {gallery.shape[1]} dims, the export's have {queries.shape[1]}")
-    similarities = unit(queries) @ unit(gallery).T
-    k = min(k, gallery.shape[0])
-    order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    return SearchResult(
-        ids=np.asarray(ids)[order],
-        similarities=np.take_along_axis(similarities, order, axis=1).astype(np.float32),
-        indices=order.astype(np.int32),
-    )
+    indices, similarities = nearest_neighbors(queries, gallery, k=min(k, gallery.shape[0]), metric="cosine")
+    return SearchResult(ids=np.asarray(ids)[indices], similarities=similarities, indices=indices.astype(np.int32))
 
 
 def _write_records(output, records) -> None:

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from tfdnc.serving.images import list_images, read_image_bytes
+from tfdnc.utils import l2_normalize, list_image_files
+
+
+def list_images(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """All image files under `folder` (recursively, sorted) as (id, path) pairs.
+
+    The id is the path relative to `folder` with '/' separators: what a
+    gallery built from the folder returns from `search`, and what
+    `tfdnc embed` writes beside each embedding, so the two line up.
+
+    Example:
+    >>> [image_id for image_id, _ in list_images("gallery")]  # ['cat/1.jpg', ...]
+    """
+    root = os.fspath(folder)
+    return [
+        (os.path.relpath(path, root).replace(os.sep, "/"), path)
+        for path in list_image_files(root, what="image folder")
+    ]
 
 
 @dataclass
@@ -58,8 +76,7 @@ class Gallery:
         return self.embeddings.shape[1]
 
     def normalized_embeddings(self) -> np.ndarray:
-        norms = np.linalg.norm(self.embeddings, axis=1, keepdims=True)
-        return self.embeddings / np.maximum(norms, 1e-12)
+        return l2_normalize(self.embeddings, axis=1)
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> "Gallery":
@@ -87,14 +104,11 @@ class Gallery:
         chunks = []
         for start in range(0, len(entries), batch_size):
             batch = entries[start : start + batch_size]
-            contents = [read_image_bytes(path) for _, path in batch]
+            contents = [_read_bytes(path) for _, path in batch]
             try:
                 chunks.append(np.asarray(embed(contents)))
-            except Exception as exc:  # noqa: BLE001 - re-raised naming the files
-                names = ", ".join(repr(path) for _, path in batch[:3])
-                raise ValueError(
-                    f"cannot embed gallery images ({names}{', ...' if len(batch) > 3 else ''}): {exc}"
-                ) from exc
+            except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+                _raise_naming_the_image(batch, contents, embed, exc)
         return cls(np.concatenate(chunks), np.array([i for i, _ in entries], dtype=object))
 
     @classmethod
@@ -113,3 +127,25 @@ class Gallery:
             f"gallery {path!r} is neither a folder of images nor an .npz file "
             "with arrays 'embeddings' and 'ids'"
         )
+
+
+def _raise_naming_the_image(batch, contents, embed, error: Exception):
+    """Embeds the batch's images one by one; raises ValueError naming the first that fails."""
+    for (_, path), one in zip(batch, contents):
+        try:
+            embed([one])
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+            raise ValueError(f"cannot embed gallery image {path!r}: {_first_line(exc)}") from exc
+    raise ValueError(f"cannot embed gallery images {batch[0][1]!r} ... {batch[-1][1]!r}: {error}") from error
+
+
+def _first_line(error: Exception) -> str:
+    # TF errors carry the graph's message first, then node and op names.
+    return str(getattr(error, "message", error)).strip().splitlines()[0]
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read gallery image {path!r}: {exc}") from exc

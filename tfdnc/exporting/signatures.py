@@ -6,7 +6,8 @@ so TF Serving can run the exported graphs without custom ops or Python.
 Bad requests fail with `InvalidArgument` for that request only (TF Serving
 answers HTTP 400 / gRPC INVALID_ARGUMENT and keeps serving): an empty batch,
 an empty or non-image string (the message names its index in the batch),
-a corrupt image (the decoder's own message) and pixels of the wrong shape.
+a corrupt image (the decoder's own message), pixels of the wrong shape and
+NaN or infinite pixels.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class ServingGraphs:
         return tf.TensorSpec((None, *self.image_shape), tf.float32, name=contract.PIXELS)
 
     @property
+    def k_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec((None,), tf.int32, name=contract.K)
+
+    @property
     def has_learners(self) -> bool:
         return callable(getattr(self.model, "learner_embeddings", None))
 
@@ -119,12 +124,14 @@ class ServingGraphs:
             check = tf.debugging.Assert(_looks_like_image(contents), [message])
             # Format check, then size check, then decode: each gates the next.
             with tf.control_dependencies([check]):
+                decodable = self._decodable_check(index, contents, signature)
+            with tf.control_dependencies(decodable):
                 if self.max_pixels is None:
                     gate = tf.no_op()
                 else:
                     gate = self._size_check(index, contents, signature)
             with tf.control_dependencies([gate]):
-                image = decode_image(contents, self.channels)
+                image = decode_request_image(contents, self.channels)
             return eval_transform(image, self.image_size, self.resize_size)
 
         with tf.control_dependencies([non_empty]):
@@ -134,6 +141,32 @@ class ServingGraphs:
             (indices, image_bytes),
             fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32),
         )
+
+    def _decodable_check(self, index, contents, signature) -> list:
+        """Asserts against what TensorFlow's decoders refuse, or decode wrong, without saying which image.
+
+        The rules of `tfdnc.data.validation`'s named skips, as graph ops: an
+        animated WebP without alpha; a BMP that is not uncompressed 8-bit
+        grey, 24- or 32-bit (an 8-bit colour palette decodes without error,
+        as grey colour indices).
+        """
+        header = _Header(contents)
+        prefix = [f"{signature}: `{contract.IMAGE_BYTES}`[", tf.strings.as_string(index), "] is "]
+        webp = tf.debugging.Assert(
+            tf.logical_not(header.webp_animated_without_alpha),
+            [tf.strings.join(prefix + [
+                "an animated WebP without alpha, which TensorFlow's WebP decoder cannot read; "
+                "send a still image (e.g. its first frame)"])],
+        )
+        bits = header.little(28, 2)
+        bmp = tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(header.starts(b"BM"), tf.logical_not(_readable_bmp(contents, header)))),
+            [tf.strings.join(prefix + [
+                "a ", tf.strings.as_string(bits), "-bit BMP (compression ",
+                tf.strings.as_string(header.little(30, 4)), ") that TensorFlow cannot decode right: it "
+                "reads uncompressed 24- and 32-bit BMPs and 8-bit grey ones only; send a PNG or JPEG"])],
+        )
+        return [webp, bmp]
 
     def _size_check(self, index, contents, signature):
         height, width = declared_image_size(contents)
@@ -170,6 +203,13 @@ class ServingGraphs:
             ),
         ]
         with tf.control_dependencies(checks):
+            # After the shape checks, so a wrong shape is reported as such.
+            finite = tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(pixels)),
+                [f"{signature}: `{contract.PIXELS}` holds NaN or infinite values; "
+                 "send pixel values in [0, 255]"],
+            )
+        with tf.control_dependencies([finite]):
             return tf.identity(pixels)
 
     def embed(self, pixels: tf.Tensor) -> tf.Tensor:
@@ -182,11 +222,15 @@ class ServingGraphs:
         return out
 
     # --- signatures ----------------------------------------------------------
-    def endpoints(self, gallery=None, top_k: int = 10) -> dict[str, tuple[Callable, list]]:
+    def endpoints(
+        self, gallery=None, top_k: int = 10, max_k: int | None = None
+    ) -> dict[str, tuple[Callable, list]]:
         """name -> (function returning a dict of outputs, input signature).
 
         `gallery`: a `tfdnc.exporting.Gallery` whose embeddings and ids become
-        variables; the `search` signature is only built when one is given.
+        variables; the `search` (k = `top_k`) and `search_k` (a k per query,
+        up to `max_k`, default `top_k`) signatures are only built when one is
+        given. Both k are clipped to the gallery size.
         """
         endpoints = {}
 
@@ -210,9 +254,12 @@ class ServingGraphs:
             endpoints[contract.EMBED_LEARNERS] = (embed_learners, [self.bytes_spec])
 
         if gallery is not None:
-            if int(top_k) < 1:
-                raise ValueError(f"ServingGraphs: `top_k` must be >= 1, got {top_k}")
-            k = min(int(top_k), len(gallery))
+            max_k = top_k if max_k is None else max_k
+            for name, value in (("top_k", top_k), ("max_k", max_k)):
+                if int(value) < 1:
+                    raise ValueError(f"ServingGraphs: `{name}` must be >= 1, got {value}")
+            self.top_k = min(int(top_k), len(gallery))
+            self.max_k = min(int(max_k), len(gallery))
             # tf.Variables (not constants) so the gallery lives in the
             # SavedModel's variables/ checkpoint, not in the graph proto.
             self.gallery_embeddings = tf.Variable(
@@ -221,18 +268,53 @@ class ServingGraphs:
             self.gallery_ids = tf.Variable(gallery.ids, trainable=False, name="gallery_ids")
 
             def search(image_bytes):
-                pixels = self.decode(image_bytes, contract.SEARCH)
-                queries = self.embed(pixels)
-                similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
-                top = tf.math.top_k(similarities, k=k)
-                return {
-                    contract.IDS: tf.gather(self.gallery_ids, top.indices),
-                    contract.SIMILARITIES: top.values,
-                    contract.INDICES: top.indices,
-                }
+                queries = self.embed(self.decode(image_bytes, contract.SEARCH))
+                return self.top_hits(queries, self.top_k)
+
+            def search_k(image_bytes, k):
+                k = self.check_k(k, tf.shape(image_bytes)[0], contract.SEARCH_K)
+                queries = self.embed(self.decode(image_bytes, contract.SEARCH_K))
+                return self.top_hits(queries, tf.reduce_max(k))
 
             endpoints[contract.SEARCH] = (search, [self.bytes_spec])
+            endpoints[contract.SEARCH_K] = (search_k, [self.bytes_spec, self.k_spec])
         return endpoints
+
+    def top_hits(self, queries: tf.Tensor, k) -> dict[str, tf.Tensor]:
+        """The k most similar gallery items of each query: ids, cosines, rows."""
+        similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
+        top = tf.math.top_k(similarities, k=k)
+        return {
+            contract.IDS: tf.gather(self.gallery_ids, top.indices),
+            contract.SIMILARITIES: top.values,
+            contract.INDICES: top.indices,
+        }
+
+    def check_k(self, k: tf.Tensor, count: tf.Tensor, signature: str) -> tf.Tensor:
+        """Returns `k` after checking one value per image, each in 1..max_k."""
+        # Flattened first: TF Serving feeds skip the (batch,) shape check, and
+        # every op below then sees one dimension whatever was sent.
+        k = tf.reshape(k, [-1])
+        shape_ok = tf.debugging.Assert(
+            tf.equal(tf.size(k), count),
+            [f"{signature}: `{contract.K}` must hold one value per image in "
+             f"`{contract.IMAGE_BYTES}` (shape (batch,)); got shape", tf.shape(k),
+             "for a batch of", count],
+        )
+        with tf.control_dependencies([shape_ok]):
+            outside = tf.logical_or(k < 1, k > self.max_k)
+            first = tf.argmax(tf.cast(outside, tf.int32), output_type=tf.int32)
+            in_range = tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(outside)),
+                [tf.strings.join([
+                    f"{signature}: `{contract.K}`[", tf.strings.as_string(first), "] = ",
+                    tf.strings.as_string(tf.gather(k, first)),
+                    f" is outside 1..{self.max_k}; this export returns at most {self.max_k} hits "
+                    "(export option max_k, clipped to the gallery size)",
+                ])],
+            )
+        with tf.control_dependencies([in_range]):
+            return tf.identity(k)
 
     def gallery_variables(self) -> list:
         return [v for v in (getattr(self, "gallery_embeddings", None),
@@ -240,16 +322,83 @@ class ServingGraphs:
 
 
 def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:
-    # Pad so fixed-offset slices never run past a short string.
-    head = tf.strings.substr(
-        tf.strings.join([contents, tf.constant(b"\0" * _HEADER_LEN)]), 0, _HEADER_LEN
-    )
-    matches = [
-        tf.equal(tf.strings.substr(head, offset, len(magic)), magic) for offset, magic in _MAGIC
-    ]
-    riff = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
-    matches[-1] = tf.logical_and(riff, matches[-1])
+    header = _Header(contents, _HEADER_LEN)  # padded: slices never run past a short string
+    matches = [header.starts(magic, offset) for offset, magic in _MAGIC]
+    matches[-1] = tf.logical_and(header.starts(b"RIFF"), matches[-1])
     return tf.logical_and(tf.strings.length(contents) > 0, tf.reduce_any(tf.stack(matches)))
+
+
+class _Header:
+    """The first bytes of an encoded image, padded with NULs, as graph ops."""
+
+    def __init__(self, contents: tf.Tensor, length: int = 64):  # 64: every field read below
+        self.text = tf.strings.substr(
+            tf.strings.join([contents, tf.constant(b"\0" * length)]), 0, length
+        )
+        self.bytes = tf.io.decode_raw(self.text, tf.uint8)
+
+    def starts(self, magic: bytes, offset: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(self.text, offset, len(magic)), magic)
+
+    def little(self, start: int, count: int) -> tf.Tensor:
+        """An unsigned little-endian integer (int64) from `count` bytes at `start`."""
+        return tf.add_n([tf.cast(self.bytes[start + k], tf.int64) * 256**k for k in range(count)])
+
+    def flag(self, index: int, mask: int) -> tf.Tensor:
+        return tf.not_equal(tf.bitwise.bitwise_and(self.bytes[index], mask), 0)
+
+    @property
+    def webp(self) -> tf.Tensor:
+        return tf.logical_and(self.starts(b"RIFF"), self.starts(b"WEBP", 8))
+
+    @property
+    def webp_alpha(self) -> tf.Tensor:
+        """Whether a WebP has an alpha channel (VP8X ALPHA flag, or VP8L's alpha bit)."""
+        vp8x = tf.logical_and(self.starts(b"VP8X", 12), self.flag(20, 0x10))
+        vp8l = tf.logical_and(self.starts(b"VP8L", 12), self.flag(24, 0x10))
+        return tf.logical_and(self.webp, tf.logical_or(vp8x, vp8l))
+
+    @property
+    def webp_animated_without_alpha(self) -> tf.Tensor:
+        animated = tf.logical_and(self.starts(b"VP8X", 12), self.flag(20, 0x02))
+        return tf.logical_and(tf.logical_and(self.webp, animated), tf.logical_not(self.webp_alpha))
+
+
+def _readable_bmp(contents: tf.Tensor, header: _Header) -> tf.Tensor:
+    """Whether TensorFlow decodes this BMP right (see `tfdnc.data.validation`'s BMP reasons)."""
+    bits, compression = header.little(28, 2), header.little(30, 4)
+    plain = tf.logical_and(tf.reduce_any(tf.equal(bits, [8, 24, 32])), tf.reduce_any(tf.equal(compression, [0, 3])))
+
+    def grey_ramp():
+        # TensorFlow ignores the palette and returns the indices: right only
+        # for the palette index i -> (i, i, i).
+        length = tf.cast(tf.strings.length(contents), tf.int64)
+        start = tf.minimum(14 + header.little(14, 4), length)
+        used = tf.where(tf.equal(header.little(46, 4), 0), tf.constant(256, tf.int64), header.little(46, 4))
+        table = tf.io.decode_raw(tf.strings.substr(contents, start, tf.minimum(4 * used, length - start)), tf.uint8)
+        entries = tf.reshape(table[: tf.size(table) // 4 * 4], [-1, 4])[:, :3]
+        ramp = tf.cast(tf.range(tf.shape(entries)[0])[:, None] * tf.ones([1, 3], tf.int32), tf.uint8)
+        return tf.reduce_all(tf.equal(entries, ramp))
+
+    is_8bit = tf.logical_and(plain, tf.equal(bits, 8))
+    return tf.logical_and(plain, tf.cond(is_8bit, grey_ramp, lambda: tf.constant(True)))
+
+
+def decode_request_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
+    """`tfdnc.data.transforms.decode_image`, and WebPs with alpha too.
+
+    TensorFlow decodes a WebP only at its own channel count: 4 for one with
+    alpha (still or animated), which the training decoder's 3 or 1 refuse.
+    Those are decoded at 4 and their alpha dropped (as PNG's decoder drops
+    it), then made grey for a grey export the way the training decoder makes
+    GIF, BMP and WebP grey. Everything else is the training decoder's.
+    """
+
+    def with_alpha():
+        rgb = decode_image(contents, 4)[..., :3]
+        return rgb if channels == 3 else tf.image.rgb_to_grayscale(rgb)
+
+    return tf.cond(_Header(contents).webp_alpha, with_alpha, lambda: decode_image(contents, channels))
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -4,15 +4,35 @@ TF Serving watches BASE/NAME and loads new integer-named folders as they
 appear, so a version must appear complete: it is written under a hidden
 staging name (which TF Serving ignores, not being an integer) and renamed
 into place, which is atomic on one file system.
+
+A staging folder is named `.staging-PID@HOST.RANDOM`. An export killed before
+its rename leaves one behind; the next export of the model removes it once it
+is stale: written on this host by a process that no longer runs, or (another
+host's, or an old unnamed one) untouched for `STALE_AFTER_SECONDS`. A running
+export's folder is never removed.
+
+Versions are made readable by every user (folders 0755, files 0644): TF
+Serving often runs as another user than the one who exported.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import Iterator
+
+STAGING_PREFIX = ".staging-"
+# A staging folder of another host (whose pids this host cannot check) or of
+# an older tfdnc (no pid in its name) is stale after a day without a write.
+STALE_AFTER_SECONDS = 24 * 3600
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+_STAGING_NAME = re.compile(r"^\.staging-(?P<pid>\d+)@(?P<host>.+)\.[^.]+$")
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
@@ -78,13 +98,85 @@ def staged_version(model_dir: str | os.PathLike, version: int | None) -> Iterato
         version = int(version)
         _check_free(model_dir, version)
     os.makedirs(model_dir, exist_ok=True)
-    staged = StagedVersion(model_dir, tempfile.mkdtemp(prefix=".staging-", dir=model_dir), version)
+    remove_stale_staging(model_dir)
+    prefix = f"{STAGING_PREFIX}{os.getpid()}@{_host()}."
+    staged = StagedVersion(model_dir, tempfile.mkdtemp(prefix=prefix, dir=model_dir), version)
     try:
         yield staged
+        make_world_readable(staged.staging)
         staged.version = _rename_into_place(staged.staging, model_dir, version)
     except BaseException:
         shutil.rmtree(staged.staging, ignore_errors=True)
         raise
+
+
+def remove_stale_staging(model_dir: str | os.PathLike, now: float | None = None) -> list[str]:
+    """Removes the staging folders of dead exports under `model_dir`; returns their paths.
+
+    Stale: named by a process of this host that no longer runs, or (another
+    host's, or without a pid) nothing in it written for `STALE_AFTER_SECONDS`.
+    """
+    model_dir = os.fspath(model_dir)
+    now = time.time() if now is None else now
+    removed = []
+    for entry in sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []:
+        path = os.path.join(model_dir, entry)
+        if entry.startswith(STAGING_PREFIX) and os.path.isdir(path) and _is_stale(entry, path, now):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def make_world_readable(root: str | os.PathLike) -> None:
+    """Folders under `root` (itself included) 0755, files 0644.
+
+    `tempfile.mkdtemp` makes the staging folder 0700, and a restrictive umask
+    would do the same to what the exporter writes; TF Serving running as
+    another user needs to list the folders and read the files.
+    """
+    root = os.fspath(root)
+    os.chmod(root, DIR_MODE)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), DIR_MODE)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, FILE_MODE)
+
+
+def _host() -> str:
+    # Dots separate the random suffix; keep the name one path component.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _is_stale(entry: str, path: str, now: float) -> bool:
+    match = _STAGING_NAME.match(entry)
+    if match and match["host"] == _host():
+        return not _process_alive(int(match["pid"]))
+    return now - _last_write(path) > STALE_AFTER_SECONDS
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def _last_write(path: str) -> float:
+    latest = os.path.getmtime(path)
+    for dirpath, _, filenames in os.walk(path):
+        latest = max(latest, os.path.getmtime(dirpath))
+        for name in filenames:
+            try:
+                latest = max(latest, os.path.getmtime(os.path.join(dirpath, name)))
+            except OSError:
+                pass
+    return latest
 
 
 def _check_free(model_dir: str, version: int) -> None:

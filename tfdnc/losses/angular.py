@@ -8,12 +8,12 @@ import keras
 import tensorflow as tf
 
 from tfdnc.distances import pairwise_dot
-from tfdnc.losses.base import MetricLoss, safe_divide
-from tfdnc.losses.npair import _anchor_positive_logits, _embedding_l2
+from tfdnc.losses.anchor_positive import AnchorPositiveLoss
+from tfdnc.losses.base import safe_divide
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
-class AngularLoss(MetricLoss):
+class AngularLoss(AnchorPositiveLoss):
     """Angular loss in its N-pair form.
 
     The batch is cut into same-class pairs (a, p) as in :class:`NPairLoss`;
@@ -31,6 +31,7 @@ class AngularLoss(MetricLoss):
     Args:
         alpha: the angle bound in degrees (0 < alpha < 90).
         l2_regularization: weight of the embedding-norm penalty.
+        reducer: see `MetricLoss` (the elements are the anchors; default "mean").
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
     Example:
@@ -38,19 +39,17 @@ class AngularLoss(MetricLoss):
     >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
     """
 
-    expects_normalized = False
-    _higher_is_harder = True
-
     def __init__(
         self,
         alpha: float = 40.0,
         l2_regularization: float = 0.002,
         symmetrical: bool = False,
         symm_rule: str = "paper",
+        reducer=None,
         name: str = "angular_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if not 0 < alpha < 90:
             raise ValueError(f"AngularLoss: `alpha` must be in (0, 90) degrees, got {alpha}")
         if l2_regularization < 0:
@@ -60,14 +59,9 @@ class AngularLoss(MetricLoss):
         self.alpha = float(alpha)
         self.l2_regularization = float(l2_regularization)
 
-    def _pairwise(self, x, y):
-        return pairwise_dot(x, y)
-
-    def _compute(self, labels, embeddings):
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
         # logits[i, j] = a_i . p_j (negatives synthesised when symmetrical)
-        an, ap, is_anchor, same, positives, stats = _anchor_positive_logits(
-            self, labels, embeddings
-        )
+        an, ap, is_anchor, same, positives, stats = self._anchor_positive_logits(labels, embeddings)
         pn = pairwise_dot(positives, positives)
         if self.symmetrical:
             pn = tf.where(same, pn, an)  # both become the pair-vs-pair hardest value
@@ -78,9 +72,8 @@ class AngularLoss(MetricLoss):
         per_row = tf.reduce_logsumexp(
             tf.concat([tf.zeros_like(f[:, :1]), tf.where(neg, f, neg_inf)], axis=1), axis=1
         )
-        rows = tf.cast(is_anchor, tf.float32)
-        loss = safe_divide(tf.reduce_sum(per_row * rows), tf.reduce_sum(rows))
-        loss += _embedding_l2(embeddings, positives, is_anchor, self.l2_regularization)
+        loss = self.reducer(per_row, is_anchor, sample_weight)
+        loss += self._embedding_l2(embeddings, positives, is_anchor)
         active = safe_divide(
             tf.reduce_sum(tf.cast(neg & (f > 0), tf.float32)),
             tf.reduce_sum(tf.cast(neg, tf.float32)),

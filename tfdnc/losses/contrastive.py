@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfdnc.distances import pairwise_euclidean
 from tfdnc.losses.base import MetricLoss, safe_divide
-from tfdnc.miners import label_masks
+from tfdnc.miners import AllPairsMiner, Miner, deserialize_miner
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -15,12 +15,14 @@ class ContrastiveLoss(MetricLoss):
     """[d - pos_margin]+ on positive pairs plus [neg_margin - d]+ on negative pairs.
 
     Euclidean distances between L2-normalised embeddings; each of the two parts
-    is averaged over its non-zero terms and the two are summed (as
-    pytorch-metric-learning's default reducer does).
+    is reduced on its own (default: averaged over its non-zero terms) and the
+    two are summed (as pytorch-metric-learning's default reducer does).
 
     Args:
         pos_margin: positives closer than this cost nothing.
         neg_margin: negatives farther than this cost nothing.
+        miner: a pair miner (default: all pairs).
+        reducer: see `MetricLoss` (default "avg_non_zero", per part).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
     Example:
@@ -29,18 +31,22 @@ class ContrastiveLoss(MetricLoss):
     """
 
     expects_normalized = True
+    supports_reference = True
+    default_reducer = "avg_non_zero"
     _higher_is_harder = False
 
     def __init__(
         self,
         pos_margin: float = 0.0,
         neg_margin: float = 0.5,
+        miner: Miner | dict | None = None,
+        reducer=None,
         symmetrical: bool = False,
         symm_rule: str = "paper",
         name: str = "contrastive_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if pos_margin < 0 or neg_margin <= pos_margin:
             raise ValueError(
                 "ContrastiveLoss: need 0 <= `pos_margin` < `neg_margin`, got "
@@ -48,24 +54,29 @@ class ContrastiveLoss(MetricLoss):
             )
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
+        self._miner_arg = deserialize_miner(miner)
+        self.miner = self._miner_arg or AllPairsMiner()
 
     def _pairwise(self, x, y):
         return pairwise_euclidean(x, y)
 
-    def _compute(self, labels, embeddings):
-        pos_mask, neg_mask = label_masks(labels)
-        d, stats = self._pair_matrix(labels, embeddings, pos_mask)
-        pos = tf.cast(pos_mask, tf.float32)
-        neg = tf.cast(neg_mask, tf.float32)
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
+        pairs = self.miner(d, pos_mask, neg_mask)
+        pos = tf.cast(pairs.positive_mask, tf.float32)
+        neg = tf.cast(pairs.negative_mask, tf.float32)
         pos_terms = tf.nn.relu(d - self.pos_margin) * pos
         neg_terms = tf.nn.relu(self.neg_margin - d) * neg
+        loss = self.reducer(pos_terms, pos, sample_weight) + self.reducer(neg_terms, neg, sample_weight)
         pos_on = tf.reduce_sum(tf.cast(pos_terms > 0, tf.float32))
         neg_on = tf.reduce_sum(tf.cast(neg_terms > 0, tf.float32))
-        loss = safe_divide(tf.reduce_sum(pos_terms), pos_on) + safe_divide(
-            tf.reduce_sum(neg_terms), neg_on
-        )
         active = safe_divide(pos_on + neg_on, tf.reduce_sum(pos) + tf.reduce_sum(neg))
         return loss, {**stats, "active_fraction": active}
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
+        return {
+            **super().get_config(),
+            "pos_margin": self.pos_margin,
+            "neg_margin": self.neg_margin,
+            "miner": None if self._miner_arg is None else keras.saving.serialize_keras_object(self._miner_arg),
+        }

@@ -7,7 +7,6 @@ import tensorflow as tf
 
 from tfdnc.distances import pairwise_euclidean
 from tfdnc.losses.base import MetricLoss, safe_divide
-from tfdnc.miners import label_masks
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -20,8 +19,11 @@ class LiftedStructureLoss(MetricLoss):
         J_ij = log(sum_{k in N(i)} exp(margin - D_ik) + sum_{l in N(j)} exp(margin - D_jl)) + D_ij
         L = 1 / (2 |P|) sum_{(i, j) in P} [J_ij]+^2
 
+    (the default reducer "mean" of [J_ij]+^2 / 2 over the ordered positive pairs).
+
     Args:
         margin: the margin (alpha in the paper).
+        reducer: see `MetricLoss`.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
     Example:
@@ -37,10 +39,11 @@ class LiftedStructureLoss(MetricLoss):
         margin: float = 1.0,
         symmetrical: bool = False,
         symm_rule: str = "paper",
+        reducer=None,
         name: str = "lifted_structure_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if margin < 0:
             raise ValueError(f"LiftedStructureLoss: `margin` must be >= 0, got {margin}")
         self.margin = float(margin)
@@ -48,9 +51,8 @@ class LiftedStructureLoss(MetricLoss):
     def _pairwise(self, x, y):
         return pairwise_euclidean(x, y)
 
-    def _compute(self, labels, embeddings):
-        pos_mask, neg_mask = label_masks(labels)
-        d, stats = self._pair_matrix(labels, embeddings, pos_mask)
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings)
         has_neg = tf.reduce_any(neg_mask, axis=1)
         neg_inf = tf.fill(tf.shape(d), tf.constant(-float("inf"), d.dtype))
         # log-sum-exp over each row's negatives; rows without any get 0 and
@@ -65,7 +67,8 @@ class LiftedStructureLoss(MetricLoss):
         valid_f = tf.cast(valid, tf.float32)
         terms = tf.square(tf.nn.relu(j)) * valid_f
         num_pairs = tf.reduce_sum(valid_f)  # ordered pairs = 2 |P|
-        loss = safe_divide(tf.reduce_sum(terms), 2.0 * num_pairs)
+        # 1 / (2 |P|) sum over unordered pairs = the mean of J^2 / 2 over ordered ones
+        loss = self.reducer(0.5 * terms, valid, sample_weight)
         active = safe_divide(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), num_pairs)
         return loss, {**stats, "active_fraction": active}
 

@@ -7,7 +7,13 @@ import tensorflow as tf
 
 from tfdnc.distances import pairwise_euclidean
 from tfdnc.losses.base import LossParameters, MetricLoss, safe_divide
-from tfdnc.miners import closest_negatives_beyond_cutoff, distance_weighted_sample, label_masks
+from tfdnc.miners import (
+    ClosestBeyondCutoffMiner,
+    DistanceWeightedMiner,
+    Miner,
+    TripletSelection,
+    deserialize_miner,
+)
 
 # How MarginLoss picks the negative of each anchor-positive pair.
 NEGATIVE_SAMPLING = ("distance_weighted", "closest_beyond_cutoff")
@@ -59,6 +65,10 @@ class MarginLoss(MetricLoss):
             0 (defaults to beta + alpha = 1.4); "distance_weighted" only.
         seed: int or None, seeds the sampler's `keras.random.SeedGenerator`.
         negative_sampling: "distance_weighted" or "closest_beyond_cutoff".
+        miner: a `tfdnc.miners` triplet miner giving one negative per
+            anchor-positive pair (overrides `negative_sampling`).
+        reducer: see `MetricLoss`; the default "avg_non_zero" divides by the
+            number of non-zero terms, as the reference codes do.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives (see
             `MetricLoss`); the synthesised distances are used both to select
             the negatives and in the loss.
@@ -70,6 +80,8 @@ class MarginLoss(MetricLoss):
     """
 
     expects_normalized = True
+    supports_reference = True
+    default_reducer = "avg_non_zero"
     _higher_is_harder = False
 
     def __init__(
@@ -83,12 +95,14 @@ class MarginLoss(MetricLoss):
         nonzero_loss_cutoff: float = 1.4,
         seed: int | None = None,
         negative_sampling: str = "distance_weighted",
+        miner: Miner | dict | None = None,
+        reducer=None,
         symmetrical: bool = False,
         symm_rule: str = "paper",
         name: str = "margin_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if alpha < 0:
             raise ValueError(f"MarginLoss: `alpha` must be >= 0, got {alpha}")
         if beta <= 0:
@@ -118,7 +132,13 @@ class MarginLoss(MetricLoss):
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
         self.negative_sampling = negative_sampling
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self._miner_arg = deserialize_miner(miner)
+        if self._miner_arg is not None:
+            self.miner = self._miner_arg
+        elif negative_sampling == "closest_beyond_cutoff":
+            self.miner = ClosestBeyondCutoffMiner(cutoff)
+        else:
+            self.miner = DistanceWeightedMiner(cutoff, nonzero_loss_cutoff, seed)
         self.beta = None
         if self.learnable_beta:
             self._variables_layer = LossParameters(name=f"{self.name}_parameters")
@@ -133,36 +153,15 @@ class MarginLoss(MetricLoss):
     def _pairwise(self, x, y):
         return pairwise_euclidean(x, y)
 
-    def _compute(self, labels, embeddings):
-        pos_mask, neg_mask = label_masks(labels)
-        d, stats = self._pair_matrix(labels, embeddings, pos_mask)
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
         dim = embeddings.shape[-1]
         if dim is None:
             raise ValueError("MarginLoss: the embedding size (last axis of `y_pred`) must be static")
-        b = embeddings.shape[0] if embeddings.shape[0] is not None else tf.shape(embeddings)[0]
-        # One negative per anchor-positive pair: column p of row a is the
-        # negative chosen for the pair (a, p).
-        if self.negative_sampling == "closest_beyond_cutoff":
-            neg_idx, has_neg, below = closest_negatives_beyond_cutoff(
-                tf.stop_gradient(d), pos_mask, neg_mask, cutoff=self.cutoff
-            )
-        else:
-            neg_idx, has_neg = distance_weighted_sample(
-                tf.stop_gradient(d),
-                neg_mask,
-                dim=dim,
-                num_samples=b,
-                seed=self._seed_generator,
-                cutoff=self.cutoff,
-                nonzero_loss_cutoff=self.nonzero_loss_cutoff,
-            )
-        loss, terms = self.loss_given_negatives(labels, d, neg_idx, pos_mask, has_neg)
-        stats = {**stats, **terms}
-        if self.negative_sampling == "closest_beyond_cutoff":
-            # triplets whose negative had to come from below the cutoff
-            stats["below_cutoff_fraction"] = safe_divide(
-                tf.reduce_sum(tf.cast(below, tf.float32)), terms["num_triplets"]
-            )
+        # One negative per anchor-positive pair (a, p), chosen by the miner.
+        selection = self.miner(d, pos_mask, neg_mask, dim=dim)
+        loss, terms = self._loss_on_triplets(labels, selection, sample_weight)
+        stats = {**stats, **terms, **selection.stats}
         if self.learnable_beta:
             stats["beta_mean"] = tf.reduce_mean(tf.convert_to_tensor(self.beta))
         return loss, stats
@@ -177,31 +176,36 @@ class MarginLoss(MetricLoss):
             (loss, stats) with "active_fraction" (triplets with a non-zero term)
             and "num_triplets".
         """
-        d_an = tf.gather(distances, negative_index, batch_dims=1)
         has_negative = tf.convert_to_tensor(has_negative)
         if has_negative.shape.rank == 1:
             has_negative = has_negative[:, None]
-        triplets = tf.cast(tf.logical_and(positive_mask, has_negative), tf.float32)
+        d_an = tf.gather(distances, negative_index, batch_dims=1)
+        selection = TripletSelection(distances, d_an, tf.logical_and(positive_mask, has_negative))
+        return self._loss_on_triplets(tf.reshape(labels, [-1]), selection, None)
+
+    def _loss_on_triplets(self, labels, selection: TripletSelection, sample_weight):
+        """[d_ap - beta + alpha]+ and [beta - d_an + alpha]+ per triplet, reduced together."""
+        triplets = tf.cast(selection.mask, tf.float32)
         if self.learnable_beta:
             # one-hot product rather than gather: a dense gradient for the optimiser
             onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
             beta = tf.linalg.matvec(onehot, tf.convert_to_tensor(self.beta))[:, None]
         else:
             beta = tf.constant(self.beta_init, tf.float32)
-        pos_loss = tf.nn.relu(distances - beta + self.alpha) * triplets
-        neg_loss = tf.nn.relu(beta - d_an + self.alpha) * triplets
-        pos_on = tf.cast(pos_loss > 0, tf.float32)
-        neg_on = tf.cast(neg_loss > 0, tf.float32)
-        pair_count = tf.reduce_sum(pos_on) + tf.reduce_sum(neg_on)
-        total = tf.reduce_sum(pos_loss + neg_loss)
+        pos_loss = tf.nn.relu(selection.positive - beta + self.alpha) * triplets
+        neg_loss = tf.nn.relu(beta - selection.negative + self.alpha) * triplets
+        # The positive and negative terms are elements of one reduction (the
+        # reference codes divide their sum by the number of non-zero terms).
+        terms = tf.stack([pos_loss, neg_loss], axis=-1)
+        regulariser = None
         if self.learnable_beta and self.nu > 0:
-            total += self.nu * tf.reduce_sum(beta * triplets)
+            regulariser = self.nu * tf.reduce_sum(beta * triplets)
+        loss = self.reducer(terms, tf.stack([triplets, triplets], axis=-1), sample_weight, extra=regulariser)
         num_triplets = tf.reduce_sum(triplets)
-        active = safe_divide(tf.reduce_sum(tf.maximum(pos_on, neg_on)), num_triplets)
-        return safe_divide(total, pair_count), {
-            "active_fraction": active,
-            "num_triplets": num_triplets,
-        }
+        active = safe_divide(
+            tf.reduce_sum(tf.cast(tf.reduce_max(terms, axis=-1) > 0, tf.float32)), num_triplets
+        )
+        return loss, {"active_fraction": active, "num_triplets": num_triplets}
 
     def get_config(self) -> dict:
         return {
@@ -215,4 +219,5 @@ class MarginLoss(MetricLoss):
             "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
             "seed": self.seed,
             "negative_sampling": self.negative_sampling,
+            "miner": None if self._miner_arg is None else keras.saving.serialize_keras_object(self._miner_arg),
         }

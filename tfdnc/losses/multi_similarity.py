@@ -6,15 +6,8 @@ import keras
 import tensorflow as tf
 
 from tfdnc.distances import pairwise_cosine_similarity
-from tfdnc.losses.base import MetricLoss, safe_divide
-from tfdnc.miners import label_masks, multi_similarity_pairs
-
-
-def _log1p_sum_exp(z, mask):
-    """log(1 + sum over mask of exp(z)) per row, computed stably."""
-    neg_inf = tf.fill(tf.shape(z), tf.constant(-float("inf"), z.dtype))
-    z = tf.where(mask, z, neg_inf)
-    return tf.reduce_logsumexp(tf.concat([tf.zeros_like(z[:, :1]), z], axis=1), axis=1)
+from tfdnc.losses.base import MetricLoss, log1p_sum_exp, safe_divide
+from tfdnc.miners import Miner, MultiSimilarityMiner, deserialize_miner
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -29,13 +22,17 @@ class MultiSimilarityLoss(MetricLoss):
             + 1/beta  log(1 + sum_k exp( beta (S_ik - base)))
 
     over the kept pairs; anchors with no kept positive or no kept negative add
-    0, and the sum is divided by the batch size (as the authors' code does).
+    0, and the sum is divided by the batch size (as the authors' code does;
+    the default reducer "mean" over the anchors, those without terms as 0).
 
     Args:
         alpha: scale of the positive term.
         beta: scale of the negative term.
         base: similarity offset (lambda in the paper).
-        epsilon: mining margin.
+        epsilon: mining margin (of the default miner).
+        miner: a pair miner on cosine similarities (default:
+            `MultiSimilarityMiner(epsilon)`).
+        reducer: see `MetricLoss`; the elements are the anchors.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
     Example:
@@ -44,6 +41,7 @@ class MultiSimilarityLoss(MetricLoss):
     """
 
     expects_normalized = True
+    supports_reference = True
     _higher_is_harder = True
 
     def __init__(
@@ -52,12 +50,14 @@ class MultiSimilarityLoss(MetricLoss):
         beta: float = 50.0,
         base: float = 0.5,
         epsilon: float = 0.1,
+        miner: Miner | dict | None = None,
+        reducer=None,
         symmetrical: bool = False,
         symm_rule: str = "paper",
         name: str = "multi_similarity_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if alpha <= 0 or beta <= 0:
             raise ValueError(
                 f"MultiSimilarityLoss: `alpha` and `beta` must be > 0, got {alpha}, {beta}"
@@ -68,20 +68,21 @@ class MultiSimilarityLoss(MetricLoss):
         self.beta = float(beta)
         self.base = float(base)
         self.epsilon = float(epsilon)
+        self._miner_arg = deserialize_miner(miner)
+        self.miner = self._miner_arg or MultiSimilarityMiner(self.epsilon)
 
     def _pairwise(self, x, y):
         return pairwise_cosine_similarity(x, y)
 
-    def _compute(self, labels, embeddings):
-        pos_mask, neg_mask = label_masks(labels)
-        s, stats = self._pair_matrix(labels, embeddings, pos_mask)
-        keep_pos, keep_neg = multi_similarity_pairs(s, pos_mask, neg_mask, self.epsilon)
-        pos_term = _log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
-        neg_term = _log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        s, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
+        pairs = self.miner(s, pos_mask, neg_mask)
+        keep_pos, keep_neg = pairs.positive_mask, pairs.negative_mask
+        pos_term = log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
+        neg_term = log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta
         anchor_on = tf.reduce_any(keep_pos, axis=1) & tf.reduce_any(keep_neg, axis=1)
         on = tf.cast(anchor_on, tf.float32)
-        batch = tf.cast(tf.shape(labels)[0], tf.float32)
-        loss = tf.reduce_sum((pos_term + neg_term) * on) / batch
+        loss = self.reducer((pos_term + neg_term) * on, None, sample_weight)
         kept = tf.cast(keep_pos | keep_neg, tf.float32) * on[:, None]
         candidates = tf.cast(pos_mask | neg_mask, tf.float32)
         active = safe_divide(tf.reduce_sum(kept), tf.reduce_sum(candidates))
@@ -94,4 +95,5 @@ class MultiSimilarityLoss(MetricLoss):
             "beta": self.beta,
             "base": self.base,
             "epsilon": self.epsilon,
+            "miner": None if self._miner_arg is None else keras.saving.serialize_keras_object(self._miner_arg),
         }

@@ -5,52 +5,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_dot
-from tfdnc.layers.synthesis import pair_within_classes
-from tfdnc.losses.base import MetricLoss, safe_divide
-
-
-def _anchor_positive_logits(loss: MetricLoss, labels, embeddings):
-    """Similarities between the anchors and positives of the batch's pairs.
-
-    The batch is cut into same-class pairs (anchor = first member, positive =
-    second, see `pair_within_classes`). Entry (i, j) is anchor_i . positive_j,
-    rows and columns indexed by batch position and valid only where
-    `is_anchor` holds; with Symmetrical Synthesis the entries between
-    different classes are the synthesised hardest similarities.
-
-    Returns:
-        (logits (B, B), anchor_dot_own_positive (B,), is_anchor (B,) bool,
-        same_class (B, B) bool, stats dict).
-    """
-    partner, is_anchor, _ = pair_within_classes(labels)
-    positives = tf.gather(embeddings, partner)
-    logits = pairwise_dot(embeddings, positives)
-    same = tf.equal(labels[:, None], labels[None, :])
-    stats = {}
-    if loss.symmetrical:
-        negative, synthetic = loss._symmetrical_negatives(labels, embeddings)
-        logits = tf.where(same, logits, negative)
-        neg = tf.logical_not(same) & is_anchor[:, None] & is_anchor[None, :]
-        stats["synthetic_fraction"] = safe_divide(
-            tf.reduce_sum(tf.cast(synthetic & neg, tf.float32)),
-            tf.reduce_sum(tf.cast(neg, tf.float32)),
-        )
-    own = tf.reduce_sum(embeddings * positives, axis=1)
-    return logits, own, is_anchor, same, positives, stats
-
-
-def _embedding_l2(embeddings, positives, is_anchor, weight: float):
-    """0.25 * weight * (mean ||anchor||^2 + mean ||positive||^2) over the pairs."""
-    rows = tf.cast(is_anchor, tf.float32)
-    count = tf.reduce_sum(rows)
-    sq_a = safe_divide(tf.reduce_sum(tf.reduce_sum(tf.square(embeddings), 1) * rows), count)
-    sq_p = safe_divide(tf.reduce_sum(tf.reduce_sum(tf.square(positives), 1) * rows), count)
-    return 0.25 * weight * (sq_a + sq_p)
+from tfdnc.losses.anchor_positive import AnchorPositiveLoss
+from tfdnc.losses.base import safe_divide
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
-class NPairLoss(MetricLoss):
+class NPairLoss(AnchorPositiveLoss):
     """Softmax cross-entropy of each anchor over the positives of all pairs.
 
     The batch is cut into same-class pairs (anchor, positive) in batch order
@@ -63,6 +23,7 @@ class NPairLoss(MetricLoss):
 
     Args:
         l2_regularization: weight of the embedding-norm penalty.
+        reducer: see `MetricLoss` (the elements are the anchors; default "mean").
         symmetrical, symm_rule: Symmetrical Synthesis: the logit between
             pairs of different classes becomes the hardest similarity
             between their originals and synthetics (the authors applied
@@ -73,29 +34,22 @@ class NPairLoss(MetricLoss):
     >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
     """
 
-    expects_normalized = False
-    _higher_is_harder = True
-
     def __init__(
         self,
         l2_regularization: float = 0.002,
         symmetrical: bool = False,
         symm_rule: str = "paper",
+        reducer=None,
         name: str = "npair_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if l2_regularization < 0:
             raise ValueError(f"NPairLoss: `l2_regularization` must be >= 0, got {l2_regularization}")
         self.l2_regularization = float(l2_regularization)
 
-    def _pairwise(self, x, y):
-        return pairwise_dot(x, y)
-
-    def _compute(self, labels, embeddings):
-        logits, own, is_anchor, same, positives, stats = _anchor_positive_logits(
-            self, labels, embeddings
-        )
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        logits, own, is_anchor, same, positives, stats = self._anchor_positive_logits(labels, embeddings)
         cols = is_anchor[None, :]
         lowest = tf.fill(tf.shape(logits), tf.constant(-1e30, logits.dtype))
         log_prob = tf.nn.log_softmax(tf.where(cols, logits, lowest), axis=1)
@@ -103,10 +57,8 @@ class NPairLoss(MetricLoss):
         target = safe_divide(target, tf.reduce_sum(target, axis=1, keepdims=True))
         # Mask before multiplying: log_prob is ~-1e30 in masked columns.
         ce = -tf.reduce_sum(tf.where(target > 0, target * log_prob, 0.0), axis=1)
-        rows = tf.cast(is_anchor, tf.float32)
-        num_rows = tf.reduce_sum(rows)
-        loss = safe_divide(tf.reduce_sum(ce * rows), num_rows)
-        loss += _embedding_l2(embeddings, positives, is_anchor, self.l2_regularization)
+        loss = self.reducer(ce, is_anchor, sample_weight)
+        loss += self._embedding_l2(embeddings, positives, is_anchor)
         neg = tf.logical_not(same) & cols & is_anchor[:, None]
         violated = neg & (logits >= own[:, None])
         active = safe_divide(

@@ -1,4 +1,4 @@
-"""Triplet loss with batch-all, batch-hard or semi-hard mining."""
+"""Triplet loss with batch-all, batch-hard or semi-hard mining (or any triplet miner)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import tensorflow as tf
 
 from tfdnc.distances import DISTANCES, pairwise_distance
 from tfdnc.losses.base import MetricLoss, safe_divide
-from tfdnc.miners import batch_hard, label_masks, semi_hard_negatives
+from tfdnc.losses.reducers import get_reducer
+from tfdnc.miners import AllTripletsMiner, BatchHardMiner, Miner, SemiHardMiner, deserialize_miner
 
-MININGS = ("batch_all", "batch_hard", "semi_hard")
+MININGS = {"batch_all": AllTripletsMiner, "batch_hard": BatchHardMiner, "semi_hard": SemiHardMiner}
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
 class TripletLoss(MetricLoss):
-    """[d(a, p) - d(a, n) + margin]+ over triplets mined in the batch.
+    """[d(a, p) - d(a, n) + margin]+ over triplets chosen by a miner.
 
-    Mining:
+    Mining (`mining=` by name, or any triplet miner with `miner=`):
         "batch_all": every valid triplet; mean over the non-zero terms.
         "batch_hard": per anchor the farthest positive and the closest
             negative (Hermans et al. 2017); mean over anchors.
@@ -24,18 +25,27 @@ class TripletLoss(MetricLoss):
             than the positive, else the farthest negative (FaceNet, as in
             TensorFlow's classic `triplet_semihard_loss`); mean over pairs.
 
+    Soft margin (`soft_margin=True`, Hermans et al. 2017): each term is
+    log(1 + exp(d(a, p) - d(a, n))) instead of the hinge; `margin` is unused.
+
     Args:
         margin: the triplet margin.
         mining: "batch_all", "batch_hard" or "semi_hard".
         distance: "euclidean", "squared_euclidean" or "cosine" (1 - cos).
+        soft_margin: softplus instead of the hinge.
+        miner: a `tfdnc.miners` triplet miner; overrides `mining`.
+        reducer: see `MetricLoss` (default: "avg_non_zero" for all triplets,
+            "mean" otherwise).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
     Example:
     >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
+    >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
     >>> value = loss(labels, l2_normalize(embeddings))
     """
 
     expects_normalized = True
+    supports_reference = True
     _higher_is_harder = False
 
     def __init__(
@@ -43,16 +53,19 @@ class TripletLoss(MetricLoss):
         margin: float = 0.2,
         mining: str = "batch_all",
         distance: str = "euclidean",
+        soft_margin: bool = False,
+        miner: Miner | dict | None = None,
+        reducer=None,
         symmetrical: bool = False,
         symm_rule: str = "paper",
         name: str = "triplet_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
         if margin < 0:
             raise ValueError(f"TripletLoss: `margin` must be >= 0, got {margin}")
         if mining not in MININGS:
-            raise ValueError(f"TripletLoss: `mining` must be one of {MININGS}, got {mining!r}")
+            raise ValueError(f"TripletLoss: `mining` must be one of {tuple(MININGS)}, got {mining!r}")
         if distance not in DISTANCES:
             raise ValueError(
                 f"TripletLoss: `distance` must be one of {DISTANCES}, got {distance!r}"
@@ -60,30 +73,27 @@ class TripletLoss(MetricLoss):
         self.margin = float(margin)
         self.mining = mining
         self.distance = distance
+        self.soft_margin = bool(soft_margin)
+        self._miner_arg = deserialize_miner(miner)
+        self.miner = self._miner_arg or MININGS[mining]()
+        if reducer is None:
+            all_triplets = isinstance(self.miner, AllTripletsMiner)
+            self.reducer = get_reducer("avg_non_zero" if all_triplets else "mean")
 
     def _pairwise(self, x, y):
         return pairwise_distance(x, y, self.distance)
 
-    def _compute(self, labels, embeddings):
-        pos_mask, neg_mask = label_masks(labels)
-        d, stats = self._pair_matrix(labels, embeddings, pos_mask)
-        if self.mining == "batch_all":
-            valid = tf.cast(pos_mask[:, :, None] & neg_mask[:, None, :], tf.float32)
-            terms = tf.nn.relu(d[:, :, None] - d[:, None, :] + self.margin) * valid
-        elif self.mining == "batch_hard":
-            hardest_pos, hardest_neg, has_both = batch_hard(d, pos_mask, neg_mask)
-            valid = tf.cast(has_both, tf.float32)
-            terms = tf.nn.relu(hardest_pos - hardest_neg + self.margin) * valid
-        else:
-            d_an = semi_hard_negatives(d, neg_mask)
-            has_neg = tf.reduce_any(neg_mask, axis=1, keepdims=True)
-            valid = tf.cast(pos_mask & has_neg, tf.float32)
-            terms = tf.nn.relu(d - d_an + self.margin) * valid
+    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
+        selection = self.miner(d, pos_mask, neg_mask, dim=embeddings.shape[-1])
+        gap = selection.positive - selection.negative
+        terms = tf.math.softplus(gap) if self.soft_margin else tf.nn.relu(gap + self.margin)
+        valid = tf.cast(tf.broadcast_to(selection.mask, tf.shape(terms)), tf.float32)
+        terms = terms * valid
+        loss = self.reducer(terms, valid, sample_weight)
         num_active = tf.reduce_sum(tf.cast(terms > 0, tf.float32))
-        num_valid = tf.reduce_sum(valid)
-        denominator = num_active if self.mining == "batch_all" else num_valid
-        loss = safe_divide(tf.reduce_sum(terms), denominator)
-        return loss, {**stats, "active_fraction": safe_divide(num_active, num_valid)}
+        active = safe_divide(num_active, tf.reduce_sum(valid))
+        return loss, {**stats, **selection.stats, "active_fraction": active}
 
     def get_config(self) -> dict:
         return {
@@ -91,4 +101,6 @@ class TripletLoss(MetricLoss):
             "margin": self.margin,
             "mining": self.mining,
             "distance": self.distance,
+            "soft_margin": self.soft_margin,
+            "miner": None if self._miner_arg is None else keras.saving.serialize_keras_object(self._miner_arg),
         }

@@ -22,7 +22,7 @@ _LAZY = {
     "RestClient": "tfdnc.serving.rest",
     "GrpcClient": "tfdnc.serving.grpc_client",
     "ExportedModel": "tfdnc.serving.local",
-    "list_images": "tfdnc.serving.images",
+    "list_images": "tfdnc.exporting.gallery",
 }
 
 __all__ = sorted(_LAZY)

@@ -30,6 +30,26 @@ class SearchResult:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def concatenate(cls, outputs: list[Mapping[str, np.ndarray]], k: int | None = None) -> "SearchResult":
+        """One result from the outputs of several `search` / `search_k` requests.
+
+        Each is cut to its first `k` columns (a batching server can answer a
+        `search_k` request with more: the largest k of its merged batch).
+        Ids become `str` (gRPC and in-process answers give bytes, REST text).
+        """
+        columns = slice(None) if k is None else slice(0, int(k))
+
+        def part(name, dtype):
+            return np.concatenate([np.asarray(o[name])[:, columns] for o in outputs]).astype(dtype)
+
+        ids = np.concatenate([np.asarray(o[contract.IDS])[:, columns] for o in outputs])
+        if ids.dtype.kind in "OS":
+            ids = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
+                               otypes=[object])(ids)
+        return cls(ids=ids, similarities=part(contract.SIMILARITIES, np.float32),
+                   indices=part(contract.INDICES, np.int32))
+
     def to_records(self, query_ids: Iterable[str] | None = None) -> list[dict]:
         """One {"query", "rank", "id", "similarity", "index"} dict per hit."""
         query_ids = list(query_ids) if query_ids is not None else list(range(len(self.ids)))
@@ -83,6 +103,7 @@ class ServingClient(abc.ABC):
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
+        self._signature_names: frozenset[str] | None = None
 
     # --- transport (subclasses) ----------------------------------------------
     @abc.abstractmethod
@@ -154,24 +175,48 @@ class ServingClient(abc.ABC):
         )
 
     def search(
-        self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        batch_size: int | None = None,
+        k: int | None = None,
     ) -> SearchResult:
-        """Encoded query images -> top-k ids and similarities of the export's gallery."""
+        """Encoded query images -> top-k ids and similarities of the export's gallery.
+
+        Args:
+            images: encoded images (bytes) or file paths.
+            batch_size: images per request (None: one request).
+            k: hits per query. None: the export's `top_k` (the `search`
+                signature). Else the `search_k` signature answers up to the
+                export's `max_k` (more: a ServingError INVALID_ARGUMENT); an
+                export made before `search_k` existed answers up to its
+                `top_k` (more: ValueError).
+        """
         contents = self._image_batch(images, contract.SEARCH)
-        parts = [
-            self.predict({contract.IMAGE_BYTES: chunk}, contract.SEARCH)
-            for chunk in _chunks(contents, batch_size)
-        ]
-        ids = np.concatenate([p[contract.IDS] for p in parts])
-        if ids.dtype.kind in "OS":
-            # Same type whatever the transport: gRPC and in-process give bytes, REST text.
-            ids = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
-                               otypes=[object])(ids)
-        return SearchResult(
-            ids=ids,
-            similarities=np.concatenate([p[contract.SIMILARITIES] for p in parts]).astype(np.float32),
-            indices=np.concatenate([p[contract.INDICES] for p in parts]).astype(np.int32),
-        )
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ValueError(f"{self._where(contract.SEARCH)}: `k` must be an integer >= 1, got {k!r}")
+        if k is None or not self.has_signature(contract.SEARCH_K):
+            parts = [self.predict({contract.IMAGE_BYTES: chunk}, contract.SEARCH)
+                     for chunk in _chunks(contents, batch_size)]
+            width = parts[0][contract.IDS].shape[1]
+            if k is not None and k > width:
+                raise ValueError(
+                    f"{self._where(contract.SEARCH)}: k={k} asked, but this export has no "
+                    f"`{contract.SEARCH_K}` signature and its `search` returns {width} hits; "
+                    "export it again for a per-request k"
+                )
+        else:
+            parts = [
+                self.predict({contract.IMAGE_BYTES: chunk, contract.K: np.full(len(chunk), k, np.int32)},
+                             contract.SEARCH_K)
+                for chunk in _chunks(contents, batch_size)
+            ]
+        return SearchResult.concatenate(parts, k)
+
+    def has_signature(self, signature: str) -> bool:
+        """Whether the served export has `signature` (asked once, then remembered)."""
+        if self._signature_names is None:
+            self._signature_names = frozenset(self.metadata())
+        return signature in self._signature_names
 
     # --- helpers -------------------------------------------------------------
     def _embed_bytes(self, images, signature, output, batch_size) -> np.ndarray:

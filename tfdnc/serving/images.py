@@ -1,36 +1,15 @@
-"""Image files as request payloads: folder listing and reading bytes."""
+"""Image files as request payloads: encoded bytes, or file paths read to bytes.
+
+Folders are listed by `tfdnc.exporting.gallery.list_images` (also
+`tfdnc.serving.list_images`), whose ids are the ones an export's gallery uses.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterable, Union
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-
 ImageLike = Union[bytes, bytearray, str, os.PathLike]
-
-
-def list_images(folder: str | os.PathLike) -> list[tuple[str, str]]:
-    """All image files under `folder` (recursively), sorted.
-
-    Returns (id, path) pairs; the id is the path relative to `folder` with
-    '/' separators, which is what the CLI and gallery exports report.
-
-    Example:
-    >>> [image_id for image_id, _ in list_images("gallery")]  # ['cat/1.jpg', ...]
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise NotADirectoryError(f"image folder {str(root)!r} does not exist or is not a directory")
-    found = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not found:
-        raise ValueError(
-            f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return [(p.relative_to(root).as_posix(), str(p)) for p in found]
 
 
 def read_image_bytes(image: ImageLike) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -11,6 +10,7 @@ import numpy as np
 from tfdnc.exporting import contract
 from tfdnc.exporting.versions import resolve_version_dir
 from tfdnc.serving.client import ServingClient
+from tfdnc.utils import read_json
 
 # tf.errors codes -> gRPC status names (tf.errors.OpError.error_code values).
 _TF_CODES = {
@@ -60,10 +60,7 @@ class ExportedModel(ServingClient):
     def export_metadata(self) -> dict:
         """assets.extra/tfdnc_export.json of the export ({} if absent)."""
         path = os.path.join(self.path, contract.ASSETS_EXTRA, contract.METADATA_FILE)
-        if not os.path.isfile(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
+        return read_json(path, what="export metadata") if os.path.isfile(path) else {}
 
     def signature_def_map(self):
         """The SavedModel's SignatureDefs as TF Serving reports them (a proto)."""

@@ -1,6 +1,6 @@
-"""Tuple mining on a batch: which pairs / triplets a loss looks at.
+"""Tuple selection functions: which pairs / triplets a loss looks at.
 
-Miners work on a precomputed (B, B) distance or similarity matrix plus the
+The miner objects of :mod:`tfdnc.miners` call these. They work on a precomputed (B, B) distance or similarity matrix plus the
 boolean positive / negative masks from :func:`label_masks`. They return masks
 or per-anchor selections of static shape (no boolean gather), so losses built
 on them compile with XLA.
@@ -24,6 +24,31 @@ def label_masks(labels) -> tuple[tf.Tensor, tf.Tensor]:
     same = tf.equal(labels[:, None], labels[None, :])
     not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
     return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def reference_masks(labels, ref_labels, ref_valid=None, self_index=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positive, negative) boolean (B, N) masks of a batch against a reference set.
+
+    Used when the anchors of the batch are compared with other embeddings
+    (the memory of :class:`tfdnc.losses.CrossBatchMemory`).
+
+    Args:
+        labels: (B,) labels of the anchors.
+        ref_labels: (N,) labels of the reference embeddings.
+        ref_valid: optional (N,) bool, False for empty reference slots (in neither mask).
+        self_index: optional (B,) int, the column holding anchor i's own copy
+            (in neither mask); -1 for none.
+    """
+    labels = tf.reshape(labels, [-1])
+    ref_labels = tf.reshape(ref_labels, [-1])
+    same = tf.equal(labels[:, None], ref_labels[None, :])
+    usable = tf.ones_like(same)
+    if ref_valid is not None:
+        usable = usable & tf.reshape(tf.cast(ref_valid, tf.bool), [1, -1])
+    if self_index is not None:
+        columns = tf.range(tf.shape(ref_labels)[0], dtype=tf.int32)
+        usable = usable & tf.not_equal(columns[None, :], tf.cast(self_index, tf.int32)[:, None])
+    return same & usable, tf.logical_not(same) & usable
 
 
 def masked_max(values, mask, axis: int = -1, keepdims: bool = False):
@@ -63,14 +88,15 @@ def semi_hard_negatives(distances, negative_mask):
     farthest negative is used (as in TensorFlow's classic `triplet_semihard_loss`).
 
     Returns:
-        (B, B) matrix: entry (a, p) is d(a, n*) for the chosen negative.
+        (B, N) matrix (N = B, or the size of a reference set): entry (a, p) is
+        d(a, n*) for the chosen negative.
     """
     d_an = distances[:, None, :]  # (a, ., n)
     d_ap = distances[:, :, None]  # (a, p, .)
-    b = tf.shape(distances)[0]
-    neg = tf.broadcast_to(negative_mask[:, None, :], [b, b, b])
+    b, n = tf.shape(distances)[0], tf.shape(distances)[1]  # (B, N): N = B, or a reference set
+    neg = tf.broadcast_to(negative_mask[:, None, :], [b, n, n])
     outside = tf.logical_and(neg, d_an > d_ap)
-    d_an_b = tf.broadcast_to(d_an, [b, b, b])
+    d_an_b = tf.broadcast_to(d_an, [b, n, n])
     closest_outside = masked_min(d_an_b, outside)
     farthest = masked_max(d_an_b, neg)
     return tf.where(tf.reduce_any(outside, axis=-1), closest_outside, farthest)
@@ -151,10 +177,10 @@ def distance_weighted_sample(
     weights = tf.where(valid[:, None], weights, tf.ones_like(weights))
     cdf = tf.cumsum(weights, axis=1)
     total = cdf[:, -1:]
-    b = tf.shape(distances)[0]
+    b, n = tf.shape(distances)[0], tf.shape(distances)[1]
     u = keras.random.uniform(tf.stack([b, num_samples]), seed=seed, dtype=cdf.dtype) * total
     below = tf.cast(cdf[:, None, :] <= u[:, :, None], tf.int32)
-    idx = tf.minimum(tf.reduce_sum(below, axis=-1), b - 1)
+    idx = tf.minimum(tf.reduce_sum(below, axis=-1), n - 1)
     return idx, valid
 
 

@@ -1,4 +1,4 @@
-"""An in-process stand-in for TF Serving, for tests and local development.
+"""A loopback stand-in for TF Serving, used by tests/test_serving.py.
 
 `LocalModelServer` serves the versions under BASE/NAME on loopback, over
 REST (http.server) and gRPC (grpcio), following TF Serving's request and
@@ -6,7 +6,7 @@ response formats: `:predict` with "instances" or "inputs", {"b64": ...}
 strings, "predictions"/"outputs" answers, `{"error": ...}` with the HTTP
 status of the gRPC code, model status and metadata. It runs the SavedModel
 with `tf.saved_model.load`, so it checks the export and the clients, not TF
-Serving itself (tests/test_serving_model_server.py runs the real binary).
+Serving itself (test_serving_model_server.py runs the real binary).
 
 Example:
 >>> with LocalModelServer("exports", "dnc") as server:
