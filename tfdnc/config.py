@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,11 @@ class TrainConfig:
         def bad(arg, why):
             raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
 
+        # NaN passes every comparison below (nan < 1 and nan >= 0 are both False,
+        # so "not 0 < x" style checks miss some); refuse it, and infinities, first.
+        for name, value in self._float_settings():
+            if not math.isfinite(value):
+                bad(name, f"must be a finite number, got {value}")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {LOSSES}, got {self.loss!r}")
         if self.mask_mode not in MASK_MODES:
@@ -160,6 +166,14 @@ class TrainConfig:
             bad("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
+
+    def _float_settings(self):
+        """(name, value) of every float setting given, tuple elements included."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for item in (value if isinstance(value, (tuple, list)) else (value,)):
+                if isinstance(item, float):
+                    yield f.name, item
 
     # --- (de)serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
