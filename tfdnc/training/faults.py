@@ -2,7 +2,7 @@
 
 A kill "after the re-clustering, before the backup" or "while the backup is
 written" cannot be timed from outside the process. The fault-injection tests
-(tests/test_reliability.py, bench/fault_injection.py) set the environment
+(tests/test_reliability.py, bench/bench_reliability.py) set the environment
 variable TFDNC_TEST_KILL_AT to `<point>@<epoch>` (or just `<point>`), and the
 code calls `kill_point(point, epoch=...)` there. Unset (always, outside
 tests), `kill_point` does nothing but read one environment variable.
