@@ -394,7 +394,7 @@ def summarise(runs: dict) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     head = (["data set", "loss", "side / config", "seeds"] + [t for _, t in METRICS]
-            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)", "XBM MB"])
+            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)", "XBM MiB"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         peer = row["config"] in PEER_CONFIGS

@@ -147,12 +147,10 @@ def build_peer_loss(name: str, cfg: dict):
         )
         return loss, None, False
     if name == "proxy_anchor":
-        # pml's default proxy initialisation is normal(0, 1); tfdnc's (the authors') is
-        # kaiming_normal_(mode="fan_out"), std sqrt(2 / num_classes): matched, since with
-        # Adam the proxies' start norm sets how fast their direction moves.
-        init = pml_common.TorchInitWrapper(nn.init.kaiming_normal_, mode="fan_out")
+        # pml's default proxy initialisation (ProxyAnchorLoss.get_default_weight_init_func) is
+        # tfdnc's and the authors': kaiming_normal_(mode="fan_out"), std sqrt(2 / num_classes).
         loss = losses.ProxyAnchorLoss(num_classes=cfg["num_classes"], embedding_size=cfg["embedding_dim"],
-                                      margin=cfg["margin"], alpha=cfg["alpha"], weight_init_func=init)
+                                      margin=cfg["margin"], alpha=cfg["alpha"])
         return loss, None, True
     raise ValueError(f"peer: no pytorch-metric-learning counterpart for the loss {name!r} "
                      "(have: margin, multi_similarity, npair, proxy_anchor)")
