@@ -5,7 +5,9 @@ For every data set, loss and seed it trains
 - the peer ("pml"): a torch replica of tfdnc's small_cnn + linear head (L2
   normalised), pytorch-metric-learning's loss with its usual miner
   (margin + DistanceWeightedMiner, multi_similarity + MultiSimilarityMiner,
-  npair), `MPerClassSampler` P x M batches, Adam (bench/peer_torch.py);
+  npair, proxy_anchor), `MPerClassSampler` P x M batches, Adam
+  (bench/peer_torch.py); "pml-xbm" / "pml-xbm-authors" wrap the loss in pml's
+  CrossBatchMemory (pml's semantics / the XBM authors' start step and batch loss);
 - tfdnc, through `tfdnc.train.run(TrainConfig(...), export=False)`, in the
   configurations K = 1 ("k1"), D&C with fixed masks ("dnc-fixed") and with
   learnable masks ("dnc-learnable"), each also with Symm ("...-symm");
@@ -53,7 +55,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 LOSSES = ("margin", "multi_similarity", "npair", "proxy_anchor")
 DEFAULT_LOSSES = ("margin", "multi_similarity", "npair")
 # Losses the torch peer does not implement (tfdnc runs only).
-TFDNC_ONLY_LOSSES = ("proxy_anchor",)
+TFDNC_ONLY_LOSSES: tuple[str, ...] = ()
 PEER = "pml"
 # Bench-level settings that are not TrainConfig fields: the cross-batch memory size
 # (wrapped around the loss through loss_options, see `loss_options_for`).
@@ -78,8 +80,18 @@ TFDNC_CONFIGS: dict[str, dict] = {
     # (the end of the first K = 1 stage of the default schedule)
     "dnc-fixed-xbm-authors": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
                               "xbm_batch_loss": True},
+    "k1-xbm-authors": {"k_final": 1, "mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
+                       "xbm_batch_loss": True},
 }
-CONFIGS = (PEER,) + tuple(TFDNC_CONFIGS)
+# The peer's configurations (K = 1 only: pml has no D&C): "pml" the loss alone; "pml-xbm"
+# pml's CrossBatchMemory of 512 (the pair of tfdnc's k1-xbm); "pml-xbm-authors" the same
+# with the XBM authors' start step and batch loss (the pair of k1-xbm-authors).
+PEER_CONFIGS: dict[str, dict] = {
+    PEER: {},
+    "pml-xbm": {XBM_SIZE: 512},
+    "pml-xbm-authors": {XBM_SIZE: 512, "xbm_start_step": 150, "xbm_batch_loss": True},
+}
+CONFIGS = tuple(PEER_CONFIGS) + tuple(TFDNC_CONFIGS)
 # Settings the bench fixes for both sides (TrainConfig's defaults for the rest):
 # no augmentation (the full image, resized to image_size), evaluation only after
 # the last epoch. image_size: the data set's own image side (see resolve_settings).
@@ -122,7 +134,7 @@ def resolve_settings(dataset: str, loss: str, config: str, seed: int, epochs: in
     if epochs is not None:
         settings["epochs"] = epochs
     settings.update(overrides)
-    settings.update(TFDNC_CONFIGS.get(config, {}))
+    settings.update(TFDNC_CONFIGS.get(config) or PEER_CONFIGS.get(config, {}))
     settings["dataset"], settings["loss"], settings["seed"] = dataset, loss, seed
     settings.setdefault("eval_every", settings.get("epochs") or _config_default("epochs"))
     if loss == "proxy_anchor":
@@ -310,7 +322,7 @@ def worker(job: dict) -> dict:
     settings = job["settings"]
     start = time.perf_counter()
     splits = load_dataset(settings["dataset"], settings.get("data_dir"), use_boxes=bool(settings.get("use_boxes")))
-    if job["config"] == PEER:
+    if job["config"] in PEER_CONFIGS:
         sys.path.insert(0, BENCH)
         import peer_torch
         import torch
@@ -382,10 +394,11 @@ def summarise(runs: dict) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     head = (["data set", "loss", "side / config", "seeds"] + [t for _, t in METRICS]
-            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)", "XBM MB"])
+            + ["s/step", "s/step (epochs 2+)", "s/step (all of fit)", "XBM MiB"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        side = "pytorch-metric-learning" if row["config"] == PEER else f"tfdnc {row['config']}"
+        peer = row["config"] in PEER_CONFIGS
+        side = f"pytorch-metric-learning{row['config'][len(PEER):]}" if peer else f"tfdnc {row['config']}"
         cells = [row["dataset"], row["loss"], side, str(row["seeds"])]
         for key, _ in METRICS:
             a = row.get(key)
@@ -428,16 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--datasets", nargs="+", default=["mnist", "shapes"])
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES,
-                        help=f"{', '.join(TFDNC_ONLY_LOSSES)}: tfdnc only (the peer is skipped)")
+                        help="proxy_anchor is not in the default list; the XBM configurations take margin and "
+                             "multi_similarity only")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
-                        help=f"'{PEER}' is the pytorch-metric-learning peer; the others are tfdnc's")
+                        help=f"{', '.join(PEER_CONFIGS)}: the pytorch-metric-learning peer; the others are tfdnc's")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: TrainConfig's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a TrainConfig field for both sides (JSON value), e.g. --set steps_per_epoch=50 "
                              "--set 'loss_options={\"beta\": 1.0}'; repeatable")
     side = parser.add_mutually_exclusive_group()
-    side.add_argument("--peer-only", action="store_true", help=f"only the '{PEER}' runs")
+    side.add_argument("--peer-only", action="store_true", help="only the pytorch-metric-learning runs")
     side.add_argument("--tfdnc-only", action="store_true", help="only the tfdnc runs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="intra-op threads of both torch and TensorFlow (default: all cores)")
@@ -463,10 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.worker_out)
         return 0
 
-    configs = [c for c in args.configs if not (args.peer_only and c != PEER) and not (args.tfdnc_only and c == PEER)]
+    configs = [c for c in args.configs
+               if not (args.peer_only and c not in PEER_CONFIGS) and not (args.tfdnc_only and c in PEER_CONFIGS)]
     if not configs:
         raise SystemExit("no configuration left to run (check --configs with --peer-only / --tfdnc-only)")
-    if PEER in configs:
+    if set(configs) & set(PEER_CONFIGS):
         try:
             import pytorch_metric_learning  # noqa: F401
             import torch  # noqa: F401
@@ -502,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         for loss in args.losses:
             for seed in args.seeds:
                 for config in configs:
-                    if (config == PEER and loss in TFDNC_ONLY_LOSSES) or (
-                            XBM_SIZE in TFDNC_CONFIGS.get(config, {}) and loss not in XBM_LOSSES):
+                    defining = TFDNC_CONFIGS.get(config) or PEER_CONFIGS.get(config, {})
+                    if (config in PEER_CONFIGS and loss in TFDNC_ONLY_LOSSES) or (
+                            XBM_SIZE in defining and loss not in XBM_LOSSES):
                         continue  # no peer for it / not pair-based: no memory around it
                     key = job_key(dataset, loss, config, seed)
                     settings = resolve_settings(dataset, loss, config, seed, args.epochs, overrides)

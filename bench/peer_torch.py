@@ -146,8 +146,60 @@ def build_peer_loss(name: str, cfg: dict):
             embedding_reg_weight=0.5 * float(cfg.get("l2_regularization", 0.0)),
         )
         return loss, None, False
+    if name == "proxy_anchor":
+        # pml's default proxy initialisation (ProxyAnchorLoss.get_default_weight_init_func) is
+        # tfdnc's and the authors': kaiming_normal_(mode="fan_out"), std sqrt(2 / num_classes).
+        loss = losses.ProxyAnchorLoss(num_classes=cfg["num_classes"], embedding_size=cfg["embedding_dim"],
+                                      margin=cfg["margin"], alpha=cfg["alpha"])
+        return loss, None, True
     raise ValueError(f"peer: no pytorch-metric-learning counterpart for the loss {name!r} "
-                     "(have: margin, multi_similarity, npair)")
+                     "(have: margin, multi_similarity, npair, proxy_anchor)")
+
+
+class PeerObjective:
+    """The peer's training loss for one step: pml's loss (+ miner), optionally in pml's CrossBatchMemory.
+
+    Built from the config of the loss tfdnc builds (`tfdnc_loss_config`). A
+    tfdnc `CrossBatchMemory` config (it has "memory_size") becomes pml's
+    `CrossBatchMemory(loss, embedding_size, memory_size, miner)`, whose forward
+    is tfdnc's default semantics: enqueue the batch, then the batch's anchors
+    against the whole memory, self-pairs removed. tfdnc's `start_step` /
+    `batch_loss` / `memory_weight` (the XBM authors' variant, which pml has
+    no option for) are done here, as tfdnc does them: before `start_step`
+    training steps the batch's own loss and no enqueue; after it
+    `memory_weight` x the memory loss, plus the batch's own loss when
+    `batch_loss`. `parameters()`: the loss's own trainable tensors (the
+    Proxy-Anchor proxies), for their optimizer.
+
+    Example:
+    >>> objective = PeerObjective("margin", tfdnc_loss_config(settings))
+    >>> loss = objective(F.normalize(model(x), dim=1), y, step)
+    """
+
+    def __init__(self, name: str, cfg: dict):
+        self.memory = None
+        if "memory_size" in cfg:
+            inner = cfg["loss"]["config"] if "config" in cfg["loss"] else cfg["loss"]
+            self.loss, self.miner, self.normalized = build_peer_loss(name, inner)
+            self.memory = losses.CrossBatchMemory(self.loss, embedding_size=int(cfg["embedding_dim"]),
+                                                  memory_size=int(cfg["memory_size"]), miner=self.miner)
+            self.start_step = int(cfg.get("start_step", 0))
+            self.batch_loss = bool(cfg.get("batch_loss", False))
+            self.memory_weight = float(cfg.get("memory_weight", 1.0))
+        else:
+            self.loss, self.miner, self.normalized = build_peer_loss(name, cfg)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.loss.parameters() if p.requires_grad]
+
+    def _batch(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(emb, y, self.miner(emb, y)) if self.miner is not None else self.loss(emb, y)
+
+    def __call__(self, emb: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        if self.memory is None or step < self.start_step:
+            return self._batch(emb, y)
+        loss = self.memory_weight * self.memory(emb, y)
+        return loss + self._batch(emb, y) if self.batch_loss else loss
 
 
 # --- images (through tfdnc's own transforms) ---------------------------------
@@ -232,7 +284,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     channels = image_channels(train_set)
     momentum, epsilon = tfdnc_batchnorm_settings(settings, channels)
     loss_cfg = tfdnc_loss_config(settings)
-    loss_fn, miner, normalized = build_peer_loss(settings["loss"], loss_cfg)
+    objective = PeerObjective(settings["loss"], loss_cfg)
 
     seed_everything(seed)
     # width 32: what tfdnc.train builds (build_backbone's default)
@@ -245,6 +297,11 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
+    # The loss's own parameters (proxies): Adam of their own at `loss_lr` (None: the network's lr),
+    # no weight decay, as tfdnc's model.loss_optimizer (tfdnc/model.py, train_step).
+    loss_params = objective.parameters()
+    loss_lr = float(settings.get("loss_lr") or settings["lr"])
+    loss_optimizer = torch.optim.Adam(loss_params, lr=loss_lr, eps=1e-7) if loss_params else None
 
     labels = torch.as_tensor(np.unique(train_set.labels, return_inverse=True)[1].reshape(-1), dtype=torch.long)
     p, m = int(settings["classes_per_batch"]), int(settings["images_per_class"])
@@ -273,11 +330,15 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
             x = pixels[step * batch:(step + 1) * batch]
             y = batch_labels[step * batch:(step + 1) * batch]
             out = model(x)
-            emb = F.normalize(out, dim=1) if normalized else out
-            loss = loss_fn(emb, y, miner(emb, y)) if miner is not None else loss_fn(emb, y)
+            emb = F.normalize(out, dim=1) if objective.normalized else out
+            loss = objective(emb, y, epoch * steps + step)
             optimizer.zero_grad(set_to_none=True)
+            if loss_optimizer is not None:
+                loss_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if loss_optimizer is not None:
+                loss_optimizer.step()
             total += float(loss.detach())
         epoch_seconds.append(time.perf_counter() - start)
         losses_seen.append(total / steps)
@@ -300,10 +361,17 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         "steps": steps * int(settings["epochs"]),
         "epoch_loop_seconds": epoch_seconds,
         "train_seconds": float(sum(epoch_seconds)),
+        # pml's memory buffers (float32 embeddings, int64 labels), as tfdnc's "xbm_bytes"
+        "xbm_bytes": None if objective.memory is None else sum(
+            b.numel() * b.element_size() for b in objective.memory.buffers()),
         "epoch_losses": losses_seen,
         "settings_used": {
             "batchnorm_momentum_keras": momentum, "batchnorm_epsilon": epsilon, "loss": loss_cfg,
             "optimizer": type(optimizer).__name__, "adam_epsilon": 1e-7, "steps_per_epoch": steps,
+            "loss_lr": loss_lr if loss_params else None,
+            "memory": None if objective.memory is None else {
+                "memory_size": objective.memory.memory_size, "start_step": objective.start_step,
+                "batch_loss": objective.batch_loss, "memory_weight": objective.memory_weight},
             "augmentation": "none (deterministic tfdnc transform)" if fixed else "tfdnc random_resized_crop/flip",
         },
     }
