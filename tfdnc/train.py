@@ -289,13 +289,13 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
         model = DivideAndConquerModel(
             backbone, embedding_dim=config.embedding_dim, k_max=config.k_final, mask_mode=config.mask_mode,
-            initial_k=1, loss=loss, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
+            initial_k=1, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
             weight_decay=config.weight_decay if coupled else 0.0,
             mask_weight_decay=mask_decay if coupled and config.mask_mode == "learnable" else 0.0,
             loss_learning_rate=config.loss_lr,
         )
         decoupled = None if coupled else (config.weight_decay or None)
-        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=decoupled),
+        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=decoupled), loss=loss,
                       jit_compile=config.jit_compile)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
