@@ -409,3 +409,24 @@ def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -
     factor = decay if scale is None else decay * scale
     return [None if g is None else g + ops.cast(factor, g.dtype) * ops.cast(v, g.dtype)
             for g, v in zip(gradients, variables)]
+
+
+def load_model(path: str, compile: bool = True) -> DivideAndConquerModel:
+    """Loads a `.keras` file saved by tfdnc (`model.save`, a run's model.keras).
+
+    Every tfdnc class (model, losses, layers) is registered by importing
+    this module, so `tfdnc.load_model(path)` needs no other import. With
+    `compile=True` the optimizer and the metric loss come back too.
+
+    Example:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> embeddings = model.predict(images)
+    """
+    import os
+
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"tfdnc.load_model: {str(path)!r} is not a .keras file (for an export folder use "
+                         "tfdnc.serving.local.ExportedModel; for a run directory, RUN_DIR/model.keras)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tfdnc.load_model: {str(path)!r} does not exist")
+    return keras.saving.load_model(path, compile=compile)

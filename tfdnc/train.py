@@ -241,7 +241,8 @@ class TrainingData:
         c = self.config
         return make_train_dataset(self.train_set, self.sampler, self.steps, c.image_size, labels=self.labels,
                                   crop_scale=c.crop_scale, crop_ratio=c.crop_ratio, flip=c.flip,
-                                  num_shards=num_shards, shard_index=shard_index)
+                                  num_shards=num_shards, shard_index=shard_index,
+                                  first_epoch_timeout=None)  # the run's schedule publishes; CVPR clusters first
 
 
 def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False) -> TrainingData:
