@@ -14,9 +14,9 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 
 README_SECTIONS = [
-    "backbones", "losses", "symm", "evaluation", "datasets", "serving", "scale", "pretrain", "architecture",
+    "backbones", "losses", "symm", "evaluation", "datasets", "serving", "index", "scale", "pretrain", "architecture",
 ]
-BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "peer", "serving", "scale", "pretrain"]
+BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain"]
 
 
 def _read(path: str) -> str:

@@ -24,11 +24,11 @@ LAYERS = [
     ("tfdnc.datasets", "tfdnc.data", "tfdnc.clustering"),
     ("tfdnc.distances", "tfdnc.miners", "tfdnc.layers", "tfdnc.losses", "tfdnc.backbones", "tfdnc.distributed"),
     ("tfdnc.model", "tfdnc.pretrain"),
-    ("tfdnc.evaluation", "tfdnc.protocols", "tfdnc.index"),
+    ("tfdnc.evaluation", "tfdnc.protocols"),
     ("tfdnc.training", "tfdnc.callbacks"),
     ("tfdnc.config", "tfdnc.presets"),
     ("tfdnc.exporting",),
-    ("tfdnc.serving", "tfdnc.embedders"),
+    ("tfdnc.serving", "tfdnc.embedders", "tfdnc.index"),
     ("tfdnc.evaluate", "tfdnc.report", "tfdnc.train"),
     ("tfdnc.cli",),
 ]

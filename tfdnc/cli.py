@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from tfdnc.exporting import contract
+from tfdnc.serving.files import embed_files, name_bad_image, read_files
 
 OUTPUT_FORMATS = (".npy", ".json", ".csv")
 
@@ -111,49 +112,6 @@ def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
     return entries
 
 
-def embed_files(model, entries, signature, output, batch_size) -> np.ndarray:
-    """Embeds files in batches; a bad image is reported by its file name."""
-    return run_files(model, entries, signature, batch_size)[output].astype(np.float32)
-
-
-def run_files(model, entries, signature, batch_size) -> dict[str, np.ndarray]:
-    """Runs `signature` on image files in batches; outputs concatenated.
-
-    A request with a bad image fails as a whole; the batch is then retried
-    image by image so the error names the file.
-    """
-    from tfdnc.serving.errors import ServingError
-
-    parts = []
-    for start in range(0, len(entries), batch_size):
-        batch = entries[start : start + batch_size]
-        contents = _read_files(batch)
-        try:
-            parts.append(model.predict({contract.IMAGE_BYTES: contents}, signature))
-        except ServingError as err:
-            if err.code == "INVALID_ARGUMENT":
-                name_bad_image(model, batch, contents, signature)
-            raise
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-def name_bad_image(model, entries, contents, signature) -> None:
-    """Runs `signature` on each image alone; raises ValueError naming the first that fails."""
-    from tfdnc.serving.errors import ServingError
-
-    for (_, path), one in zip(entries, contents):
-        try:
-            model.predict({contract.IMAGE_BYTES: np.array([one], dtype=object)}, signature)
-        except ServingError as single:
-            raise ValueError(f"cannot process image file {path!r}: {single.details}") from None
-
-
-def _read_files(entries) -> np.ndarray:
-    from tfdnc.serving.images import read_image_bytes
-
-    return np.array([read_image_bytes(path) for _, path in entries], dtype=object)
-
-
 def _write_embeddings(output, ids, embeddings, source) -> None:
     if output is None:
         writer = csv.writer(sys.stdout)
@@ -219,7 +177,7 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
         return model.search([path for _, path in queries], batch_size=batch_size, k=k)
     except ServingError as err:
         if err.code == "INVALID_ARGUMENT":
-            name_bad_image(model, queries, _read_files(queries), contract.SEARCH)
+            name_bad_image(model, queries, read_files(queries), contract.SEARCH)
         raise
 
 

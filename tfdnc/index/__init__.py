@@ -1,0 +1,45 @@
+"""Gallery indexes for exported models: faiss in-process, or Milvus (Lite or a server).
+
+Build an index of a gallery embedded by an export, save it beside the export
+(versioned, never overwritten), add and remove images without rebuilding,
+search with a per-request k, calibrate a match threshold, and measure what an
+approximate index costs in Recall@K.
+
+Example:
+>>> from tfdnc.index import FaissIndex, SearchService, open_index, save_index
+>>> index = FaissIndex(dim=128)                    # or MilvusIndex(128, uri="gallery.db")
+>>> index.add(embeddings, paths, labels)
+>>> path = save_index(index, export="exports/dnc/1")   # exports/dnc/1.index/1
+>>> SearchService.open(path, rest="http://localhost:8501").search(["q.jpg"], k=5)
+
+Command line: `tfdnc index build | add | remove | search | info | calibrate | evaluate`
+(`python -m tfdnc.index --help`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "VectorIndex": "tfdnc.index.base",
+    "FaissIndex": "tfdnc.index.faiss_index",
+    "MilvusIndex": "tfdnc.index.milvus_index",
+    "IndexHits": "tfdnc.index.hits",
+    "IdMap": "tfdnc.index.idmap",
+    "IndexMismatchError": "tfdnc.index.errors",
+    "calibrate_threshold": "tfdnc.index.calibrate",
+    "save_index": "tfdnc.index.store",
+    "open_index": "tfdnc.index.store",
+    "resolve_export": "tfdnc.index.store",
+    "SearchService": "tfdnc.index.service",
+    "recall_through_index": "tfdnc.index.evaluate",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    # Lazy, so `tfdnc index --help` and the REST path import neither faiss, pymilvus nor TensorFlow.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdnc.index' has no attribute {name!r}")
