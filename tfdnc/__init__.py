@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 
 def _check_backend() -> None:
-    backend = _os.environ.get("KERAS_BACKEND")
+    backend = _os.environ.get("KERAS_BACKEND") or None  # empty reads as unset, as in Keras
     keras = _sys.modules.get("keras")
     if keras is not None and backend is None:
         # Keras came first (unset backend): it chose TensorFlow, its default.

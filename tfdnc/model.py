@@ -29,7 +29,7 @@ class DivideAndConquerModel(keras.Model):
         backbone: a Keras model mapping [0, 255] images to pooled features
             (see `tfdnc.backbones.build_backbone`).
         embedding_dim: d.
-        k_max: the final number of learners K.
+        k_final: the final number of learners K (`k_max`: its deprecated name).
         mask_mode: "learnable" (TPAMI) or "fixed" (CVPR).
         initial_k: learners active at the start.
         loss: deprecated: give the loss to `compile(loss=...)`. Still
@@ -63,7 +63,7 @@ class DivideAndConquerModel(keras.Model):
 
     Example:
     >>> backbone = build_backbone("small_cnn", (28, 28, 1))
-    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_max=4)
+    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
     >>> embeddings = model(images)  # (batch, 64), unit norm
     """
@@ -72,7 +72,7 @@ class DivideAndConquerModel(keras.Model):
         self,
         backbone: keras.Model,
         embedding_dim: int = 128,
-        k_max: int = 32,
+        k_final: int = 32,
         mask_mode: str = "learnable",
         initial_k: int = 1,
         loss=None,
@@ -83,6 +83,10 @@ class DivideAndConquerModel(keras.Model):
         loss_learning_rate: float | None = None,
         **kwargs,
     ):
+        if "k_max" in kwargs:  # the old name of `k_final`
+            warnings.warn("DivideAndConquerModel(k_max=...) is deprecated: it is now `k_final`",
+                          DeprecationWarning, stacklevel=2)
+            k_final = kwargs.pop("k_max")
         super().__init__(**kwargs)
         if not isinstance(backbone, keras.Model):
             raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
@@ -111,7 +115,7 @@ class DivideAndConquerModel(keras.Model):
         feature_dim = backbone.output_shape[-1]
         self.head = keras.layers.Dense(self.embedding_dim, name="embedding")
         self.head.build((None, feature_dim))
-        self.masks = SubspaceMasks(self.embedding_dim, k_max, mode=mask_mode, initial_k=initial_k, name="subspace_masks")
+        self.masks = SubspaceMasks(self.embedding_dim, k_final, mode=mask_mode, initial_k=initial_k, name="subspace_masks")
         self.embedder = keras.Model(backbone.inputs, self.head(backbone.outputs[0]), name="embedder")
         self.mask_optimizer = keras.optimizers.Adam(self.mask_learning_rate, name="mask_adam")
         # Built now, so its state loads from any saved model, compiled or not.
@@ -377,7 +381,7 @@ class DivideAndConquerModel(keras.Model):
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "embedding_dim": self.embedding_dim,
-            "k_max": self.masks.k_max,
+            "k_final": self.masks.k_max,
             "mask_mode": self.masks.mode,
             "initial_k": self.masks.initial_k,
             # The loss is compile config; models saved before kept it here.
