@@ -143,7 +143,7 @@ def _embed(args) -> int:
                          f"(it has {model.signature_names})")
     entries = collect_images(args.images)
     output = contract.LEARNER_EMBEDDINGS if args.learners else contract.EMBEDDINGS
-    embeddings = embed_files(model, entries, signature, output, args.batch_size)
+    embeddings = embed_with_progress(model, entries, signature, output, args.batch_size)
     ids = [image_id for image_id, _ in entries]
     _write_embeddings(args.output, ids, embeddings, model.path)
     if args.output:
@@ -164,6 +164,21 @@ def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
         else:
             raise FileNotFoundError(f"image file or folder {item!r} does not exist")
     return entries
+
+
+def embed_with_progress(model, entries, signature, output, batch_size: int, what: str = "images") -> np.ndarray:
+    """`embed_files` batch by batch, with a progress bar on a terminal (none when output is piped)."""
+    from tqdm import tqdm
+
+    if not entries:
+        return embed_files(model, entries, signature, output, batch_size)  # its own error for nothing to embed
+    parts = []
+    with tqdm(total=len(entries), desc=f"embedding {what}", unit="img", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(entries), batch_size):
+            batch = entries[start : start + batch_size]
+            parts.append(embed_files(model, batch, signature, output, batch_size))
+            bar.update(len(batch))
+    return np.concatenate(parts)
 
 
 def _write_embeddings(output, ids, embeddings, source) -> None:
@@ -203,7 +218,7 @@ def _search(args) -> int:
     if args.gallery is None:
         result = _search_export_gallery(model, queries, args.k, args.batch_size)
     else:
-        queries_emb = embed_files(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+        queries_emb = embed_with_progress(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
                                   args.batch_size)
         gallery_ids, gallery_emb = _load_gallery(model, args.gallery, args.batch_size)
         result = search_embeddings(queries_emb, gallery_emb, gallery_ids, args.k)
@@ -236,7 +251,8 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
 def _load_gallery(model, gallery, batch_size):
     if os.path.isdir(gallery):
         entries = collect_images([gallery])
-        embeddings = embed_files(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
+        embeddings = embed_with_progress(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size,
+                                         what="gallery")
         return np.array([i for i, _ in entries], dtype=object), embeddings
     from tfdnc.exporting.gallery import Gallery
 
