@@ -295,3 +295,12 @@ def test_loss_is_told_the_batch_learner_and_cluster_changes(make_tiny_model):
     assert loss.cluster_changes == 1
     # A loss without the hook: nothing to tell, no error.
     make_tiny_model(k_max=2, loss=TripletLoss()).on_clusters_changed()
+
+
+def test_compile_takes_a_tfdnc_loss_by_name(make_tiny_model):
+    from tfdnc.losses import MultiSimilarityLoss
+
+    model = make_tiny_model()
+    model.compile(optimizer="adam", loss="multi-similarity")
+    assert isinstance(model.metric_loss, MultiSimilarityLoss)
+    assert np.isfinite(float(model.train_step(_batch(cluster=0))["loss"]))
