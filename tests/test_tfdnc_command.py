@@ -126,3 +126,13 @@ def test_every_subcommand_runs_once(workspace, capsys):
                   "--sampling", "uniform", "--item-units", "8", "--hidden-units", "8", "--max-images", "64",
                   "--out", out, "--verbose", "0") == 0
     assert os.path.isfile(out)
+
+
+def test_the_kit_serves_the_name_a_run_exports_under():
+    import re
+
+    from tfdnc import rundir
+
+    with open(os.path.join(ROOT, "export", "models.config")) as f:
+        names = re.findall(r'name:\s*"([^"]+)"', f.read())
+    assert names == [rundir.EXPORT_NAME]
