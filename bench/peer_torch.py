@@ -242,9 +242,9 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     # Keras Adam's epsilon is 1e-7 (torch's 1e-8). "coupled": torch Adam's L2 (g + wd * w), what
     # tfdnc does by default; "decoupled": Keras Adam's weight_decay = torch AdamW's.
     if settings.get("weight_decay_mode", "coupled") == "decoupled":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
+        optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
 
     labels = torch.as_tensor(np.unique(train_set.labels, return_inverse=True)[1].reshape(-1), dtype=torch.long)
     p, m = int(settings["classes_per_batch"]), int(settings["images_per_class"])
