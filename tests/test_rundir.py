@@ -29,5 +29,7 @@ def test_metrics_and_history_round_trip_and_start_empty(tmp_path):
     assert run.history() == [{"epoch": 0, "loss": 1.0}]
     run.write_skipped(["a.jpg: unreadable", "class 7: one image"])
     assert open(run.skipped).read().splitlines() == ["a.jpg: unreadable", "class 7: one image"]
-    os.makedirs(run.backup)
+    os.makedirs(os.path.join(run.backup, "gen-00000001"))
+    assert not run.holds_run()  # a generation without its COMMIT is not a run
+    open(os.path.join(run.backup, "gen-00000001", "COMMIT"), "w").close()
     assert run.holds_run()

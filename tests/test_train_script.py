@@ -114,11 +114,10 @@ def test_strict_images_names_the_corrupt_file(tmp_path):
 
 
 def _metadata_epoch(run_dir):
-    try:
-        with open(os.path.join(run_dir, "backup", "training_metadata.json")) as f:
-            return json.load(f)["epoch"]
-    except (OSError, ValueError, KeyError):
-        return -1
+    from tfdnc.training.generations import GenerationStore
+
+    latest = GenerationStore(os.path.join(run_dir, "backup")).latest()
+    return -1 if latest is None else latest.epoch
 
 
 def test_sigkill_mid_run_then_resume_continues_with_clusters_and_masks(tmp_path):
@@ -150,7 +149,8 @@ def test_sigkill_mid_run_then_resume_continues_with_clusters_and_masks(tmp_path)
 
 def test_a_second_run_into_the_same_dir_is_refused_without_resume(tmp_path):
     run_dir = tmp_path / "run"
-    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "gen-00000001").mkdir(parents=True)
+    (run_dir / "backup" / "gen-00000001" / "COMMIT").write_text("{}")  # one complete generation
     config = TrainConfig(run_dir=str(run_dir))
     with pytest.raises(FileExistsError, match="--resume"):
         run(config, export=False, verbose=0)

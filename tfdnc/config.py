@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -147,6 +149,11 @@ class TrainConfig:
         def bad(arg, why):
             raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
 
+        # NaN passes every comparison below (nan < 1 and nan >= 0 are both False,
+        # so "not 0 < x" style checks miss some); refuse it, and infinities, first.
+        for name, value in self._float_settings():
+            if not math.isfinite(value):
+                bad(name, f"must be a finite number, got {value}")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {LOSSES}, got {self.loss!r}")
         if self.mask_mode not in MASK_MODES:
@@ -204,6 +211,14 @@ class TrainConfig:
             return getattr(self, DEPRECATED_NAMES[name])
         raise AttributeError(f"'TrainConfig' object has no attribute {name!r}")
 
+    def _float_settings(self):
+        """(name, value) of every float setting given, tuple elements included."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for item in (value if isinstance(value, (tuple, list)) else (value,)):
+                if isinstance(item, float):
+                    yield f.name, item
+
     # --- (de)serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +238,25 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
         return cls.from_dict(read_json(path, what="config file"), source=path)
+
+
+def _accept_deprecated_names(init):
+    """TrainConfig(lr=...) and the other old names still work (a DeprecationWarning each)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **rename_deprecated(kwargs, "TrainConfig"))
+
+    return __init__
+
+
+TrainConfig.__init__ = _accept_deprecated_names(TrainConfig.__init__)
+
+
+# Settings --resume may change: how long to train, where (the same directory
+# under another path), how, and the learning rate (the way out of a
+# non-finite loss). The rest would make the resumed run another run.
+RESUME_OVERRIDES = ("epochs", "run_dir", "strategy", "learning_rate")
 
 
 # --- the command line: one flag per setting (`python train.py`, `tfdnc train`) ----------
@@ -274,13 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="JSON file of TrainConfig settings (flags override it)")
     parser.add_argument("--preset", help="paper preset, e.g. tpami-cub (see tfdnc.presets)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last checkpoint")
+                        help="continue the run in --run-dir from its newest complete backup generation; "
+                             f"only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES)} may change "
+                             "(recorded in config.json and resumes.json)")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                         help="export a SavedModel into RUN_DIR/export at the end")
     parser.add_argument("--strict-images", action="store_true",
                         help="fail on an unreadable image instead of skipping it")
     parser.add_argument("--backup-every-steps", type=int, default=None,
-                        help="also back up weights every N steps (default: every epoch)")
+                        help="ignored: backups are whole generations at each epoch's end (see --resume)")
     parser.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 one line per epoch")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

@@ -7,11 +7,15 @@ evaluation, the report and the exporter read them through `RunDir`.
     RUN_DIR/config.json          the TrainConfig of the run
     RUN_DIR/model.keras          the trained model (keras.saving.load_model)
     RUN_DIR/checkpoints/         last.keras, written every epoch
-    RUN_DIR/backup/              weights + optimizer state for --resume
-    RUN_DIR/clusters.npz         the cluster state (with clusters.prev.npz)
+    RUN_DIR/backup/gen-<N>/      generation N (N epochs done): weights, optimizer,
+                                 cluster and random state, committed together (--resume)
+    RUN_DIR/clusters.npz         the newest cluster state, for reading (with clusters.prev.npz)
     RUN_DIR/history.json         per-epoch logs, K and cluster sizes
     RUN_DIR/metrics.json         metrics before and after training
     RUN_DIR/skipped.txt          images and classes the run left out
+    RUN_DIR/image_check.json     the image check's cache (files already decoded)
+    RUN_DIR/resumes.json         every --resume: when, from which epoch, what it changed
+    RUN_DIR/.lock                held by the process training here (pid inside)
     RUN_DIR/masks.npy            mask values (optional, read by the report)
     RUN_DIR/logs/                TensorBoard
     RUN_DIR/export/dnc/1/        the SavedModel for TensorFlow Serving
@@ -37,6 +41,10 @@ MODEL = "model.keras"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 SKIPPED = "skipped.txt"
+IMAGE_CHECK = "image_check.json"
+RESUMES = "resumes.json"
+LOCK = ".lock"
+COMMIT = "COMMIT"  # the last file of a complete backup generation (tfdnc.training.generations)
 MASKS = "masks.npy"
 CLUSTERS = "clusters.npz"
 CLUSTERS_PREVIOUS = "clusters.prev.npz"
@@ -87,6 +95,14 @@ class RunDir:
         return self.join(SKIPPED)
 
     @property
+    def image_check(self) -> str:
+        return self.join(IMAGE_CHECK)
+
+    @property
+    def resumes_file(self) -> str:
+        return self.join(RESUMES)
+
+    @property
     def masks(self) -> str:
         return self.join(MASKS)
 
@@ -124,8 +140,15 @@ class RunDir:
 
     # --- state ------------------------------------------------------------------
     def holds_run(self) -> bool:
-        """Whether a run has trained here (its backup folder exists)."""
-        return os.path.exists(self.backup)
+        """Whether a run has trained here: its backup holds a complete generation (gen-*/COMMIT).
+
+        A run killed before its first backup was complete holds none, and a
+        fresh run may start over it.
+        """
+        if not os.path.isdir(self.backup):
+            return False
+        return any(name.startswith("gen-") and os.path.isfile(os.path.join(self.backup, name, COMMIT))
+                   for name in os.listdir(self.backup))
 
     def has_model(self) -> bool:
         return os.path.isfile(self.model)
@@ -148,6 +171,13 @@ class RunDir:
 
     def write_history(self, records: list) -> None:
         write_json(self.history_file, records)
+
+    def resumes(self) -> list:
+        """resumes.json: one record per --resume (when, from which epoch, changed settings), or []."""
+        return read_json(self.resumes_file, what="run") if os.path.isfile(self.resumes_file) else []
+
+    def record_resume(self, record: dict) -> None:
+        write_json(self.resumes_file, self.resumes() + [record])
 
     def write_skipped(self, lines: list[str]) -> None:
         with open(self.skipped, "w") as f:

@@ -6,7 +6,11 @@ loss with Symmetrical Synthesis) on the generated `shapes` data set (200 train
 before and after, and leaves a run directory: config.json, model.keras,
 checkpoints/, backup/ (for --resume), clusters.npz, history.json,
 metrics.json, logs/ (TensorBoard) and export/dnc/1/ (the SavedModel for
-TensorFlow Serving); `tfdnc.rundir` defines the layout.
+TensorFlow Serving); `tfdnc.rundir` defines the layout. Each epoch ends with
+one backup generation (weights, clusters and random state committed
+together, `tfdnc.training.generations`); `--resume` continues from the newest
+complete one and repeats the uninterrupted run. A lock (RUN_DIR/.lock) keeps
+a second process out of a run directory in use.
 
 `run` is a short list of named steps (`prepare_run_dir`, `build_data`,
 `build_model`, `build_schedule`, `build_callbacks`, `fit`, `finish`).
@@ -27,13 +31,14 @@ import numpy as np
 
 from tfdnc import rundir
 from tfdnc.backbones import build_backbone
-from tfdnc.config import TrainConfig, build_parser  # the flags live with the settings
+from tfdnc.config import RESUME_OVERRIDES, TrainConfig, build_parser  # the flags live with the settings
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
-from tfdnc.data.validation import validate_training_set
+from tfdnc.data.validation import validate_splits
 from tfdnc.datasets import load_dataset
 from tfdnc.datasets.base import ImageSet
+from tfdnc.distributed.collectives import broadcast_from_chief
 from tfdnc.distributed.driver import fit_custom_loop, fit_mirrored, per_replica_dataset_fn
 from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchronize_batchnorm, worker_info
 from tfdnc.evaluation.callback import RetrievalEvaluation
@@ -42,9 +47,13 @@ from tfdnc.evaluation.protocols import run_protocol
 from tfdnc.losses import get_loss
 from tfdnc.model import DivideAndConquerModel
 from tfdnc.rundir import RunDir
+from tfdnc.training import faults
+from tfdnc.training.backup import AtomicModelCheckpoint, GenerationBackup, restore_latest, save_model_atomic
 from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
 from tfdnc.training.cluster_state import ClusterStateStore
 from tfdnc.training.distributed import DistributedReclusterer
+from tfdnc.training.generations import GenerationStore
+from tfdnc.training.lock import RunLock, RunLockedError
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
@@ -59,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
         values = TrainConfig.load(path).to_dict()
-        allowed = {"epochs", "run_dir", "strategy"}
+        allowed = set(RESUME_OVERRIDES)
         ignored = sorted(set(overrides) - allowed - {k for k, v in overrides.items() if values.get(k) == v})
         if ignored:
             print(f"[tfdnc] --resume keeps the run's settings; ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}")
@@ -96,22 +105,32 @@ def run(
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = build_strategy(config.strategy)
     chief = worker_info(strategy).is_chief
-    if is_multi_worker(strategy) and resume:
-        raise ValueError("--resume is not supported with --strategy multi-worker yet; resume with mirrored/default")
+    if backup_every_steps:
+        print("[tfdnc] --backup-every-steps is ignored: a backup is one whole generation at each epoch's end")
+    lock = RunLock(config.run_dir).acquire() if chief else None
+    try:
+        return _run(config, strategy, chief, resume, export, strict_images, verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool, strict_images: bool,
+         verbose: int) -> dict:
     run_dir = prepare_run_dir(config, resume, chief)
-    data = build_data(config, run_dir, strict_images)
+    data = build_data(config, run_dir, strict_images, chief)
     model = build_model(config, strategy, data)
     schedule = build_schedule(config, strategy, data, run_dir, verbose)  # checks K against the classes
+    initial_epoch = restore(model, strategy, schedule, run_dir, config, resume, chief, verbose)
     embed = embed_function(model, config)
     metrics = run_dir.metrics() if resume else {}
     if "before" not in metrics and chief:
         metrics["before"] = evaluate_and_print("Before training", data.splits, embed, verbose)
         run_dir.write_metrics(metrics)
     evaluation = RetrievalEvaluation.from_protocol(data.splits, embed, every=config.eval_every)
-    callbacks = build_callbacks(schedule, evaluation, run_dir, chief=chief, multi_worker=is_multi_worker(strategy),
-                                backup_every_steps=backup_every_steps)
+    callbacks = build_callbacks(schedule, evaluation, run_dir, config, chief=chief)
     start = time.perf_counter()
-    fit(model, strategy, data, callbacks, config, verbose)
+    fit(model, strategy, data, callbacks, config, verbose, initial_epoch)
     train_seconds = time.perf_counter() - start
     if not chief:
         return {}
@@ -119,7 +138,12 @@ def run(
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
-    """The run directory, created, with config.json written by the chief; refuses to overwrite a run."""
+    """The run directory, created, with config.json written by the chief; refuses to overwrite a run.
+
+    A run "is there" once it committed a backup generation; a directory
+    whose run died before that may be started afresh. A resume that changes
+    settings (see RESUME_OVERRIDES) records them in config.json and resumes.json.
+    """
     run_dir = RunDir(config.run_dir)
     if not resume and run_dir.holds_run():
         raise FileExistsError(
@@ -127,6 +151,17 @@ def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
         )
     run_dir.create()
     if chief:
+        if resume and os.path.isfile(run_dir.config):
+            before = read_json(run_dir.config, what="run")
+            changed = {k: [before.get(k), v] for k, v in config.to_dict().items()
+                       if k in RESUME_OVERRIDES and k != "run_dir" and before.get(k) != v}
+            latest = GenerationStore(run_dir.backup).latest()
+            run_dir.record_resume({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+                                   "from_epoch": latest.epoch if latest else 0, "changed": changed})
+            if changed:
+                print("[tfdnc] --resume changes " + ", ".join(f"--{k.replace('_', '-')} {a} -> {b}"
+                                                           for k, (a, b) in changed.items())
+                      + f" (recorded in {run_dir.resumes_file})")
         config.save(run_dir.config)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
@@ -167,14 +202,15 @@ class TrainingData:
                                   first_epoch_timeout=None)  # the run's schedule publishes; CVPR clusters first
 
 
-def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False) -> TrainingData:
-    """Loads the data set, drops unreadable images (listed in skipped.txt), caches if asked, plans batches."""
+def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False, chief: bool = True) -> TrainingData:
+    """Loads the data set, drops unreadable images of every split (listed in skipped.txt), caches, plans batches."""
     splits = load_dataset(config.dataset, config.data_dir, use_boxes=config.use_boxes)
-    train_set, report = validate_training_set(splits.train, strict=strict_images)
+    splits, report = validate_splits(splits, strict=strict_images, cache_path=run_dir.image_check)
+    train_set = splits.train
     if report.lines():
-        run_dir.write_skipped(report.lines())
-        print(f"[tfdnc] skipped {report.removed} unreadable image(s) and {len(report.lone_classes)} "
-              f"single-image class(es); see {run_dir.skipped}")
+        if chief:
+            report.write(run_dir.skipped)
+        print(f"[tfdnc] {report.summary()}; see {run_dir.skipped}")
     classes, contiguous = np.unique(train_set.labels, return_inverse=True)
     channels = image_channels(train_set)
     if config.cache_dir:
@@ -265,47 +301,89 @@ def build_schedule(config: TrainConfig, strategy, data: TrainingData, run_dir: R
     )
 
 
-def build_callbacks(schedule, evaluation, run_dir: RunDir, *, chief: bool, multi_worker: bool,
-                    backup_every_steps: int | None = None) -> list:
+def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, resume: bool, chief: bool,
+            verbose: int) -> int:
+    """The epoch to start at: 0, or after --resume the newest complete backup generation, loaded.
+
+    The generation holds the weights, the cluster state and the random
+    state of one epoch; the learning rate comes from the config (a resume
+    may lower it, see RESUME_OVERRIDES). Under several workers the chief
+    picks the generation and every worker loads that one.
+    """
+    store = GenerationStore(run_dir.backup)
+    if not resume:
+        if chief:
+            store.clean()
+        schedule.resume_from(None)  # never the cluster files of a run that died before its first backup
+        return 0
+    chosen = None
+    if is_multi_worker(strategy):
+        latest = store.latest() if chief else None
+        chosen = int(broadcast_from_chief(strategy, np.array([latest.generation if latest else 0]), (1,))[0])
+    with strategy.scope():  # optimizer slots built here must be the strategy's variables
+        start = restore_latest(model, schedule, store, verbose=verbose if chief else 0, generation=chosen,
+                               writer=chief)
+        model.optimizer.learning_rate.assign(config.learning_rate)
+    return start
+
+
+def nonfinite_advice(run_dir: RunDir, config: TrainConfig):
+    """The advice of the non-finite loss error: a command that works, naming only what exists when it fires."""
+
+    def advice() -> str:
+        lower = f"{config.learning_rate / 10:g}"
+        latest = GenerationStore(run_dir.backup).latest()
+        if latest is None:
+            return (f"No epoch was completed (no backup generation in {run_dir.backup}), so start again with a "
+                    f"lower learning rate: python train.py --run-dir {run_dir.path} ... --learning-rate {lower}, "
+                    "or check the input data.")
+        return (f"The last good backup is {latest.directory} ({latest.epoch} epoch(s) done). Resume it with a lower "
+                f"learning rate: python train.py --run-dir {run_dir.path} --resume --learning-rate {lower} "
+                "(recorded in resumes.json), or check the input data.")
+
+    return advice
+
+
+def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, *, chief: bool) -> list:
     """The callbacks of `fit`, in the order they must run.
 
     The schedule comes before the evaluation (which must see the epoch's
-    phase) and before the checkpoints (which must save grown masks); the
-    evaluation before History / TensorBoard / checkpoints (they log its
-    metrics). Every worker trains and re-clusters; the chief alone
-    evaluates, writes files and checkpoints. BackupAndRestore needs Keras
-    `fit`, which the multi-worker loop replaces.
+    phase) and before the backup and checkpoints (which must save grown
+    masks and the new clusters); the evaluation before History /
+    TensorBoard / checkpoints (they log its metrics). Every worker trains
+    and re-clusters; the chief alone evaluates, writes files, backs up and
+    checkpoints.
     """
-    callbacks = [NonFiniteLossGuard(checkpoint_hint=run_dir.backup), schedule]
+    callbacks = [NonFiniteLossGuard(checkpoint_hint=nonfinite_advice(run_dir, config)), schedule]
     if chief:
-        callbacks += [evaluation, HistoryWriter(run_dir, schedule)]
-    if not multi_worker:
-        callbacks.append(keras.callbacks.BackupAndRestore(run_dir.backup, save_freq=backup_every_steps or "epoch",
-                                                          delete_checkpoint=False, double_checkpoint=True))
-    if chief:
-        callbacks += [keras.callbacks.ModelCheckpoint(run_dir.last_checkpoint),
-                      keras.callbacks.TensorBoard(run_dir.logs)]
+        callbacks += [evaluation, HistoryWriter(run_dir, schedule),
+                      GenerationBackup(GenerationStore(run_dir.backup), schedule),
+                      AtomicModelCheckpoint(run_dir.last_checkpoint), keras.callbacks.TensorBoard(run_dir.logs)]
     return callbacks
 
 
-def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, config: TrainConfig, verbose: int) -> None:
+def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, config: TrainConfig, verbose: int,
+        initial_epoch: int = 0) -> None:
     """Trains with the loop the strategy needs: Keras `fit`, `fit` under MirroredStrategy, or the multi-worker loop."""
     epochs = config.epochs
+    if initial_epoch >= epochs:
+        print(f"[tfdnc] the backup has {initial_epoch} epoch(s) done of {epochs}: nothing left to train")
     if is_multi_worker(strategy):
         fit_custom_loop(model, strategy, per_replica_dataset_fn(data.dataset, data.sampler.batch_size),
-                        steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose)
+                        steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                        initial_epoch=initial_epoch)
     elif config.strategy == "mirrored":
         fit_mirrored(model, strategy, data.dataset(), steps_per_epoch=data.steps, epochs=epochs,
-                     callbacks=callbacks, verbose=verbose, shuffle=False)
+                     callbacks=callbacks, verbose=verbose, shuffle=False, initial_epoch=initial_epoch)
     else:
         model.fit(data.dataset(), steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)
+                  shuffle=False, initial_epoch=initial_epoch)
 
 
 def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embed, evaluation, metrics: dict,
            train_seconds: float, export: bool, verbose: int = 1) -> dict:
     """Saves model.keras, evaluates the trained model, exports it if asked and writes metrics.json."""
-    model.save(run_dir.model)
+    save_model_atomic(model, run_dir.model)
     # The last epoch's evaluation already scored these weights; reuse it.
     final = evaluation.result if evaluation.result_epoch == config.epochs - 1 else None
     metrics["after"] = evaluate_and_print("After training", data.splits, embed, verbose, result=final)
@@ -314,6 +392,7 @@ def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embe
     if export:
         from tfdnc.exporting import export_run
 
+        faults.kill_point("export", delay=0.5)
         path = export_run(run_dir.path, run_dir.export_base, rundir.EXPORT_NAME)
         metrics["export"] = path
         print(f"[tfdnc] exported SavedModel: {path}")
@@ -329,8 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
-    run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
-        backup_every_steps=args.backup_every_steps, verbose=args.verbose)
+    try:
+        run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
+            backup_every_steps=args.backup_every_steps, verbose=args.verbose)
+    except RunLockedError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,7 +6,14 @@
   broadcast) and `DistributedSchedule`;
 - `cluster_state`: `ClusterState` generations and their `ClusterStateStore`;
 - `schedule`: `DivideAndConquerSchedule`, the callback that wires them;
-- `callbacks`: the run's other callbacks (non-finite loss guard, history file).
+- `callbacks`: the run's other callbacks (non-finite loss guard, history file);
+- `generations`: `GenerationStore`, backup generations committed whole (weights,
+  clusters and random state of one epoch) or not at all;
+- `backup`: `GenerationBackup` (the callback that commits them), `restore_latest`,
+  `save_model_atomic`;
+- `random_state`: the random state a resumed run needs to repeat the uninterrupted one;
+- `lock`: `RunLock`, one training process per run directory;
+- `faults`: test-only SIGKILL points (TFDNC_TEST_KILL_AT).
 """
 
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore

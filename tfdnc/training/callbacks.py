@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import keras
 import numpy as np
@@ -22,10 +23,13 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     last good checkpoint stays the one a resumed run starts from.
 
     Args:
-        checkpoint_hint: text naming the last good checkpoint, for the message.
+        checkpoint_hint: text naming the last good checkpoint and how to
+            resume from it, for the message; or a function returning that
+            text when the error is raised (so it names only files that exist
+            then). Default: generic advice.
     """
 
-    def __init__(self, checkpoint_hint: str = ""):
+    def __init__(self, checkpoint_hint: str | Callable[[], str] = ""):
         super().__init__()
         self.checkpoint_hint = checkpoint_hint
         self._epoch = 0
@@ -36,10 +40,10 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            hint = f" The last good checkpoint is {self.checkpoint_hint}." if self.checkpoint_hint else ""
+            hint = self.checkpoint_hint() if callable(self.checkpoint_hint) else self.checkpoint_hint
+            hint = hint or "Lower the learning rate or check the input data."
             raise NonFiniteLossError(
-                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}."
-                f"{hint} Resume with a lower learning rate (--lr) or check the input data."
+                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}. {hint}"
             )
 
 

@@ -74,11 +74,26 @@ class ClusterStateStore:
         os.makedirs(self.directory, exist_ok=True)
         current, previous = self.paths
         tmp = current + ".tmp.npz"
-        np.savez(tmp, assignments=np.asarray(state.assignments, np.int64), usable=np.asarray(state.usable, bool),
-                 k=int(state.k), valid_from=int(state.valid_from), history=json.dumps(state.history))
+        self.write_state(tmp, state)
         if os.path.exists(current):
             os.replace(current, previous)
         os.replace(tmp, current)
+
+    @staticmethod
+    def write_state(path: str, state: ClusterState) -> None:
+        """Writes one `ClusterState` to the .npz file `path` (as it is; no rotation)."""
+        with open(path, "wb") as f:
+            np.savez(f, assignments=np.asarray(state.assignments, np.int64), usable=np.asarray(state.usable, bool),
+                     k=int(state.k), valid_from=int(state.valid_from), history=json.dumps(state.history))
+
+    @staticmethod
+    def read(path: str) -> ClusterState:
+        """Reads one `ClusterState` from the .npz file `path` (OSError / ValueError when unreadable)."""
+        with np.load(path) as data:
+            values = {key: data[key] for key in data.files}
+        history = json.loads(str(values["history"])) if "history" in values else []
+        return ClusterState(np.asarray(values["assignments"], np.int64), np.asarray(values["usable"], bool),
+                            int(values["k"]), int(values["valid_from"]), history)
 
     def generations(self) -> list[ClusterState]:
         """The readable generations kept, oldest first (unreadable files are reported and skipped)."""
@@ -89,14 +104,9 @@ class ClusterStateStore:
             if not os.path.exists(path):
                 continue
             try:
-                with np.load(path) as data:
-                    values = {key: data[key] for key in data.files}
-            except (OSError, ValueError) as exc:
+                states.append(self.read(path))
+            except (OSError, ValueError, KeyError) as exc:
                 print(f"[tfdnc] ignoring unreadable cluster state {path}: {exc}")
-                continue
-            history = json.loads(str(values["history"])) if "history" in values else []
-            states.append(ClusterState(np.asarray(values["assignments"], np.int64), np.asarray(values["usable"], bool),
-                                       int(values["k"]), int(values["valid_from"]), history))
         return sorted(states, key=lambda s: s.valid_from)
 
     def load(self, epoch: int) -> ClusterState | None:

@@ -24,6 +24,7 @@ import numpy as np
 from tfdnc import clustering
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.datasets.base import ImageSet
+from tfdnc.training import faults
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore
 from tfdnc.training.phases import GROWTH, PhasePolicy
 from tfdnc.training.recluster import LocalReclusterer, check_cluster_features
@@ -135,6 +136,20 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         self.history: list[dict] = []
         self._started = False
         self._in_final_k1 = False
+        self._resume: tuple[bool, ClusterState | None] = (False, None)
+
+    def resume_from(self, state: ClusterState | None) -> None:
+        """Starts the next `fit` from `state` (None: cluster afresh), not from the store's files.
+
+        `train.py` calls it with the cluster state of the backup generation it
+        restored the weights from, so the two always belong to the same epoch.
+        """
+        self._resume = (True, state)
+
+    def cluster_state(self) -> ClusterState:
+        """The clustering the next epoch trains with, and the history so far (what a backup saves)."""
+        valid_from = 0 if self.last_recluster_epoch is None else self.last_recluster_epoch + 1
+        return ClusterState(self.assignments, self.usable, self.k, valid_from, list(self.history))
 
     # --- Keras hooks -------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -202,7 +217,8 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         self._save(valid_from=epoch + 1)
         if self.verbose:
             print(f"\n[tfdnc] re-clustered after epoch {epoch + 1}: K={self.k}, "
-                  f"cluster sizes {self.sampler.cluster_sizes()}")
+                  f"cluster sizes {self.sampler.cluster_sizes()}", flush=True)
+        faults.kill_point("after_recluster", epoch=epoch + 1)
 
     def _set(self, assignments: np.ndarray, k: int) -> None:
         self.assignments = np.asarray(assignments, np.int64)
@@ -218,7 +234,13 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
             notify()
 
     def _restore_or_initialise(self, epoch: int) -> None:
-        state = self.store.load(epoch)
+        given, state = self._resume
+        if given:
+            self._resume = (False, None)
+            if state is not None:
+                state.history = [h for h in state.history if h["epoch"] < epoch]
+        else:
+            state = self.store.load(epoch)
         if state is not None:
             self._restore(state)
         elif self.growth == "fixed" and self.k_final > 1:
@@ -241,7 +263,8 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
                 "different epochs (put DivideAndConquerSchedule before BackupAndRestore)"
             )
         self.history = state.history
-        self.last_recluster_epoch = state.valid_from - 1
+        # valid_from 0: the first clustering (fixed growth), not a re-clustering.
+        self.last_recluster_epoch = state.valid_from - 1 if state.valid_from > 0 else None
         self._set(state.assignments, state.k)
 
     def _save(self, valid_from: int) -> None:
