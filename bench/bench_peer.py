@@ -67,20 +67,20 @@ XBM_LOSSES = ("margin", "multi_similarity")  # of LOSSES, those a memory can wra
 # --set (so --set k_final=4 changes the D&C runs, not "k1"); K for D&C and the rest
 # of the schedule are TrainConfig's defaults unless --set.
 TFDNC_CONFIGS: dict[str, dict] = {
-    "k1": {"k_final": 1, "mask_mode": "fixed", "symm": False},
-    "k1-symm": {"k_final": 1, "mask_mode": "fixed", "symm": True},
-    "dnc-fixed": {"mask_mode": "fixed", "symm": False},
-    "dnc-fixed-symm": {"mask_mode": "fixed", "symm": True},
-    "dnc-learnable": {"mask_mode": "learnable", "symm": False},
-    "dnc-learnable-symm": {"mask_mode": "learnable", "symm": True},
+    "k1": {"k_final": 1, "mask_mode": "fixed", "symmetrical": False},
+    "k1-symm": {"k_final": 1, "mask_mode": "fixed", "symmetrical": True},
+    "dnc-fixed": {"mask_mode": "fixed", "symmetrical": False},
+    "dnc-fixed-symm": {"mask_mode": "fixed", "symmetrical": True},
+    "dnc-learnable": {"mask_mode": "learnable", "symmetrical": False},
+    "dnc-learnable-symm": {"mask_mode": "learnable", "symmetrical": True},
     # cross-batch memory of 512 entries per learner around the loss (docs/bench/losses.md)
-    "k1-xbm": {"k_final": 1, "mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
-    "dnc-fixed-xbm": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512},
+    "k1-xbm": {"k_final": 1, "mask_mode": "fixed", "symmetrical": False, XBM_SIZE: 512},
+    "dnc-fixed-xbm": {"mask_mode": "fixed", "symmetrical": False, XBM_SIZE: 512},
     # as the XBM authors' code: the batch's own loss plus the memory's, memory from step 150
     # (the end of the first K = 1 stage of the default schedule)
-    "dnc-fixed-xbm-authors": {"mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
+    "dnc-fixed-xbm-authors": {"mask_mode": "fixed", "symmetrical": False, XBM_SIZE: 512, "xbm_start_step": 150,
                               "xbm_batch_loss": True},
-    "k1-xbm-authors": {"k_final": 1, "mask_mode": "fixed", "symm": False, XBM_SIZE: 512, "xbm_start_step": 150,
+    "k1-xbm-authors": {"k_final": 1, "mask_mode": "fixed", "symmetrical": False, XBM_SIZE: 512, "xbm_start_step": 150,
                        "xbm_batch_loss": True},
 }
 # The peer's configurations (K = 1 only: pml has no D&C): "pml" the loss alone; "pml-xbm"
@@ -139,7 +139,7 @@ def resolve_settings(dataset: str, loss: str, config: str, seed: int, epochs: in
     settings.setdefault("eval_every", settings.get("epochs") or _config_default("epochs"))
     if loss == "proxy_anchor":
         # proxies learn faster than the network (the authors: 100x; 10x here, Adam)
-        settings.setdefault("loss_lr", 10 * (settings.get("lr") or _config_default("lr")))
+        settings.setdefault("loss_learning_rate", 10 * (settings.get("learning_rate") or _config_default("learning_rate")))
     return settings
 
 

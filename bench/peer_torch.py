@@ -294,13 +294,13 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     # Keras Adam's epsilon is 1e-7 (torch's 1e-8). "coupled": torch Adam's L2 (g + wd * w), what
     # tfdnc does by default; "decoupled": Keras Adam's weight_decay = torch AdamW's.
     if settings.get("weight_decay_mode", "coupled") == "decoupled":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["lr"]), eps=1e-7, weight_decay=wd)
-    # The loss's own parameters (proxies): Adam of their own at `loss_lr` (None: the network's lr),
+        optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
+    # The loss's own parameters (proxies): Adam of their own at `loss_learning_rate` (None: the network's lr),
     # no weight decay, as tfdnc's model.loss_optimizer (tfdnc/model.py, train_step).
     loss_params = objective.parameters()
-    loss_lr = float(settings.get("loss_lr") or settings["lr"])
+    loss_lr = float(settings.get("loss_learning_rate") or settings["learning_rate"])
     loss_optimizer = torch.optim.Adam(loss_params, lr=loss_lr, eps=1e-7) if loss_params else None
 
     labels = torch.as_tensor(np.unique(train_set.labels, return_inverse=True)[1].reshape(-1), dtype=torch.long)

@@ -14,8 +14,8 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 
 README_SECTIONS = [
-    "backbones", "losses", "symm", "evaluation", "datasets", "serving", "index", "scale", "reliability",
-    "pretrain", "architecture",
+    "keras", "coming_from", "backbones", "losses", "symm", "evaluation", "datasets", "serving", "index", "scale",
+    "reliability", "pretrain", "architecture",
 ]
 BENCH_SECTIONS = ["train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain"]
 

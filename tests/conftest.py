@@ -50,9 +50,9 @@ def tiny_model(input_shape=(16, 16, 1), embedding_dim=16, k_max=4, mask_mode="le
     from tfdnc.model import DivideAndConquerModel
 
     backbone = build_backbone("small_cnn", input_shape, width=width)
-    model = DivideAndConquerModel(backbone, embedding_dim=embedding_dim, k_max=k_max, mask_mode=mask_mode,
-                                  loss=loss, mask_loss_weight=mask_loss_weight, **model_options)
-    model.compile(optimizer=keras.optimizers.Adam(lr))
+    model = DivideAndConquerModel(backbone, embedding_dim=embedding_dim, k_final=k_max, mask_mode=mask_mode,
+                                  mask_loss_weight=mask_loss_weight, **model_options)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     return model
 
 

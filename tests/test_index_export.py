@@ -166,13 +166,13 @@ def test_calibrate_then_search_answers_no_match_below(exports, images, model, tm
 
 def test_csv_source_and_run_directory(exports, images, model, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    shutil.copytree(exports[1], run_dir / "export" / "tfdnc" / "1")
+    shutil.copytree(exports[1], run_dir / "export" / "dnc" / "1")
     gallery = files(images["gallery"])
     listing = tmp_path / "gallery.csv"
     listing.write_text("path,label\n" + "".join(
         f"{os.path.relpath(p, tmp_path)},{os.path.basename(os.path.dirname(p))}\n" for p in gallery))
     assert cli("build", run_dir, listing) == 0
-    index = open_index(run_dir / "export" / "tfdnc" / "1.index")
+    index = open_index(run_dir / "export" / "dnc" / "1.index")
     assert len(index) == len(gallery)
     assert index.id_map.paths([0]) == [os.path.join(str(tmp_path), os.path.relpath(gallery[0], tmp_path))]
     assert cli("evaluate", run_dir, images["gallery"], "--ks", 1, 2, "--exclude-self") == 0

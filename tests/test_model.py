@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfdnc.losses import MarginLoss, TripletLoss
+from tfdnc.model import DivideAndConquerModel
 
 
 def _batch(cluster, n_classes=4, per_class=4, size=16, seed=0):
@@ -219,10 +220,47 @@ def test_fixed_masks_full_embedding_concatenates_normalised_blocks(make_tiny_mod
     np.testing.assert_allclose(model(x["images"]).numpy(), expected, atol=1e-5)
 
 
-def test_compile_with_a_keras_loss_is_refused(make_tiny_model):
+def test_compile_with_a_keras_loss_is_refused_naming_it(make_tiny_model):
     model = make_tiny_model()
-    with pytest.raises(ValueError, match="constructor"):
+    with pytest.raises(TypeError, match="'mse'.*MetricLoss|MetricLoss.*'mse'"):
         model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(TypeError, match="MeanSquaredError"):
+        model.compile(optimizer="adam", loss=keras.losses.MeanSquaredError())
+
+
+def test_the_loss_given_to_compile_trains_and_round_trips_through_save(tmp_path):
+    from tfdnc.backbones import build_backbone
+    from tfdnc.losses import ProxyAnchorLoss
+
+    model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 1), width=8), embedding_dim=16, k_max=4)
+    loss = ProxyAnchorLoss(num_classes=4, embedding_dim=16, num_learners=4, alpha=16.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    assert model.metric_loss is loss
+    proxies = loss.trainable_variables
+    assert proxies and all(id(p) not in {id(v) for v in model.network_variables()} for p in proxies)
+    before = [keras.ops.convert_to_numpy(p).copy() for p in proxies]
+    model.train_step(_batch(cluster=0))
+    trained = [keras.ops.convert_to_numpy(p).copy() for p in proxies]
+    assert any(np.abs(t - b).max() > 0 for t, b in zip(trained, before))  # the loss's variables are optimised
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.metric_loss) is ProxyAnchorLoss
+    assert loaded.metric_loss.get_config() == loss.get_config()
+    for got, want in zip(loaded.metric_loss.trainable_variables, trained):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want)
+    x, _ = _batch(0, seed=3)
+    np.testing.assert_allclose(loaded(x["images"]).numpy(), model(x["images"]).numpy(), atol=1e-6)
+    loaded.train_step(_batch(cluster=1))  # compiled: it trains on
+
+
+def test_the_constructor_loss_is_deprecated_but_still_used():
+    from tfdnc.backbones import build_backbone
+
+    with pytest.warns(DeprecationWarning, match="compile"):
+        model = DivideAndConquerModel(build_backbone("small_cnn", (16, 16, 1), width=8), embedding_dim=16,
+                                      k_max=2, loss=TripletLoss())
+    assert isinstance(model.metric_loss, TripletLoss)
 
 
 class _LearnerAwareTriplet(TripletLoss):
@@ -257,3 +295,12 @@ def test_loss_is_told_the_batch_learner_and_cluster_changes(make_tiny_model):
     assert loss.cluster_changes == 1
     # A loss without the hook: nothing to tell, no error.
     make_tiny_model(k_max=2, loss=TripletLoss()).on_clusters_changed()
+
+
+def test_compile_takes_a_tfdnc_loss_by_name(make_tiny_model):
+    from tfdnc.losses import MultiSimilarityLoss
+
+    model = make_tiny_model()
+    model.compile(optimizer="adam", loss="multi-similarity")
+    assert isinstance(model.metric_loss, MultiSimilarityLoss)
+    assert np.isfinite(float(model.train_step(_batch(cluster=0))["loss"]))

@@ -33,7 +33,7 @@ def test_paper_settings(dataset):
         tpami = config_from_preset(f"tpami-{dataset}{variant}")
         assert (tpami.embedding_dim, tpami.k_final, tpami.growth, tpami.mask_mode) == (512, 32, "double", mode)
         assert tpami.batch_size == 80 and tpami.images_per_class == 2
-        assert tpami.mask_lr == pytest.approx(100 * tpami.lr)
+        assert tpami.mask_learning_rate == pytest.approx(100 * tpami.learning_rate)
     for config in (cvpr, tpami):
         assert config.backbone == "resnet50" and config.backbone_weights == "imagenet"
         assert config.freeze_batchnorm and config.flip

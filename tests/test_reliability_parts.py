@@ -115,7 +115,7 @@ def test_a_model_file_is_replaced_whole_or_not_at_all(tmp_path):
 # --- non-finite settings and the way out of a non-finite loss ------------------------------------
 
 
-@pytest.mark.parametrize("setting, value", [("lr", float("nan")), ("mask_lr", float("inf")),
+@pytest.mark.parametrize("setting, value", [("learning_rate", float("nan")), ("mask_learning_rate", float("inf")),
                                             ("weight_decay", float("nan")), ("crop_ratio", (0.75, float("inf"))),
                                             ("batchnorm_momentum", float("nan"))])
 def test_non_finite_settings_are_refused_by_name(setting, value):
@@ -132,7 +132,7 @@ def test_resume_may_lower_the_learning_rate_and_it_is_recorded(tmp_path, capsys)
     assert "ignoring --embedding-dim" in capsys.readouterr().out
     prepare_run_dir(config, resume=True, chief=True)
     assert TrainConfig.load(RunDir(run_dir).config).lr == 1e-5
-    assert RunDir(run_dir).resumes()[-1]["changed"] == {"lr": [1e-3, 1e-5]}
+    assert RunDir(run_dir).resumes()[-1]["changed"] == {"learning_rate": [1e-3, 1e-5]}
 
 
 def test_the_non_finite_loss_advice_names_only_what_exists(tmp_path):
@@ -145,7 +145,7 @@ def test_the_non_finite_loss_advice_names_only_what_exists(tmp_path):
     GenerationStore(run_dir.backup).commit(2, lambda d: _write(d, "weights"))
     text = advice()
     assert "gen-00000002" in text and os.path.isdir(text.split("The last good backup is ")[1].split(" ")[0])
-    assert f"--run-dir {run_dir.path} --resume --lr 0.0001" in text
+    assert f"--run-dir {run_dir.path} --resume --learning-rate 0.0001" in text
 
 
 # --- every split checked before training -------------------------------------------------------

@@ -14,7 +14,7 @@ def test_paths_follow_the_documented_layout(tmp_path):
     assert run.clusters == str(tmp_path / "run" / "clusters.npz")
     assert run.clusters_previous == str(tmp_path / "run" / "clusters.prev.npz")
     assert run.last_checkpoint == str(tmp_path / "run" / "checkpoints" / "last.keras")
-    assert run.export_base == str(tmp_path / "run" / "export") and rundir.EXPORT_NAME == "tfdnc"
+    assert run.export_base == str(tmp_path / "run" / "export") and rundir.EXPORT_NAME == "dnc"
     assert not run.holds_run() and not run.has_model()
 
 

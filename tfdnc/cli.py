@@ -1,41 +1,63 @@
-"""The `tfdnc` command: `embed` and `search` with an export, and `train`.
+"""The `tfdnc` command: train, export, evaluate, report, pretrain, embed, search, index.
 
-`tfdnc embed` / `tfdnc search` load an exported SavedModel in-process (no
-server) and run it on image files or folders:
-
+    tfdnc train --dataset mnist --epochs 4                   # = python train.py
+    tfdnc export runs/default --base exports --name dnc      # = python -m export
+    tfdnc evaluate runs/default                              # a run, .keras file or export
+    tfdnc report runs/default                                # an HTML page of the run
+    tfdnc pretrain --dataset mnist --out backbone.weights.h5
     tfdnc embed exports/dnc images/ --output embeddings.npy
     tfdnc search exports/dnc query.jpg -k 5                  # the export's gallery
     tfdnc search exports/dnc queries/ --gallery gallery/ --output hits.csv
-    tfdnc train --dataset mnist --epochs 4                   # = python train.py
+    tfdnc index build exports/dnc gallery/
+
+`tfdnc --help` and `tfdnc COMMAND --help` import no TensorFlow: each command's
+arguments are parsed (a bad one exits with status 2 and a line naming it)
+before its work, and TensorFlow, start.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import sys
+import types
 from typing import Sequence
 
 import numpy as np
 
+from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
 from tfdnc.serving.files import embed_files, name_bad_image, read_files
 
 OUTPUT_FORMATS = (".npy", ".json", ".csv")
 
+# command -> (module with build_parser() and main(argv), one line of help). The
+# modules import TensorFlow only inside main, after their arguments parsed.
+COMMANDS = {
+    "train": ("tfdnc.config", "tfdnc.train", "train, evaluate and export a Divide & Conquer model (= python train.py)"),
+    "export": ("tfdnc.exporting.cli", "tfdnc.exporting.cli", "export a run or .keras file as a SavedModel version"),
+    "evaluate": ("tfdnc.evaluate", "tfdnc.evaluate", "evaluate a run, .keras file or export on a benchmark"),
+    "report": ("tfdnc.report.__main__", "tfdnc.report.__main__", "an HTML report of a training run"),
+    "pretrain": ("tfdnc.pretrain.cli", "tfdnc.pretrain.cli", "self-supervised pretraining of a backbone"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfdnc", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="tfdnc", description=__doc__.split("\n\n")[0],
+                                     epilog="`tfdnc COMMAND --help` for a command's arguments.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, _, text) in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)  # parsed by the command's own parser
 
     embed = commands.add_parser("embed", help="embed images with an exported SavedModel")
     embed.add_argument("export", help="export folder: BASE/NAME (latest version) or BASE/NAME/VERSION")
     embed.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     embed.add_argument("--output", "-o", default=None,
                        help="write .npy (+ .ids.txt beside it), .json or .csv; default: CSV on stdout")
-    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--batch-size", type=positive_int, default=32)
     embed.add_argument("--learners", action="store_true",
                        help="per-learner embeddings (embed_learners signature) instead of the full one")
 
@@ -45,28 +67,60 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gallery", default=None,
                         help="folder of images or .npz (embeddings, ids) to search; "
                         "default: the gallery built into the export (`search` signature)")
-    search.add_argument("-k", type=int, default=5,
+    search.add_argument("-k", type=positive_int, default=5,
                         help="hits per query (default 5; with the export's gallery: up to its --max-k)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: table on stdout")
-    search.add_argument("--batch-size", type=int, default=32)
+    search.add_argument("--batch-size", type=positive_int, default=32)
 
-    commands.add_parser("train", help="train a model (arguments as for `python train.py`)",
-                        add_help=False)
+    from tfdnc.index import cli as index_cli
+
+    index_cli.add_parser(commands)
+    return one_line_errors(parser)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Makes `parser` and its subcommands' parsers report a bad argument in one line (exit status 2)."""
+    parser.error = types.MethodType(ArgumentParser.error, parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                one_line_errors(sub)
     return parser
+
+
+def quiet_tensorflow() -> None:
+    """Hides TensorFlow's start-up INFO / WARNING lines, unless TF_CPP_MIN_LOG_LEVEL is set.
+
+    For the commands only (they own their process); `import tfdnc` changes no
+    such setting.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
+    """Runs one of `COMMANDS` (`python train.py` is `run_command("train", ..., prog="train.py")`)."""
+    parser_module, main_module, _ = COMMANDS[name]
+    parser = one_line_errors(importlib.import_module(parser_module).build_parser())
+    parser.prog = prog or f"tfdnc {name}"
+    parser.parse_args(argv)  # --help and bad arguments end here, before TensorFlow
+    quiet_tensorflow()
+    result = importlib.import_module(main_module).main(list(argv))
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        from tfdnc.train import main as train_main
-
-        return train_main(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    if args.command == "index":
+        from tfdnc.index import cli as index_cli
+
+        return index_cli.main(args)
     from tfdnc.serving.errors import ServingError
 
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.command == "embed":
             return _embed(args)
         return _search(args)
@@ -89,7 +143,7 @@ def _embed(args) -> int:
                          f"(it has {model.signature_names})")
     entries = collect_images(args.images)
     output = contract.LEARNER_EMBEDDINGS if args.learners else contract.EMBEDDINGS
-    embeddings = embed_files(model, entries, signature, output, args.batch_size)
+    embeddings = embed_with_progress(model, entries, signature, output, args.batch_size)
     ids = [image_id for image_id, _ in entries]
     _write_embeddings(args.output, ids, embeddings, model.path)
     if args.output:
@@ -110,6 +164,21 @@ def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
         else:
             raise FileNotFoundError(f"image file or folder {item!r} does not exist")
     return entries
+
+
+def embed_with_progress(model, entries, signature, output, batch_size: int, what: str = "images") -> np.ndarray:
+    """`embed_files` batch by batch, with a progress bar on a terminal (none when output is piped)."""
+    from tqdm import tqdm
+
+    if not entries:
+        return embed_files(model, entries, signature, output, batch_size)  # its own error for nothing to embed
+    parts = []
+    with tqdm(total=len(entries), desc=f"embedding {what}", unit="img", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(entries), batch_size):
+            batch = entries[start : start + batch_size]
+            parts.append(embed_files(model, batch, signature, output, batch_size))
+            bar.update(len(batch))
+    return np.concatenate(parts)
 
 
 def _write_embeddings(output, ids, embeddings, source) -> None:
@@ -143,15 +212,13 @@ def _search(args) -> int:
     from tfdnc.serving.local import ExportedModel
 
     _check_output(args.output, (".json", ".csv"))
-    if args.k < 1:
-        raise ValueError(f"-k must be >= 1, got {args.k}")
     model = ExportedModel(args.export)
     queries = collect_images(args.queries)
     query_ids = [image_id for image_id, _ in queries]
     if args.gallery is None:
         result = _search_export_gallery(model, queries, args.k, args.batch_size)
     else:
-        queries_emb = embed_files(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+        queries_emb = embed_with_progress(model, queries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
                                   args.batch_size)
         gallery_ids, gallery_emb = _load_gallery(model, args.gallery, args.batch_size)
         result = search_embeddings(queries_emb, gallery_emb, gallery_ids, args.k)
@@ -184,7 +251,8 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
 def _load_gallery(model, gallery, batch_size):
     if os.path.isdir(gallery):
         entries = collect_images([gallery])
-        embeddings = embed_files(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
+        embeddings = embed_with_progress(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size,
+                                         what="gallery")
         return np.array([i for i, _ in entries], dtype=object), embeddings
     from tfdnc.exporting.gallery import Gallery
 

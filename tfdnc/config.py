@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import json
 import math
+import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-# The allowed values live with the code that uses them; this module only checks them.
-from tfdnc.distributed.strategy import STRATEGIES
-from tfdnc.layers.masks import MASK_MODES
-from tfdnc.losses import LOSSES as _LOSS_CLASSES
-from tfdnc.training.phases import GROWTH
-from tfdnc.training.recluster import CLUSTER_FEATURES
 from tfdnc.utils import read_json, write_json
 
-LOSSES = tuple(_LOSS_CLASSES)
+# Old setting names (config keys, flags, attributes) -> the one name now in use,
+# Keras's word where Keras has one (`learning_rate`). Old names still work.
+DEPRECATED_NAMES = {
+    "lr": "learning_rate",
+    "mask_lr": "mask_learning_rate",
+    "loss_lr": "loss_learning_rate",
+    "symm": "symmetrical",
+}
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")  # how train.build_model applies weight decay
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+
+
+def _allowed_values() -> tuple:
+    """The allowed values, from the modules that use them (imported here, not at import time:
+    `tfdnc train --help` builds its parser from this module without TensorFlow)."""
+    from tfdnc.distributed.strategy import STRATEGIES
+    from tfdnc.layers.masks import MASK_MODES
+    from tfdnc.losses import LOSSES
+    from tfdnc.training.phases import GROWTH
+    from tfdnc.training.recluster import CLUSTER_FEATURES
+
+    return STRATEGIES, MASK_MODES, tuple(LOSSES), GROWTH, CLUSTER_FEATURES
+
+
+def __getattr__(name: str):
+    if name == "LOSSES":  # the loss names, as before (loaded on use)
+        return _allowed_values()[2]
+    raise AttributeError(f"module 'tfdnc.config' has no attribute {name!r}")
+
+
+def rename_deprecated(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """`values` with deprecated setting names replaced by their new names (a DeprecationWarning each)."""
+    values = dict(values)
+    for old, new in DEPRECATED_NAMES.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f"{source}: give {new!r} or its deprecated name {old!r}, not both")
+            warnings.warn(f"{source}: setting {old!r} is deprecated; it is now {new!r}", DeprecationWarning,
+                          stacklevel=3)
+            values[new] = values.pop(old)
+    return values
 
 
 @dataclass
@@ -55,7 +92,7 @@ class TrainConfig:
     growth: str = "double"  # "double" (TPAMI) or "fixed" (CVPR: K = k_final from the start)
     mask_mode: str = "learnable"
     mask_loss_weight: float = 0.01
-    mask_lr: float = 1e-3
+    mask_learning_rate: float = 1e-3
     recluster_every: int = 2  # T
     full_embedding_epoch: int | None = 8  # None: never
     final_k1_epochs: int = 0  # CVPR: last epochs train on all data (K = 1)
@@ -67,19 +104,19 @@ class TrainConfig:
     # "tfdnc against pytorch-metric-learning"): multi-similarity + Symm + D&C.
     loss: str = "multi_similarity"
     loss_options: dict = field(default_factory=dict)
-    symm: bool = True
+    symmetrical: bool = True  # Symmetrical Synthesis of hard negatives
     # batches and optimisation
     classes_per_batch: int = 4  # P
     images_per_class: int = 8  # M
     steps_per_epoch: int | None = None  # None: ceil(train images / batch)
     epochs: int = 10
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     # "coupled": torch Adam's L2 (g + wd * w), as both reference repos train;
     # "decoupled": Keras Adam's weight_decay (w -= lr * wd * w per step)
     weight_decay_mode: str = "coupled"
     mask_weight_decay: float | None = None  # coupled L2 of the masks; None: weight_decay (TPAMI --mask-wd-mult=1)
-    loss_lr: float | None = None  # Adam lr of the loss's parameters (learnable beta; TPAMI lr_beta); None: lr
+    loss_learning_rate: float | None = None  # Adam lr of the loss's parameters (TPAMI lr_beta); None: learning_rate
     seed: int = 0
     # evaluation and output
     recall_ks: tuple[int, ...] = (1, 2, 4, 8)
@@ -108,6 +145,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the argument for any inconsistent setting."""
+        STRATEGIES, MASK_MODES, LOSSES, GROWTH, CLUSTER_FEATURES = _allowed_values()
         def bad(arg, why):
             raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
 
@@ -150,7 +188,7 @@ class TrainConfig:
             bad("full_embedding_epoch", f"must be >= 0, got {self.full_embedding_epoch}")
         if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
             bad("weight_decay_mode", f"must be one of {WEIGHT_DECAY_MODES}, got {self.weight_decay_mode!r}")
-        for name in ("lr", "mask_lr", "loss_lr"):
+        for name in ("learning_rate", "mask_learning_rate", "loss_learning_rate"):
             value = getattr(self, name)
             if value is not None and not 0 < float(value) < float("inf"):
                 bad(name, f"must be a finite number > 0, got {value}")
@@ -167,6 +205,12 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
 
+    def __getattr__(self, name: str):
+        # Only reached for names that are not attributes: the deprecated ones.
+        if name in DEPRECATED_NAMES:
+            return getattr(self, DEPRECATED_NAMES[name])
+        raise AttributeError(f"'TrainConfig' object has no attribute {name!r}")
+
     def _float_settings(self):
         """(name, value) of every float setting given, tuple elements included."""
         for f in dataclasses.fields(self):
@@ -182,6 +226,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        values = rename_deprecated(values, source)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
@@ -193,3 +238,120 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
         return cls.from_dict(read_json(path, what="config file"), source=path)
+
+
+def _accept_deprecated_names(init):
+    """TrainConfig(lr=...) and the other old names still work (a DeprecationWarning each)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **rename_deprecated(kwargs, "TrainConfig"))
+
+    return __init__
+
+
+TrainConfig.__init__ = _accept_deprecated_names(TrainConfig.__init__)
+
+
+# Settings --resume may change: how long to train, where (the same directory
+# under another path), how, and the learning rate (the way out of a
+# non-finite loss). The rest would make the resumed run another run.
+RESUME_OVERRIDES = ("epochs", "run_dir", "strategy", "learning_rate")
+
+
+# --- the command line: one flag per setting (`python train.py`, `tfdnc train`) ----------
+
+_HELP = {
+    "dataset": "data set name (see tfdnc.datasets.DATASETS: shapes, mnist, cub, cars, sop, folder, csv, ...)",
+    "data_dir": "folder holding the data set in its distributed layout",
+    "backbone": "backbone name (small_cnn, resnet50, ...)",
+    "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
+    "k_final": "final number of learners K",
+    "growth": "'double' (TPAMI: K doubles every T epochs) or 'fixed' (CVPR: K from the start)",
+    "mask_mode": "'learnable' (TPAMI) or 'fixed' (CVPR contiguous blocks)",
+    "recluster_every": "T: re-cluster every T epochs",
+    "full_embedding_epoch": "epoch from which the loss uses the full embedding ('none': never)",
+    "loss": "learner loss, a name in tfdnc.losses.LOSSES (margin, multi_similarity, triplet, ...)",
+    "loss_options": "JSON object of loss arguments, e.g. '{\"alpha\": 0.2}'",
+    "symmetrical": "Symmetrical Synthesis of hard negatives",
+    "classes_per_batch": "P classes per batch",
+    "images_per_class": "M images per class",
+    "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
+    "weight_decay_mode": "'coupled' (torch Adam L2, the references) or 'decoupled' (Keras Adam weight_decay)",
+    "batchnorm_momentum": "backbone BatchNorm momentum, Keras convention (torch's 0.1 = 0.9 here); none: default",
+    "run_dir": "output folder of the run",
+    "cache_dir": "decode the training images once into this folder and train from it",
+    "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with an error as one line naming the argument: `PROG: error: ...`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (the error names the argument)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="train.py",
+        description="Train a Divide & Conquer embedding, evaluate it and export a SavedModel.",
+    )
+    parser.add_argument("--config", help="JSON file of TrainConfig settings (flags override it)")
+    parser.add_argument("--preset", help="paper preset, e.g. tpami-cub (see tfdnc.presets)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its newest complete backup generation; "
+                             f"only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES)} may change "
+                             "(recorded in config.json and resumes.json)")
+    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                        help="export a SavedModel into RUN_DIR/export at the end")
+    parser.add_argument("--strict-images", action="store_true",
+                        help="fail on an unreadable image instead of skipping it")
+    parser.add_argument("--backup-every-steps", type=int, default=None,
+                        help="ignored: backups are whole generations at each epoch's end (see --resume)")
+    parser.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 one line per epoch")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "preset":
+            continue  # the --preset flag above sets it
+        flag = "--" + f.name.replace("_", "-")
+        flags = [flag] + ["--" + old.replace("_", "-") for old, new in DEPRECATED_NAMES.items() if new == f.name]
+        kind = hints[f.name]
+        text = _HELP.get(f.name, f.name.replace("_", " "))
+        # SUPPRESS: a flag not given leaves no attribute, so "none" can set None.
+        unset = argparse.SUPPRESS
+        text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
+        if len(flags) > 1:
+            text += f"; {', '.join(flags[1:])}: deprecated name"
+        if kind is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=unset, help=text)
+        elif f.name == "loss_options":
+            parser.add_argument(*flags, type=json.loads, default=unset, help=text)
+        elif typing.get_origin(kind) is tuple:
+            elem = float if typing.get_args(kind)[0] is float else int
+            parser.add_argument(*flags, type=elem, nargs="+", default=unset, help=text)
+        else:
+            parser.add_argument(*flags, type=_scalar_parser(kind), default=unset, help=text)
+    return parser
+
+
+def _scalar_parser(kind):
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args else kind
+    optional = type(None) in typing.get_args(kind)
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        return base(text)
+
+    parse.__name__ = getattr(base, "__name__", "value")
+    return parse

@@ -31,11 +31,19 @@ import argparse
 import os
 import time
 
-from tfdnc.embedders import Embedder, load_embedder
-from tfdnc.evaluation.protocols import evaluate_dataset
+from tfdnc.config import positive_int
 from tfdnc.utils import write_json
 
 __all__ = ["Embedder", "build_parser", "load_embedder", "main"]
+
+
+def __getattr__(name: str):
+    # Handed on from tfdnc.embedders, loaded on use (it imports TensorFlow).
+    if name in ("Embedder", "load_embedder"):
+        from tfdnc import embedders
+
+        return getattr(embedders, name)
+    raise AttributeError(f"module 'tfdnc.evaluate' has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="crop CUB / CARS images to their bounding boxes (default: as trained)")
     parser.add_argument("--image-size", type=int, help="centre-crop side (default: the run's / export's)")
     parser.add_argument("--resize-size", type=int, help="shorter side before the crop (default: as trained)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="k-means seed for NMI / F1 (and VehicleID's split)")
     parser.add_argument("--output", help="JSON file to write (default: RUN_DIR/evaluation_<dataset>.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise SystemExit("evaluate: --batch-size must be >= 1")
+    # TensorFlow is imported once the arguments are known good (`--help` stays fast).
+    from tfdnc.embedders import load_embedder
+    from tfdnc.evaluation.protocols import evaluate_dataset
+
     started = time.perf_counter()
     embedder = load_embedder(args.model, args.image_size, args.resize_size)
     config = embedder.config

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import ops
 
 from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
-from tfdnc.losses import MarginLoss  # also registers every loss, for load_model
+from tfdnc.losses import MarginLoss, MetricLoss  # also registers every loss, for load_model
+from tfdnc.losses.base import LossParameters
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -26,10 +29,12 @@ class DivideAndConquerModel(keras.Model):
         backbone: a Keras model mapping [0, 255] images to pooled features
             (see `tfdnc.backbones.build_backbone`).
         embedding_dim: d.
-        k_max: the final number of learners K.
+        k_final: the final number of learners K (`k_max`: its deprecated name).
         mask_mode: "learnable" (TPAMI) or "fixed" (CVPR).
         initial_k: learners active at the start.
-        loss: a `tfdnc.losses.MetricLoss` (default: margin loss).
+        loss: deprecated: give the loss to `compile(loss=...)`. Still
+            accepted (with a DeprecationWarning) for code and saved models
+            from before.
         mask_loss_weight: lambda of the mask orthogonality loss.
         mask_learning_rate: Adam learning rate of the masks (the papers use
             100x the network's).
@@ -46,13 +51,20 @@ class DivideAndConquerModel(keras.Model):
             weight decay, as the reference's `lr_beta` parameter group
             (train.py:446-452). None: the network's learning rate at compile.
 
+    The metric loss is given to `compile(loss=...)`, as in Keras: any
+    `tfdnc.losses.MetricLoss` (default: `MarginLoss()`). Its own variables
+    (a learnable beta, Proxy-Anchor proxies, an XBM memory) are tracked,
+    trained and saved with the model, and `keras.saving.load_model` (or
+    `tfdnc.load_model`) restores the compiled loss.
+
     Training data: `({"images": (B, H, W, C), "cluster": (B,) int}, labels)`,
-    every sample of a batch in the same cluster.
+    every sample of a batch in the same cluster (`tfdnc.data.ClusterBatches`
+    makes them from a folder, a `tf.data.Dataset` or arrays).
 
     Example:
     >>> backbone = build_backbone("small_cnn", (28, 28, 1))
-    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_max=4)
-    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
     >>> embeddings = model(images)  # (batch, 64), unit norm
     """
 
@@ -60,7 +72,7 @@ class DivideAndConquerModel(keras.Model):
         self,
         backbone: keras.Model,
         embedding_dim: int = 128,
-        k_max: int = 32,
+        k_final: int = 32,
         mask_mode: str = "learnable",
         initial_k: int = 1,
         loss=None,
@@ -71,6 +83,10 @@ class DivideAndConquerModel(keras.Model):
         loss_learning_rate: float | None = None,
         **kwargs,
     ):
+        if "k_max" in kwargs:  # the old name of `k_final`
+            warnings.warn("DivideAndConquerModel(k_max=...) is deprecated: it is now `k_final`",
+                          DeprecationWarning, stacklevel=2)
+            k_final = kwargs.pop("k_max")
         super().__init__(**kwargs)
         if not isinstance(backbone, keras.Model):
             raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
@@ -85,8 +101,10 @@ class DivideAndConquerModel(keras.Model):
             raise ValueError(
                 f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}"
             )
-        if loss is None:
-            loss = MarginLoss()
+        if loss is not None:
+            warnings.warn("DivideAndConquerModel(loss=...) is deprecated: give the loss to "
+                          "model.compile(optimizer, loss=...)", DeprecationWarning, stacklevel=2)
+        self._loss_from_constructor = loss is not None
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
         self.mask_loss_weight = float(mask_loss_weight)
@@ -94,24 +112,15 @@ class DivideAndConquerModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.mask_weight_decay = float(mask_weight_decay)
         self.loss_learning_rate = None if loss_learning_rate is None else float(loss_learning_rate)
-        self.metric_loss = loss
         feature_dim = backbone.output_shape[-1]
         self.head = keras.layers.Dense(self.embedding_dim, name="embedding")
         self.head.build((None, feature_dim))
-        self.masks = SubspaceMasks(self.embedding_dim, k_max, mode=mask_mode, initial_k=initial_k, name="subspace_masks")
-        # Keras layers created inside the loss (learnable per-class beta) are
-        # tracked through this attribute, so they train and save with the model.
-        self.loss_weights_layer = getattr(loss, "variables_layer", None)
+        self.masks = SubspaceMasks(self.embedding_dim, k_final, mode=mask_mode, initial_k=initial_k, name="subspace_masks")
         self.embedder = keras.Model(backbone.inputs, self.head(backbone.outputs[0]), name="embedder")
         self.mask_optimizer = keras.optimizers.Adam(self.mask_learning_rate, name="mask_adam")
         # Built now, so its state loads from any saved model, compiled or not.
         self.mask_optimizer.build(self.masks.trainable_variables)
-        # The loss's parameters (learnable beta) get an optimizer of their own,
-        # created at compile (its learning rate may default to the network's).
-        self.loss_optimizer = None
-        if self.loss_variables():
-            self.loss_optimizer = keras.optimizers.Adam(self.loss_learning_rate or 1e-3, name="loss_adam")
-            self.loss_optimizer.build(self.loss_variables())
+        self._set_metric_loss(MarginLoss() if loss is None else loss)
         self._full_embedding = False
         self._backbone_frozen = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -175,20 +184,61 @@ class DivideAndConquerModel(keras.Model):
             self.make_train_function(force=True)
 
     # --- optimisation -----------------------------------------------------------
+    def _set_metric_loss(self, loss) -> None:
+        """Uses `loss`; tracks its variables and gives them their own optimizer."""
+        if not isinstance(loss, MetricLoss):
+            raise TypeError(
+                f"DivideAndConquerModel: the loss must be a tfdnc.losses.MetricLoss (e.g. "
+                f"tfdnc.losses.MarginLoss()), got {loss!r} ({type(loss).__name__}); Keras losses such as "
+                "'mse' or keras.losses.CategoricalCrossentropy compare predictions with targets, not "
+                "embeddings of a batch"
+            )
+        previous = getattr(self, "loss_weights_layer", None)
+        if previous is not None and previous is not getattr(loss, "variables_layer", None):
+            # A replaced loss's variables leave the model (its weights, its save file).
+            self._layers = [layer for layer in self._layers if layer is not previous]
+        self.metric_loss = loss
+        # Keras layers created inside the loss (learnable beta, proxies, XBM
+        # memory) are tracked through this attribute, so they train and save
+        # with the model.
+        self.loss_weights_layer = getattr(loss, "variables_layer", None)
+        # The loss's parameters (learnable beta) get an optimizer of their own;
+        # its learning rate may default to the network's at compile.
+        optimizer = None
+        if self.loss_variables():
+            optimizer = keras.optimizers.Adam(self.loss_learning_rate or 1e-3, name="loss_adam")
+            optimizer.build(self.loss_variables())
+        self.loss_optimizer = optimizer
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+
     def loss_variables(self) -> list:
         """The loss's own parameters (e.g. the margin loss's per-class beta)."""
         return list(getattr(self.metric_loss, "trainable_variables", []))
 
     def network_variables(self) -> list:
         """Variables the main optimizer updates: backbone and head."""
-        other = {id(v) for v in self.masks.trainable_variables} | {id(v) for v in self.loss_variables()}
+        # Every loss's parameters stay out, also those of a loss replaced by a later compile.
+        losses_own = [v for layer in self._flatten_layers() if isinstance(layer, LossParameters)
+                      for v in layer.trainable_variables]
+        other = {id(v) for v in self.masks.trainable_variables + losses_own}
         return [v for v in self.trainable_variables if id(v) not in other]
 
-    def compile(self, optimizer="adam", **kwargs):
-        if "loss" in kwargs and kwargs["loss"] is not None:
-            raise ValueError(
-                "DivideAndConquerModel: pass the metric loss to the constructor (`loss=`), not to compile()"
-            )
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """Keras's `compile`; `loss` is a `tfdnc.losses.MetricLoss` (None: keep the current one).
+
+        Raises TypeError naming the loss when it is not a tfdnc metric loss.
+        """
+        if loss is not None:
+            if isinstance(loss, str):
+                from tfdnc.losses import LOSSES
+
+                if loss.replace("-", "_") not in LOSSES:
+                    self._set_metric_loss(loss)  # raises, naming it
+                from tfdnc.losses import get_loss
+
+                loss = get_loss(loss)
+            self._set_metric_loss(loss)
         super().compile(optimizer=optimizer, **kwargs)
         # Build the optimizers on fixed variable lists, so their state saves
         # and restores one-to-one (BackupAndRestore, load_weights).
@@ -200,12 +250,17 @@ class DivideAndConquerModel(keras.Model):
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:
             return None
-        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer),
+                "loss": keras.saving.serialize_keras_object(self.metric_loss)}
 
     def compile_from_config(self, config):
-        # Restores the optimizer (and its state, loaded after this) on load_model.
+        # Restores the optimizer and the loss on load_model; their variables
+        # (optimizer state, learnable beta, proxies) load after this.
         if config and config.get("optimizer") is not None:
-            self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+            # A model saved with the deprecated constructor loss has it already.
+            loss = None if self._loss_from_constructor else config.get("loss")
+            self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]),
+                         loss=None if loss is None else keras.saving.deserialize_keras_object(loss))
 
     def reset_mask_optimizer(self) -> None:
         """Restarts the mask optimizer after K doubles; keeps its learning rate.
@@ -326,10 +381,12 @@ class DivideAndConquerModel(keras.Model):
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "embedding_dim": self.embedding_dim,
-            "k_max": self.masks.k_max,
+            "k_final": self.masks.k_max,
             "mask_mode": self.masks.mode,
             "initial_k": self.masks.initial_k,
-            "loss": keras.saving.serialize_keras_object(self.metric_loss),
+            # The loss is compile config; models saved before kept it here.
+            **({"loss": keras.saving.serialize_keras_object(self.metric_loss)}
+               if self._loss_from_constructor else {}),
             "mask_loss_weight": self.mask_loss_weight,
             "mask_learning_rate": self.mask_learning_rate,
             "weight_decay": self.weight_decay,
@@ -341,8 +398,12 @@ class DivideAndConquerModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
-        return cls(**config)
+        loss = config.pop("loss", None)
+        model = cls(**config)
+        if loss is not None:  # a model saved with the deprecated constructor argument
+            model._set_metric_loss(keras.saving.deserialize_keras_object(loss))
+            model._loss_from_constructor = True
+        return model
 
 
 def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -> list:
@@ -352,3 +413,24 @@ def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -
     factor = decay if scale is None else decay * scale
     return [None if g is None else g + ops.cast(factor, g.dtype) * ops.cast(v, g.dtype)
             for g, v in zip(gradients, variables)]
+
+
+def load_model(path: str, compile: bool = True) -> DivideAndConquerModel:
+    """Loads a `.keras` file saved by tfdnc (`model.save`, a run's model.keras).
+
+    Every tfdnc class (model, losses, layers) is registered by importing
+    this module, so `tfdnc.load_model(path)` needs no other import. With
+    `compile=True` the optimizer and the metric loss come back too.
+
+    Example:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> embeddings = model.predict(images)
+    """
+    import os
+
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"tfdnc.load_model: {str(path)!r} is not a .keras file (for an export folder use "
+                         "tfdnc.serving.local.ExportedModel; for a run directory, RUN_DIR/model.keras)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tfdnc.load_model: {str(path)!r} does not exist")
+    return keras.saving.load_model(path, compile=compile)

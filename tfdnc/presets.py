@@ -79,7 +79,7 @@ _COMMON: dict[str, Any] = {
     "use_boxes": False,
     "loss": "margin",
     "loss_options": {},
-    "lr": 1e-5,
+    "learning_rate": 1e-5,
     # torch Adam's coupled L2 on the network and (TPAMI, --mask-wd-mult=1) the
     # masks: CompVis/metric-learning-divide-and-conquer-improved README.md:34-36
     "weight_decay": 1e-4,
@@ -113,7 +113,7 @@ _TPAMI: dict[str, Any] = {
     "growth": "double",
     "mask_mode": "learnable",
     "mask_loss_weight": 0.01,
-    "mask_lr": 1e-3,
+    "mask_learning_rate": 1e-3,
     "classes_per_batch": 40,
     "images_per_class": 2,
     "epochs": 180,

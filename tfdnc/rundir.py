@@ -18,7 +18,7 @@ evaluation, the report and the exporter read them through `RunDir`.
     RUN_DIR/.lock                held by the process training here (pid inside)
     RUN_DIR/masks.npy            mask values (optional, read by the report)
     RUN_DIR/logs/                TensorBoard
-    RUN_DIR/export/tfdnc/1/      the SavedModel for TensorFlow Serving
+    RUN_DIR/export/dnc/1/        the SavedModel for TensorFlow Serving
     RUN_DIR/report/              the HTML report (python -m tfdnc.report)
 
 It imports nothing but the standard library and `tfdnc.utils`, so every layer
@@ -53,7 +53,7 @@ CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.keras"
 LOGS = "logs"
 EXPORT = "export"
-EXPORT_NAME = "tfdnc"  # RUN_DIR/export/<EXPORT_NAME>/<version>
+EXPORT_NAME = "dnc"  # RUN_DIR/export/<EXPORT_NAME>/<version>: the name export/models.config serves
 REPORT = "report"
 
 

@@ -5,7 +5,7 @@ loss with Symmetrical Synthesis) on the generated `shapes` data set (200 train
 / 200 test classes in four families), prints Recall@K, NMI, MAP@R and mARP
 before and after, and leaves a run directory: config.json, model.keras,
 checkpoints/, backup/ (for --resume), clusters.npz, history.json,
-metrics.json, logs/ (TensorBoard) and export/tfdnc/1/ (the SavedModel for
+metrics.json, logs/ (TensorBoard) and export/dnc/1/ (the SavedModel for
 TensorFlow Serving); `tfdnc.rundir` defines the layout. Each epoch ends with
 one backup generation (weights, clusters and random state committed
 together, `tfdnc.training.generations`); `--resume` continues from the newest
@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass
 
 import keras
@@ -33,12 +31,12 @@ import numpy as np
 
 from tfdnc import rundir
 from tfdnc.backbones import build_backbone
-from tfdnc.config import TrainConfig
+from tfdnc.config import RESUME_OVERRIDES, TrainConfig, build_parser  # the flags live with the settings
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.data.validation import validate_splits
-from tfdnc.datasets import DATASETS, load_dataset
+from tfdnc.datasets import load_dataset
 from tfdnc.datasets.base import ImageSet
 from tfdnc.distributed.collectives import broadcast_from_chief
 from tfdnc.distributed.driver import fit_custom_loop, fit_mirrored, per_replica_dataset_fn
@@ -46,7 +44,7 @@ from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchron
 from tfdnc.evaluation.callback import RetrievalEvaluation
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
-from tfdnc.losses import LOSSES, get_loss
+from tfdnc.losses import get_loss
 from tfdnc.model import DivideAndConquerModel
 from tfdnc.rundir import RunDir
 from tfdnc.training import faults
@@ -59,90 +57,6 @@ from tfdnc.training.lock import RunLock, RunLockedError
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
-
-_HELP = {
-    "dataset": f"data set name ({', '.join(DATASETS)})",
-    "data_dir": "folder holding the data set in its distributed layout",
-    "backbone": "backbone name (small_cnn, resnet50, ...)",
-    "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
-    "k_final": "final number of learners K",
-    "growth": "'double' (TPAMI: K doubles every T epochs) or 'fixed' (CVPR: K from the start)",
-    "mask_mode": "'learnable' (TPAMI) or 'fixed' (CVPR contiguous blocks)",
-    "recluster_every": "T: re-cluster every T epochs",
-    "full_embedding_epoch": "epoch from which the loss uses the full embedding ('none': never)",
-    "loss": f"learner loss ({', '.join(LOSSES)})",
-    "loss_options": "JSON object of loss arguments, e.g. '{\"alpha\": 0.2}'",
-    "symm": "Symmetrical Synthesis of hard negatives",
-    "classes_per_batch": "P classes per batch",
-    "images_per_class": "M images per class",
-    "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
-    "weight_decay_mode": "'coupled' (torch Adam L2, the references) or 'decoupled' (Keras Adam weight_decay)",
-    "batchnorm_momentum": "backbone BatchNorm momentum, Keras convention (torch's 0.1 = 0.9 here); none: default",
-    "run_dir": "output folder of the run",
-    "cache_dir": "decode the training images once into this folder and train from it",
-    "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train a Divide & Conquer embedding, evaluate it and export a SavedModel.",
-    )
-    parser.add_argument("--config", help="JSON file of TrainConfig settings (flags override it)")
-    parser.add_argument("--preset", help="paper preset, e.g. tpami-cub (see tfdnc.presets)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its newest complete backup generation; "
-                             f"only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES)} may change "
-                             "(recorded in config.json and resumes.json)")
-    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
-                        help="export a SavedModel into RUN_DIR/export at the end")
-    parser.add_argument("--strict-images", action="store_true",
-                        help="fail on an unreadable image instead of skipping it")
-    parser.add_argument("--backup-every-steps", type=int, default=None,
-                        help="ignored: backups are whole generations at each epoch's end (see --resume)")
-    parser.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 one line per epoch")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "preset":
-            continue  # the --preset flag above sets it
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        text = _HELP.get(f.name, f.name.replace("_", " "))
-        # SUPPRESS: a flag not given leaves no attribute, so "none" can set None.
-        unset = argparse.SUPPRESS
-        text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=text)
-        elif f.name == "loss_options":
-            parser.add_argument(flag, type=json.loads, default=unset, help=text)
-        elif typing.get_origin(kind) is tuple:
-            elem = float if typing.get_args(kind)[0] is float else int
-            parser.add_argument(flag, type=elem, nargs="+", default=unset, help=text)
-        else:
-            parser.add_argument(flag, type=_scalar_parser(kind), default=unset, help=text)
-    return parser
-
-
-def _scalar_parser(kind):
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    base = args[0] if args else kind
-    optional = type(None) in typing.get_args(kind)
-
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null", ""):
-            return None
-        return base(text)
-
-    parse.__name__ = getattr(base, "__name__", "value")
-    return parse
-
-
-# Settings --resume may change: how long to train, where (the same directory
-# under another path), how, and the learning rate (the way out of a
-# non-finite loss). The rest would make the resumed run another run.
-RESUME_OVERRIDES = ("epochs", "run_dir", "strategy", "lr")
-
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset, then config file, then explicit flags; the run's config on --resume."""
@@ -284,7 +198,8 @@ class TrainingData:
         c = self.config
         return make_train_dataset(self.train_set, self.sampler, self.steps, c.image_size, labels=self.labels,
                                   crop_scale=c.crop_scale, crop_ratio=c.crop_ratio, flip=c.flip,
-                                  num_shards=num_shards, shard_index=shard_index)
+                                  num_shards=num_shards, shard_index=shard_index,
+                                  first_epoch_timeout=None)  # the run's schedule publishes; CVPR clusters first
 
 
 def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False, chief: bool = True) -> TrainingData:
@@ -308,11 +223,11 @@ def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False
 def loss_arguments(config: TrainConfig, num_classes: int) -> dict:
     """The metric loss's keyword arguments: --loss-options, plus what other flags imply.
 
-    --symm turns on Symmetrical Synthesis; a margin loss with a learnable
+    --symmetrical turns on Symmetrical Synthesis; a margin loss with a learnable
     beta per class needs the number of classes.
     """
     options = dict(config.loss_options)
-    if config.symm:
+    if config.symmetrical:
         options["symmetrical"] = True
     if config.loss == "margin" and options.get("learnable_beta"):
         options.setdefault("num_classes", num_classes)
@@ -332,14 +247,14 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
         coupled = config.weight_decay_mode == "coupled"
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
         model = DivideAndConquerModel(
-            backbone, embedding_dim=config.embedding_dim, k_max=config.k_final, mask_mode=config.mask_mode,
-            initial_k=1, loss=loss, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_lr,
+            backbone, embedding_dim=config.embedding_dim, k_final=config.k_final, mask_mode=config.mask_mode,
+            initial_k=1, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_learning_rate,
             weight_decay=config.weight_decay if coupled else 0.0,
             mask_weight_decay=mask_decay if coupled and config.mask_mode == "learnable" else 0.0,
-            loss_learning_rate=config.loss_lr,
+            loss_learning_rate=config.loss_learning_rate,
         )
         decoupled = None if coupled else (config.weight_decay or None)
-        model.compile(optimizer=keras.optimizers.Adam(config.lr, weight_decay=decoupled),
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled), loss=loss,
                       jit_compile=config.jit_compile)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
@@ -408,7 +323,7 @@ def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, res
     with strategy.scope():  # optimizer slots built here must be the strategy's variables
         start = restore_latest(model, schedule, store, verbose=verbose if chief else 0, generation=chosen,
                                writer=chief)
-        model.optimizer.learning_rate.assign(config.lr)
+        model.optimizer.learning_rate.assign(config.learning_rate)
     return start
 
 
@@ -416,14 +331,14 @@ def nonfinite_advice(run_dir: RunDir, config: TrainConfig):
     """The advice of the non-finite loss error: a command that works, naming only what exists when it fires."""
 
     def advice() -> str:
-        lower = f"{config.lr / 10:g}"
+        lower = f"{config.learning_rate / 10:g}"
         latest = GenerationStore(run_dir.backup).latest()
         if latest is None:
             return (f"No epoch was completed (no backup generation in {run_dir.backup}), so start again with a "
-                    f"lower learning rate: python train.py --run-dir {run_dir.path} ... --lr {lower}, "
+                    f"lower learning rate: python train.py --run-dir {run_dir.path} ... --learning-rate {lower}, "
                     "or check the input data.")
         return (f"The last good backup is {latest.directory} ({latest.epoch} epoch(s) done). Resume it with a lower "
-                f"learning rate: python train.py --run-dir {run_dir.path} --resume --lr {lower} "
+                f"learning rate: python train.py --run-dir {run_dir.path} --resume --learning-rate {lower} "
                 "(recorded in resumes.json), or check the input data.")
 
     return advice

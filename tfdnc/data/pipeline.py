@@ -49,6 +49,7 @@ def make_train_dataset(
     wait_timeout: float | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
+    first_epoch_timeout: float | None = 120.0,
 ) -> tf.data.Dataset:
     """An endless dataset of per-cluster, class-balanced training batches.
 
@@ -70,6 +71,11 @@ def make_train_dataset(
         flip: random horizontal flips.
         wait_timeout: seconds to wait for an epoch to be published before
             failing (None: wait, printing a line every 10 minutes).
+        first_epoch_timeout: seconds to wait for the *first* epoch: without
+            a `DivideAndConquerSchedule` in `fit`'s callbacks nobody publishes
+            it, and iterating fails after this long with an error saying so
+            instead of waiting forever. None: wait (e.g. when the schedule's
+            first clustering, with growth "fixed", takes longer).
         num_shards, shard_index: yield only part `shard_index` of
             `num_shards` equal contiguous parts of every batch (one
             worker's share of the global batch; all parts of a step come
@@ -95,7 +101,10 @@ def make_train_dataset(
     def plan():
         epoch = -1
         while True:
-            epoch = sampler.wait_for_epoch_after(epoch, timeout=wait_timeout)
+            timeout = wait_timeout
+            if epoch < 0 and first_epoch_timeout is not None:
+                timeout = first_epoch_timeout if timeout is None else min(timeout, first_epoch_timeout)
+            epoch = sampler.wait_for_epoch_after(epoch, timeout=timeout)
             if epoch is None:
                 return
             rng = np.random.default_rng([sampler.seed, epoch, 1])

@@ -6,16 +6,26 @@ writes weights that `tfdnc.backbones.build_backbone(name, shape,
 weights=path)` (and `train.py --backbone-weights path`) loads.
 """
 
-from tfdnc.pretrain.callbacks import (HeldOutMonitor, HeldOutPermutations, PolicySamplingCallback,
-                                      PretrainCheckpoint, policy_state)
-from tfdnc.pretrain.handoff import (export_backbone_weights, recalibrate_batchnorm,
-                                    set_batchnorm_momentum)
-from tfdnc.pretrain.jigsaw import (ClipFrames, JigsawTiles, OrderPredictionModel, normalize_items,
-                                   shuffle_items)
-from tfdnc.pretrain.permutations import (generate_permutations, hamming_distances,
-                                         inverse_permutations, mean_hamming_distance,
-                                         min_hamming_distance)
-from tfdnc.pretrain.policy import PermutationPolicy, ReinforceTrainer, reinforce_loss
+import importlib
+
+_MODULES = {
+    "callbacks": ("HeldOutMonitor", "HeldOutPermutations", "PolicySamplingCallback", "PretrainCheckpoint",
+                  "policy_state"),
+    "handoff": ("export_backbone_weights", "recalibrate_batchnorm", "set_batchnorm_momentum"),
+    "jigsaw": ("ClipFrames", "JigsawTiles", "OrderPredictionModel", "normalize_items", "shuffle_items"),
+    "permutations": ("generate_permutations", "hamming_distances", "inverse_permutations",
+                     "mean_hamming_distance", "min_hamming_distance"),
+    "policy": ("PermutationPolicy", "ReinforceTrainer", "reinforce_loss"),
+}
+_LAZY = {name: f"tfdnc.pretrain.{module}" for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str):
+    # Loaded on use, so `tfdnc pretrain --help` does not import TensorFlow.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdnc.pretrain' has no attribute {name!r}")
+
 
 __all__ = [
     "ClipFrames", "HeldOutMonitor", "HeldOutPermutations", "JigsawTiles", "OrderPredictionModel",

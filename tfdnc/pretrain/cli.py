@@ -62,19 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--item-units", type=int, default=128)
     net.add_argument("--hidden-units", type=int, default=256)
     net.add_argument("--dropout", type=float, default=0.3)
-    net.add_argument("--bn-momentum", type=float, default=0.9)
+    net.add_argument("--batchnorm-momentum", "--bn-momentum", type=float, default=0.9,
+                     help="BatchNorm momentum, Keras convention (--bn-momentum: deprecated name)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=4)
     opt.add_argument("--steps-per-epoch", type=int, default=None,
                      help="default: one pass over the training images")
     opt.add_argument("--batch-size", type=int, default=64)
-    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--learning-rate", "--lr", type=float, default=1e-3, help="Adam learning rate (--lr: deprecated name)")
     opt.add_argument("--seed", type=int, default=0)
     pol = p.add_argument_group("sampling policy")
     pol.add_argument("--sampling", choices=SAMPLING, default="policy",
                      help="'uniform': the fixed baseline; 'policy': REINFORCE-learned sampling")
     pol.add_argument("--block-steps", type=int, default=50, help="training steps per policy block")
-    pol.add_argument("--policy-lr", type=float, default=1e-2)
+    pol.add_argument("--policy-learning-rate", "--policy-lr", type=float, default=1e-2,
+                     help="Adam learning rate of the policy (--policy-lr: deprecated name)")
     pol.add_argument("--policy-hidden", type=int, default=32)
     pol.add_argument("--entropy-weight", type=float, default=1e-2)
     pol.add_argument("--uniform-mix", type=float, default=0.1,
@@ -99,8 +101,8 @@ def _check_args(args, parser):
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         parser.error(f"--steps-per-epoch must be >= 1, got {args.steps_per_epoch}")
-    if args.lr <= 0 or args.policy_lr <= 0:
-        parser.error("--lr and --policy-lr must be > 0")
+    if args.learning_rate <= 0 or args.policy_learning_rate <= 0:
+        parser.error("--learning-rate and --policy-learning-rate must be > 0")
     if args.heldout < args.num_permutations:
         parser.error(f"--heldout ({args.heldout}) must be >= --num-permutations "
                      f"({args.num_permutations}) so every permutation is scored")
@@ -229,10 +231,10 @@ def _build_model(args, task: dict, permutations, channels: int, train_inputs):
 
     tile = task["tile"]
     backbone = build_backbone(args.backbone, (tile, tile, channels), **_backbone_options(args))
-    set_batchnorm_momentum(backbone, args.bn_momentum)
+    set_batchnorm_momentum(backbone, args.batchnorm_momentum)
     model = OrderPredictionModel(backbone, permutations, task["items"], item_units=args.item_units,
                                  hidden_units=args.hidden_units, dropout=args.dropout, seed=args.seed)
-    model.compile(optimizer=keras.optimizers.Adam(args.lr))
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     model.make_examples(tf.constant(train_inputs[:2]))  # build the item maker
     model(model.make_examples(tf.constant(train_inputs[:2]))[0])
     model.optimizer.build(model.trainable_variables)
@@ -252,7 +254,7 @@ def _callbacks(args, model, heldout_inputs, run_dir: str):
     trainer = policy_cb = None
     if args.sampling == "policy":
         trainer = ReinforceTrainer(
-            PermutationPolicy(args.policy_hidden), learning_rate=args.policy_lr,
+            PermutationPolicy(args.policy_hidden), learning_rate=args.policy_learning_rate,
             baseline_momentum=args.baseline_momentum, entropy_weight=args.entropy_weight,
             uniform_mix=args.uniform_mix, advantage_clip=args.advantage_clip)
         trainer.build(np.zeros((args.num_permutations, len(STATE_FEATURES)), np.float32))

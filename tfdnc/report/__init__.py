@@ -11,7 +11,16 @@ Example:
 'runs/default/report/index.html'
 """
 
-from tfdnc.report.builder import build_report
-from tfdnc.report.runinfo import RunInfo, read_run
+import importlib
+
+_LAZY = {"build_report": "tfdnc.report.builder", "RunInfo": "tfdnc.report.runinfo", "read_run": "tfdnc.report.runinfo"}
+
+
+def __getattr__(name: str):
+    # Loaded on use, so `tfdnc report --help` does not import TensorFlow.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdnc.report' has no attribute {name!r}")
+
 
 __all__ = ["RunInfo", "build_report", "read_run"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from tfdnc.report.builder import build_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
+    from tfdnc.report.builder import build_report  # TensorFlow: only once the arguments parsed
+
     page = build_report(
         args.run_dir, args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
         projection=args.projection, max_points=args.max_points, map_classes=args.map_classes,

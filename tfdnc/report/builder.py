@@ -19,7 +19,7 @@ from tfdnc.utils import l2_normalize, write_json
 _SUMMARY_KEYS = (
     "preset", "dataset", "data_dir", "backbone", "backbone_weights", "embedding_dim", "k_final", "growth",
     "mask_mode", "recluster_every", "full_embedding_epoch", "final_k1_epochs", "loss",
-    "classes_per_batch", "images_per_class", "lr", "epochs", "image_size", "resize_size",
+    "classes_per_batch", "images_per_class", "learning_rate", "lr", "epochs", "image_size", "resize_size",
 )
 
 
