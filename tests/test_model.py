@@ -297,6 +297,40 @@ def test_loss_is_told_the_batch_learner_and_cluster_changes(make_tiny_model):
     make_tiny_model(k_max=2, loss=TripletLoss()).on_clusters_changed()
 
 
+def test_one_learner_keeps_its_loss_state_in_the_full_embedding_phase(make_tiny_model):
+    # With k_final = 1 the full embedding is learner 0's: a Proxy-Anchor /
+    # XBM loss must keep training learner 0's proxies / memory, not switch
+    # to the never-trained full-embedding slot (which cost Proxy-Anchor 13
+    # points of R@1 at K = 1 in docs/bench/losses.md).
+    loss = _LearnerAwareTriplet(margin=0.5, mining="batch_all")
+    model = make_tiny_model(k_max=1, loss=loss)
+    x, y = _batch(cluster=0)
+    model.full_embedding = True
+    model.train_step((x, y))
+    model.test_step((x, y))
+    assert loss.learners == [(0, True), (None, False)]
+
+
+def test_xbm_and_proxy_anchor_settings_reach_the_loss():
+    from tfdnc.config import TrainConfig
+    from tfdnc.losses import CrossBatchMemory, ProxyAnchorLoss, get_loss
+    from tfdnc.train import loss_arguments
+
+    config = TrainConfig(loss="margin", symmetrical=False, xbm_size=64, xbm_start_step=5, xbm_batch_loss=True,
+                         embedding_dim=16, k_final=2)
+    loss = get_loss(config.loss, **loss_arguments(config, num_classes=10))
+    assert isinstance(loss, CrossBatchMemory)
+    assert (loss.memory_size, loss.start_step, loss.batch_loss, loss.num_learners) == (64, 5, True, 2)
+    config = TrainConfig(loss="proxy_anchor", symmetrical=False, embedding_dim=16, k_final=4)
+    loss = get_loss(config.loss, **loss_arguments(config, num_classes=10))
+    assert isinstance(loss, ProxyAnchorLoss)
+    assert (loss.num_classes, loss.embedding_dim, loss.num_learners) == (10, 16, 4)
+    with pytest.raises(ValueError, match="--xbm-size"):
+        TrainConfig(loss="margin", symmetrical=True, xbm_size=64)
+    with pytest.raises(ValueError, match="--xbm-start-step"):
+        TrainConfig(loss="margin", symmetrical=False, xbm_start_step=-1)
+
+
 def test_compile_takes_a_tfdnc_loss_by_name(make_tiny_model):
     from tfdnc.losses import MultiSimilarityLoss
 

@@ -105,6 +105,10 @@ class TrainConfig:
     loss: str = "multi_similarity"
     loss_options: dict = field(default_factory=dict)
     symmetrical: bool = True  # Symmetrical Synthesis of hard negatives
+    # cross-batch memory around the loss (tfdnc.losses.CrossBatchMemory), one per learner; 0: off
+    xbm_size: int = 0
+    xbm_start_step: int = 0  # steps before the memory is read and written (XBM authors' warm-up)
+    xbm_batch_loss: bool = False  # keep the batch's own loss and add the memory's (XBM authors' code)
     # batches and optimisation
     classes_per_batch: int = 4  # P
     images_per_class: int = 8  # M
@@ -182,6 +186,12 @@ class TrainConfig:
             bad("crop_scale", f"must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.cache_max_side is not None and self.cache_max_side < self.image_size:
             bad("cache_max_side", f"({self.cache_max_side}) must be >= --image-size ({self.image_size})")
+        for name in ("xbm_size", "xbm_start_step"):
+            if int(getattr(self, name)) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.xbm_size and self.symmetrical:
+            bad("xbm_size", "cannot be combined with --symmetrical (the memory holds no synthetic negatives); "
+                "pass --no-symmetrical")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         if self.full_embedding_epoch is not None and self.full_embedding_epoch < 0:
@@ -274,6 +284,11 @@ _HELP = {
     "loss": "learner loss, a name in tfdnc.losses.LOSSES (margin, multi_similarity, triplet, ...)",
     "loss_options": "JSON object of loss arguments, e.g. '{\"alpha\": 0.2}'",
     "symmetrical": "Symmetrical Synthesis of hard negatives",
+    "xbm_size": "entries per learner of a cross-batch memory (XBM) around the loss; 0 = off; needs a pair-based "
+                "loss (margin, triplet, contrastive, multi_similarity) and --no-symmetrical",
+    "xbm_start_step": "training steps before the cross-batch memory is used (the XBM authors' warm-up)",
+    "xbm_batch_loss": "with a cross-batch memory, keep the batch's own loss and add the memory's "
+                      "(the XBM authors' code; off: the memory alone, as pytorch-metric-learning)",
     "classes_per_batch": "P classes per batch",
     "images_per_class": "M images per class",
     "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",

@@ -300,7 +300,12 @@ class DivideAndConquerModel(keras.Model):
         if getattr(self.metric_loss, "accepts_learner", False):
             # Losses with per-learner state (XBM memories) need to know whose batch
             # this is, and must leave that state alone outside training.
-            learner = None if self._full_embedding or not training else cluster
+            # With one learner (k_final = 1) the full embedding is that learner's
+            # embedding, so a full-embedding phase keeps training its state
+            # (Proxy-Anchor proxies, XBM memory) instead of starting the
+            # never-trained `None` slot. With K > 1 the full embedding has its own.
+            full = self._full_embedding and self.masks.k_max > 1
+            learner = None if full or not training else cluster
             return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
         return self.metric_loss.compute_loss_and_stats(labels, embeddings)
 

@@ -224,13 +224,23 @@ def loss_arguments(config: TrainConfig, num_classes: int) -> dict:
     """The metric loss's keyword arguments: --loss-options, plus what other flags imply.
 
     --symmetrical turns on Symmetrical Synthesis; a margin loss with a learnable
-    beta per class needs the number of classes.
+    beta per class and Proxy-Anchor need the number of classes; Proxy-Anchor
+    and a cross-batch memory (--xbm-size) keep one set of proxies / one memory
+    per learner, so they need K and the embedding's size.
     """
     options = dict(config.loss_options)
     if config.symmetrical:
         options["symmetrical"] = True
     if config.loss == "margin" and options.get("learnable_beta"):
         options.setdefault("num_classes", num_classes)
+    if config.loss == "proxy_anchor":
+        options.setdefault("num_classes", num_classes)
+    if config.loss == "proxy_anchor" or config.xbm_size:
+        options.setdefault("embedding_dim", config.embedding_dim)
+        options.setdefault("num_learners", config.k_final)
+    if config.xbm_size:
+        options.update(xbm_size=config.xbm_size, start_step=config.xbm_start_step,
+                       batch_loss=config.xbm_batch_loss)
     return options
 
 
