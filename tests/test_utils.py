@@ -52,3 +52,25 @@ def test_read_json_error_names_file(tmp_path):
     with pytest.raises(ValueError, match=r"--config: cannot read .*bad.json"):
         read_json(bad, what="--config")
     assert json.loads("{}") == {}
+
+
+def test_write_records_json_and_csv(tmp_path):
+    import csv
+
+    from tfdnc.utils.records import write_records
+
+    rows = [{"query": "q.jpg", "rank": 1, "id": "a"}, {"query": "q.jpg", "rank": 2, "id": "b"}]
+    write_records(str(tmp_path / "out" / "hits.json"), rows, ["query", "rank", "id"])
+    assert json.loads((tmp_path / "out" / "hits.json").read_text()) == rows
+    write_records(str(tmp_path / "hits.csv"), rows, ["query", "rank", "id"])
+    with open(tmp_path / "hits.csv") as f:
+        assert list(csv.DictReader(f)) == [{k: str(v) for k, v in r.items()} for r in rows]
+
+
+def test_lazy_attributes_import_on_use_and_name_the_package():
+    from tfdnc.utils.lazy import lazy_attributes
+
+    getattr_ = lazy_attributes("pkg", {"sqrt": "math"})
+    assert getattr_("sqrt")(9.0) == 3.0
+    with pytest.raises(AttributeError, match="'pkg' has no attribute 'nope'"):
+        getattr_("nope")

@@ -31,6 +31,7 @@ import numpy as np
 from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
 from tfdnc.serving.files import embed_files, name_bad_image, read_files
+from tfdnc.utils.records import write_records
 
 OUTPUT_FORMATS = (".npy", ".json", ".csv")
 
@@ -280,15 +281,7 @@ def _write_records(output, records) -> None:
         for r in records:
             print(f"{r['query']}\t{r['rank']}\t{r['id']}\t{r['similarity']:.4f}")
         return
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if output.lower().endswith(".json"):
-        with open(output, "w") as f:
-            json.dump(records, f, indent=1)
-    else:
-        with open(output, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["query", "rank", "id", "similarity", "index"])
-            writer.writeheader()
-            writer.writerows(records)
+    write_records(output, records, ["query", "rank", "id", "similarity", "index"])
 
 
 def _check_output(output, formats) -> None:

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from tfdnc.utils.lazy import lazy_attributes
 
 _LAZY = {
     "export_checkpoint": "tfdnc.exporting.exporter",
@@ -27,7 +27,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tfdnc.exporting' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

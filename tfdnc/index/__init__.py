@@ -18,7 +18,7 @@ Command line: `tfdnc index build | add | remove | search | info | calibrate | ev
 
 from __future__ import annotations
 
-import importlib
+from tfdnc.utils.lazy import lazy_attributes
 
 _LAZY = {
     "VectorIndex": "tfdnc.index.base",
@@ -38,8 +38,5 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    # Lazy, so `tfdnc index --help` and the REST path import neither faiss, pymilvus nor TensorFlow.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tfdnc.index' has no attribute {name!r}")
+# Lazy, so `tfdnc index --help` and the REST path import neither faiss, pymilvus nor TensorFlow.
+__getattr__ = lazy_attributes(__name__, _LAZY)

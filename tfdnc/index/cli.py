@@ -17,11 +17,12 @@ directory (RUN_DIR/export/NAME). Every change is saved as a new index version;
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 from typing import Sequence
+
+from tfdnc.utils.records import write_records
 
 BACKENDS = ("faiss", "milvus")
 INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -257,12 +258,4 @@ def _write_records(output, records) -> None:
                 mark = "" if r["match"] else "\t(below threshold)"
                 print(f"{r['query']}\t{r['rank']}\t{r['path']}\t{r['label'] or ''}\t{r['similarity']:.4f}{mark}")
         return
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if output.lower().endswith(".json"):
-        with open(output, "w") as f:
-            json.dump(records, f, indent=1)
-    else:
-        with open(output, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["query", "rank", "id", "path", "label", "similarity", "match"])
-            writer.writeheader()
-            writer.writerows(records)
+    write_records(output, records, ["query", "rank", "id", "path", "label", "similarity", "match"])

@@ -6,7 +6,7 @@ writes weights that `tfdnc.backbones.build_backbone(name, shape,
 weights=path)` (and `train.py --backbone-weights path`) loads.
 """
 
-import importlib
+from tfdnc.utils.lazy import lazy_attributes
 
 _MODULES = {
     "callbacks": ("HeldOutMonitor", "HeldOutPermutations", "PolicySamplingCallback", "PretrainCheckpoint",
@@ -20,11 +20,8 @@ _MODULES = {
 _LAZY = {name: f"tfdnc.pretrain.{module}" for module, names in _MODULES.items() for name in names}
 
 
-def __getattr__(name: str):
-    # Loaded on use, so `tfdnc pretrain --help` does not import TensorFlow.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tfdnc.pretrain' has no attribute {name!r}")
+# Loaded on use, so `tfdnc pretrain --help` does not import TensorFlow.
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

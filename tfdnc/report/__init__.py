@@ -11,16 +11,13 @@ Example:
 'runs/default/report/index.html'
 """
 
-import importlib
+from tfdnc.utils.lazy import lazy_attributes
 
 _LAZY = {"build_report": "tfdnc.report.builder", "RunInfo": "tfdnc.report.runinfo", "read_run": "tfdnc.report.runinfo"}
 
 
-def __getattr__(name: str):
-    # Loaded on use, so `tfdnc report --help` does not import TensorFlow.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tfdnc.report' has no attribute {name!r}")
+# Loaded on use, so `tfdnc report --help` does not import TensorFlow.
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["RunInfo", "build_report", "read_run"]

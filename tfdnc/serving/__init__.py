@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from tfdnc.utils.lazy import lazy_attributes
 
 _LAZY = {
     "ServingClient": "tfdnc.serving.client",
@@ -28,8 +28,5 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    # Lazy, so the REST client works without importing TensorFlow or gRPC.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tfdnc.serving' has no attribute {name!r}")
+# Lazy, so the REST client works without importing TensorFlow or gRPC.
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -1,0 +1,25 @@
+"""Package attributes loaded on first use.
+
+A package whose names need TensorFlow, faiss or gRPC hands them out lazily,
+so `tfdnc COMMAND --help` and the REST client start without those imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+
+def lazy_attributes(package: str, names: dict[str, str]) -> Callable[[str], object]:
+    """A module `__getattr__` that imports `names[name]` (a module path) on first access.
+
+    Example (in a package's `__init__.py`):
+    >>> __getattr__ = lazy_attributes(__name__, {"ExportedModel": "tfdnc.serving.local"})
+    """
+
+    def __getattr__(name: str):
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
