@@ -74,3 +74,18 @@ def test_lazy_attributes_import_on_use_and_name_the_package():
     assert getattr_("sqrt")(9.0) == 3.0
     with pytest.raises(AttributeError, match="'pkg' has no attribute 'nope'"):
         getattr_("nope")
+
+
+def test_atomic_open_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from tfdnc.utils.atomic import atomic_open
+
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as f:
+            f.write("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+    with atomic_open(path, "wb", fsync=False) as f:
+        f.write(b"new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["f.txt"]

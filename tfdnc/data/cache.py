@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tfdnc.datasets.base import ImageSet
+from tfdnc.utils.atomic import atomic_open
 
 RAW_SUFFIX = ".tfdncraw"
 
@@ -56,11 +57,10 @@ def _decode_to_raw(source: str, target: str, box, max_side: int | None, channels
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         image = tf.cast(tf.round(tf.image.resize(image, size, antialias=True)), tf.uint8)
     pixels = np.ascontiguousarray(image.numpy())
-    tmp = f"{target}.tmp"
-    with open(tmp, "wb") as f:
+    # A rebuildable cache: no fsync per image, but never half a file.
+    with atomic_open(target, "wb", fsync=False) as f:
         f.write(np.array(pixels.shape, "<i4").tobytes())
         f.write(pixels.tobytes())
-    os.replace(tmp, target)
 
 
 def cache_decoded_images(

@@ -32,6 +32,7 @@ import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.utils import read_json, write_json
+from tfdnc.utils.atomic import atomic_open
 
 # Largest image (height x width, read from its header) validation lets
 # through: decoding 40 megapixels takes 120 MB (uint8 RGB) plus 480 MB for
@@ -119,10 +120,8 @@ class ValidationReport:
     def write(self, path: str | os.PathLike) -> None:
         """Writes `lines()` (or a line saying nothing was skipped) to a text file."""
         lines = self.lines() or ["every image decoded; nothing skipped"]
-        tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path, encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
 
 
 def validate_splits(

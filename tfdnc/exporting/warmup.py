@@ -13,7 +13,6 @@ import os
 import re
 from typing import Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 # The allowed_batch_sizes of the deployment kit's export/batching_parameters.txt

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from tfdnc.utils.atomic import atomic_open
+
 
 def read_json(path: str | os.PathLike, *, what: str = ""):
     """The parsed content of `path`; `ValueError` naming the file when it cannot be read.
@@ -28,13 +30,8 @@ def write_json(path: str | os.PathLike, values, *, indent: int = 2) -> None:
     A reader (or a run killed mid-write) sees the old file or the new one,
     never half of one. NumPy scalars and arrays are written as numbers/lists.
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         json.dump(values, f, indent=indent, default=_jsonable)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _jsonable(value):
