@@ -196,3 +196,106 @@ def test_report_for_a_query_gallery_data_set(tmp_path):
     assert evaluation["sizes"]["query/gallery"] == {"queries": 16, "gallery": 8}
     text = open(page, encoding="utf-8").read()
     assert "top 4 gallery images" in text and "history.json has no losses" in text
+
+
+# --- what the page says and draws matches what the run did (issue 21) -----------------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figures the report draws, by file name (saved as usual)."""
+    from tfdnc.report import figures
+
+    found = {}
+    save = figures._save
+
+    def keep(fig, path):
+        found[os.path.basename(path)] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return found
+
+
+def _k1_copy(run_dir, tmp_path, full_embedding_epoch=None):
+    """The tiny run, as if it had ended at K = 1 (history and config say so)."""
+    import shutil
+
+    copy = str(tmp_path / "k1run")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", ".lock"))
+    history = json.load(open(os.path.join(copy, "history.json")))
+    for entry in history:
+        entry["K"] = 1
+        entry.pop("cluster_sizes", None)
+    json.dump(history, open(os.path.join(copy, "history.json"), "w"))
+    config = json.load(open(os.path.join(copy, "config.json")))
+    config.update(k_final=1, full_embedding_epoch=full_embedding_epoch)
+    json.dump(config, open(os.path.join(copy, "config.json"), "w"))
+    return copy
+
+
+def test_a_k1_run_is_not_described_with_clusters(run_dir, tmp_path, drawn):
+    copy = _k1_copy(run_dir, tmp_path)
+    page = build_report(copy, projection="pca", progress=False, num_queries=0)
+    text = open(page, encoding="utf-8").read()
+    assert "K = 2" not in text and "ended with K = 1" in text
+    assert len(drawn["embedding_map.png"].axes) == 1  # by class only
+    # K on a linear axis ticked at the K the run had (a log axis ticked 2^-1 here)
+    k_axis = drawn["clusters.png"].axes[0]
+    assert list(k_axis.get_yticks()) == [1] and k_axis.get_yscale() == "linear"
+
+
+def test_epochs_are_numbered_as_training_printed_them(run_dir, drawn):
+    build_report(run_dir, projection="pca", progress=False, num_queries=0)
+    history = read_run(run_dir).history
+    loss_line = drawn["curves.png"].axes[0].get_lines()[0]
+    # history.json keeps Keras' 0-based epochs; training printed "Epoch 1/2", "Epoch 2/2"
+    assert [e["epoch"] for e in history] == [0, 1]
+    assert list(loss_line.get_xdata()) == [1, 2]
+
+
+def test_the_dashed_line_is_named_only_where_it_is_drawn(run_dir, tmp_path, drawn):
+    # the fixture run never reaches a full-embedding phase (full_embedding_epoch None)
+    page = build_report(run_dir, projection="pca", progress=False, num_queries=0)
+    assert "dashed" not in open(page, encoding="utf-8").read()
+    assert not [line for line in drawn["curves.png"].axes[0].get_lines() if line.get_linestyle() == "--"]
+    # the same run with the phase starting at its second epoch (0-based 1): drawn between 1 and 2, and named
+    import shutil
+
+    copy = str(tmp_path / "phase")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", ".lock"))
+    config = json.load(open(os.path.join(copy, "config.json")))
+    config["full_embedding_epoch"] = 1
+    json.dump(config, open(os.path.join(copy, "config.json"), "w"))
+    drawn.clear()
+    page = build_report(copy, projection="pca", progress=False, num_queries=0)
+    assert "dashed line marks the start of the full-embedding (conquer) phase at epoch 2" in open(
+        page, encoding="utf-8").read()
+    dashed = [line for line in drawn["curves.png"].axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_xdata()[0] == pytest.approx(1.5)
+
+
+def test_mask_heatmap_does_not_stretch_noise_into_structure(tmp_path, drawn):
+    from tfdnc.report import figures
+
+    undivided = 1.0 + np.random.default_rng(0).uniform(-0.01, 0.01, size=(4, 16))
+    figures.mask_heatmap(undivided, str(tmp_path / "masks.png"))
+    low, high = drawn["masks.png"].axes[0].images[0].get_clim()
+    assert low == 0.0 and high == pytest.approx(undivided.max())  # 0.99-1.01 fills the top 2% of the scale
+    divided = np.where(np.arange(16) < 8, 1.3, 0.0)[None].repeat(2, 0)
+    figures.mask_heatmap(divided, str(tmp_path / "masks.png"))
+    assert drawn["masks.png"].axes[0].images[0].get_clim() == pytest.approx((0.0, 1.3))
+
+
+def test_report_on_a_folder_that_is_not_a_run_is_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "photo.png").write_bytes(b"not a run")
+    before = sorted(os.listdir(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "tfdnc.cli", "report", str(tmp_path)], capture_output=True,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a training run" in lines[0] and "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == before  # no report/ written into the user's folder

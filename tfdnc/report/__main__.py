@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 
@@ -29,8 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> str:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> str | int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tfdnc.report.runinfo import read_run
+
+    try:
+        read_run(args.run_dir)  # a wrong path fails here, in one line, before TensorFlow loads
+    except (FileNotFoundError, ValueError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     from tfdnc.report.builder import build_report  # TensorFlow: only once the arguments parsed
 
     page = build_report(
@@ -44,4 +53,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)

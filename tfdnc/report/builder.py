@@ -123,8 +123,11 @@ def _training_section(info: RunInfo, output_dir: str, src) -> Section:
     training = Section("Training")
     path = figures.training_curves(info, os.path.join(output_dir, "curves.png"))
     if path:
-        training.figure(src(path), "Losses and Recall@K per epoch; the dashed line marks the start of "
-                        "the full-embedding (conquer) phase.", "loss and recall curves")
+        start = figures.full_embedding_start(info)
+        line = ("" if start is None else f"; the dashed line marks the start of the full-embedding (conquer) "
+                f"phase at epoch {start + 1}")
+        training.figure(src(path), f"Losses and Recall@K after each epoch (numbered from 1, as training "
+                        f"printed them){line}.", "loss and recall curves")
     else:
         training.note("history.json has no losses or recalls to plot.")
     path = figures.clusters_over_time(info, os.path.join(output_dir, "clusters.png"))
@@ -261,21 +264,23 @@ def _embedding_map(image_set, embeddings, k, projection, max_points, map_classes
 
     rng = np.random.default_rng(seed)
     x = l2_normalize(embeddings)
-    k = int(min(max(k, 2), len(x)))
-    clusters, _ = kmeans(x, k, seed=seed, spherical=True)
+    # A run that ended with one learner has no clusters to show: one panel, by class.
+    k = int(min(k, len(x)))
+    clusters = kmeans(x, k, seed=seed, spherical=True)[0] if k > 1 else None
     classes = np.unique(image_set.labels)
     chosen = rng.permutation(classes)[:map_classes]
     index = np.flatnonzero(np.isin(image_set.labels, chosen))
     if len(index) > max_points:
         index = np.sort(rng.choice(index, max_points, replace=False))
     points = _project(x[index], projection, seed)
-    path = figures.embedding_map(points, image_set.labels[index], clusters[index],
+    path = figures.embedding_map(points, image_set.labels[index], None if clusters is None else clusters[index],
                                  os.path.join(output_dir, "embedding_map.png"), projection.upper()
                                  if projection == "pca" else "t-SNE")
     caption = (f"{len(index)} test images of {len(np.intersect1d(chosen, image_set.labels))} classes "
-               f"(of {len(classes)}), projected with {'PCA' if projection == 'pca' else 't-SNE'}; right: "
-               f"spherical k-means of all {len(x)} test embeddings into K = {k} clusters, the run's final "
-               "number of learners.")
+               f"(of {len(classes)}), projected with {'PCA' if projection == 'pca' else 't-SNE'}"
+               + (f"; right: spherical k-means of all {len(x)} test embeddings into K = {k} clusters, the "
+                  "run's final number of learners." if clusters is not None else
+                  "; the run ended with K = 1 (one learner), so no cluster panel is drawn."))
     return path, caption
 
 

@@ -24,13 +24,33 @@ def _epoch_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def shown_epochs(epochs: np.ndarray) -> np.ndarray:
+    """History epochs (Keras' 0-based indices) as training printed them ("Epoch 1/N")."""
+    return np.asarray(epochs) + 1
+
+
+def full_embedding_start(info: RunInfo) -> int | None:
+    """The 0-based epoch the full-embedding ("conquer") phase began at, if the run reached it.
+
+    The figures draw a dashed line there and the captions mention it only
+    when this is not None, so a caption never names a line that is not drawn.
+    """
+    epoch = getattr(info.config, "full_embedding_epoch", None)
+    if getattr(info.config, "k_final", 1) <= 1:
+        return None  # one learner all along: there is no divided phase to end
+    trained = [e.get("epoch", i) for i, e in enumerate(info.history)]
+    if epoch is None or not trained or epoch > max(trained) or epoch == 0:
+        return None
+    return int(epoch)
+
+
 def _phase_lines(ax, info: RunInfo) -> None:
-    """Marks the start of the full-embedding ("conquer") phase."""
-    config = info.config
-    epoch = getattr(config, "full_embedding_epoch", None)
-    if epoch is not None and info.history and epoch <= len(info.history):
-        ax.axvline(epoch, color="0.5", linestyle="--", linewidth=1)
-        ax.text(epoch, ax.get_ylim()[1], " full embedding", va="top", fontsize=8, color="0.35")
+    """Marks the start of the full-embedding ("conquer") phase, between the last epoch before it and its first."""
+    epoch = full_embedding_start(info)
+    if epoch is not None:
+        x = epoch + 0.5  # shown epochs are 1-based: the phase's first epoch is shown as epoch + 1
+        ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
+        ax.text(x, ax.get_ylim()[1], " full embedding", va="top", fontsize=8, color="0.35")
 
 
 def training_curves(info: RunInfo, path: str) -> str | None:
@@ -44,7 +64,7 @@ def training_curves(info: RunInfo, path: str) -> str | None:
     axes = fig.subplots(1, 2)
     for key in loss_keys:
         epochs, values = info.series(key)
-        axes[0].plot(epochs, values, marker="o", markersize=3, label=key)
+        axes[0].plot(shown_epochs(epochs), values, marker="o", markersize=3, label=key)
     axes[0].set(title="training losses", xlabel="epoch", ylabel="loss")
     for ax in axes:
         _epoch_axis(ax)
@@ -54,7 +74,7 @@ def training_curves(info: RunInfo, path: str) -> str | None:
     for key in recall_keys:
         epochs, values = info.series(key)
         scale = 100.0 if values.max() <= 1.0 else 1.0
-        axes[1].plot(epochs, values * scale, marker="o", markersize=3, label=key,
+        axes[1].plot(shown_epochs(epochs), values * scale, marker="o", markersize=3, label=key,
                      linewidth=2.2 if key.endswith("recall@1") else 1.2)
     axes[1].set(title="Recall@K on the evaluation set", xlabel="epoch", ylabel="%")
     if recall_keys:
@@ -76,8 +96,12 @@ def clusters_over_time(info: RunInfo, path: str) -> str | None:
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2)
     if len(k_epochs):
-        axes[0].step(k_epochs, k_values, where="post", marker="o", markersize=3)
-        axes[0].set_yscale("log", base=2)
+        axes[0].step(shown_epochs(k_epochs), k_values, where="post", marker="o", markersize=3)
+        # A linear axis ticked at the K values the run had: a log axis drew ticks
+        # such as 2^-1 for a run that stayed at K = 1.
+        ks = np.unique(k_values.astype(int))
+        axes[0].set_yticks(ks)
+        axes[0].set_ylim(0, ks.max() * 1.15 + 0.5)
     axes[0].set(title="number of learners K", xlabel="epoch", ylabel="K")
     for ax in axes:
         _epoch_axis(ax)
@@ -88,7 +112,7 @@ def clusters_over_time(info: RunInfo, path: str) -> str | None:
         for epoch, row in sizes:
             bottom = 0.0
             for rank, size in enumerate(sorted((float(v) for v in row), reverse=True)):
-                axes[1].bar(epoch, size, width, bottom=bottom, color=colours[rank], edgecolor="white",
+                axes[1].bar(epoch + 1, size, width, bottom=bottom, color=colours[rank], edgecolor="white",
                             linewidth=0.3)
                 bottom += size
         axes[1].set(title="cluster sizes (stacked, largest first)", xlabel="epoch", ylabel="images")
@@ -98,12 +122,23 @@ def clusters_over_time(info: RunInfo, path: str) -> str | None:
     return _save(fig, path)
 
 
+def mask_scale(masks: np.ndarray) -> tuple[float, float]:
+    """The colour range of the masks heat map: from 0 (a switched-off dimension) to at least 1.
+
+    Scaling to the values' own min and max made masks of 0.99-1.01 (undivided)
+    look as structured as masks that switch dimensions off.
+    """
+    masks = np.asarray(masks, dtype=np.float64)
+    return min(0.0, float(masks.min())), max(1.0, float(masks.max()))
+
+
 def mask_heatmap(masks: np.ndarray, path: str, title: str = "masks") -> str:
-    """One row per learner, one column per embedding dimension."""
+    """One row per learner, one column per embedding dimension, on a fixed 0..max(1, masks) scale."""
     masks = np.atleast_2d(np.asarray(masks, dtype=np.float32))
     fig = Figure(figsize=(11, 1.2 + 0.28 * masks.shape[0]))
     ax = fig.subplots()
-    image = ax.imshow(masks, aspect="auto", interpolation="nearest", cmap="viridis")
+    vmin, vmax = mask_scale(masks)
+    image = ax.imshow(masks, aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set(title=title, xlabel="embedding dimension", ylabel="learner")
     ax.set_yticks(range(masks.shape[0]))
     if masks.shape[0] > 16:
@@ -112,12 +147,13 @@ def mask_heatmap(masks: np.ndarray, path: str, title: str = "masks") -> str:
     return _save(fig, path)
 
 
-def embedding_map(points: np.ndarray, labels: np.ndarray, clusters: np.ndarray, path: str,
+def embedding_map(points: np.ndarray, labels: np.ndarray, clusters: np.ndarray | None, path: str,
                   method: str) -> str:
-    """The 2-D map twice: coloured by class and by cluster."""
-    fig = Figure(figsize=(11, 5))
-    axes = fig.subplots(1, 2)
-    for ax, values, title in ((axes[0], labels, "by class"), (axes[1], clusters, "by cluster")):
+    """The 2-D map coloured by class, and beside it by cluster when `clusters` is given."""
+    panels = [(labels, "by class")] + ([] if clusters is None else [(clusters, "by cluster")])
+    fig = Figure(figsize=(5.5 * len(panels), 5))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (values, title) in zip(axes, panels):
         _, index = np.unique(values, return_inverse=True)
         colours = _colours(int(index.max()) + 1)
         ax.scatter(points[:, 0], points[:, 1], c=colours[index], s=7, linewidths=0)

@@ -63,6 +63,13 @@ def read_run(run_dir: str) -> RunInfo:
         raise FileNotFoundError(f"report: run directory {run_dir!r} not found")
     info = RunInfo(run_dir=run_dir)
     run = RunDir(run_dir)
+    # A folder with none of a run's files is a wrong path, not an empty run: a
+    # report of it would be a page of "Skipped" written into someone's folder.
+    if not any(os.path.isfile(p) for p in (run.config, run.history_file, run.metrics_file, run.masks, run.model)):
+        raise FileNotFoundError(
+            f"report: {run_dir!r} is not a training run (it has no {os.path.basename(run.config)}, "
+            f"{os.path.basename(run.history_file)}, {os.path.basename(run.metrics_file)} or "
+            f"{os.path.basename(run.model)}); give the directory `tfdnc train` wrote")
     config_path = run.config
     if os.path.isfile(config_path):
         info.config_values = read_json(config_path, what="report")
