@@ -275,7 +275,7 @@ _HELP = {
     "dataset": "data set name (see tfdnc.datasets.DATASETS: shapes, mnist, cub, cars, sop, folder, csv, ...)",
     "data_dir": "folder holding the data set in its distributed layout",
     "backbone": "backbone name (small_cnn, resnet50, ...)",
-    "backbone_weights": "None, 'imagenet' or a weights file (e.g. from python -m tfdnc.pretrain)",
+    "backbone_weights": "None, 'imagenet' or a weights file (e.g. from tfdnc pretrain)",
     "k_final": "final number of learners K",
     "growth": "'double' (TPAMI: K doubles every T epochs) or 'fixed' (CVPR: K from the start)",
     "mask_mode": "'learnable' (TPAMI) or 'fixed' (CVPR contiguous blocks)",

@@ -1,4 +1,4 @@
-"""`python -m export`: export a run directory or a .keras file for TF Serving."""
+"""`tfdnc export`: export a run directory or a .keras file for TF Serving."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m export",
+        prog="tfdnc export",
         description="Export a trained tfdnc model as a TF Serving SavedModel version "
         "(BASE/NAME/VERSION).",
     )
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from tfdnc.exporting.exporter import export_checkpoint, export_model, export_run, load_keras_model
     from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS
     from tfdnc.exporting.warmup import batching_batch_sizes, check_batch_sizes
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.source!r} is neither a run directory nor a .keras file"
             )
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        print(f"python -m export: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     print(path)
     return 0

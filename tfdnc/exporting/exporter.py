@@ -185,7 +185,7 @@ def export_run(
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"export: run directory {run_dir!r} has no {os.path.basename(path)} "
-                "(give the folder `python train.py` wrote, or a .keras file with --image-size)"
+                "(give the folder `tfdnc train` wrote, or a .keras file with --image-size)"
             )
     config = TrainConfig.load(config_path)
     model = load_keras_model(model_path)

@@ -5,7 +5,7 @@ Example (the default MNIST sample, the learned sampling policy):
     python -m tfdnc.pretrain --dataset mnist --backbone small_cnn \
         --sampling policy --epochs 4 --run-dir runs/pretrain \
         --out runs/pretrain/backbone.weights.h5
-    python train.py --backbone small_cnn --backbone-weights runs/pretrain/backbone.weights.h5
+    tfdnc train --backbone small_cnn --backbone-weights runs/pretrain/backbone.weights.h5
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ SAMPLING = ("uniform", "policy")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tfdnc.pretrain",
+        prog="tfdnc pretrain",
         description="Pretrain a backbone by classifying jigsaw (or frame-order) permutations; "
-                    "write its weights for train.py --backbone-weights.")
+                    "write its weights for tfdnc train --backbone-weights.")
     data = p.add_argument_group("data (labels are never used)")
     src = data.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="a tfdnc data set name; its train split is used (default: mnist)")
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Favaro's / Brattoli's rule)")
     net = p.add_argument_group("network")
     net.add_argument("--backbone", default="small_cnn")
-    net.add_argument("--width", type=int, default=32, help="small_cnn width (must match train.py)")
+    net.add_argument("--width", type=int, default=32, help="small_cnn width (must match tfdnc train --width)")
     net.add_argument("--pixel-mode", default=None)
     net.add_argument("--item-units", type=int, default=128)
     net.add_argument("--hidden-units", type=int, default=256)

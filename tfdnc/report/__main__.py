@@ -9,11 +9,11 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tfdnc.report",
+        prog="tfdnc report",
         description="Write an HTML report (curves, K and clusters, masks, embedding map, "
                     "retrieval examples) for a training run.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the directory `python train.py` wrote")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the directory `tfdnc train` wrote")
     parser.add_argument("--output-dir", help="where to write index.html and the PNGs (default: RUN_DIR/report)")
     parser.add_argument("--dataset", help="evaluate on this data set instead of the run's")
     parser.add_argument("--data-dir", help="data set location (default: the run's)")
