@@ -27,8 +27,36 @@ def test_help_names_installed_commands(name):
 def test_export_error_names_tfdnc_export(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tfdnc.cli", "export", str(tmp_path / "absent"), "--base", str(tmp_path / "b"),
-         "--name", "m"], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+         "--name", "m"], capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("tfdnc export: error:"), result.stderr
+    # one line, with none of TensorFlow's start-up notices (cuda drivers, cuInit, oneDNN) before it
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tfdnc export: error:"), result.stderr
     assert "python -m export" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_startup_notices_are_dropped_and_real_errors_kept(tmp_path):
+    """A command's stderr loses TensorFlow's start-up notices, not a real message written during import."""
+    script = (
+        "import os, sys\n"
+        "from tfdnc.utils.startup import import_tensorflow_quietly\n"
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "said = []\n"
+        "def noisy(name, *a, **k):\n"
+        "    if name in ('keras', 'tensorflow') and not said:\n"
+        "        said.append(name)\n"
+        "        os.write(2, b'I0000 00:00:1 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
+        "        os.write(2, b'E0000 00:00:2 cuda_executor.cc:1] failed call to cuInit: INTERNAL\\n')\n"
+        "        os.write(2, b'a real problem\\n')\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = noisy\n"
+        "import_tensorflow_quietly()\n"
+        "import tensorflow\n"
+        "print('imported', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["a real problem", "imported"]

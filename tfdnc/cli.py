@@ -32,6 +32,7 @@ from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
 from tfdnc.serving.files import embed_files, name_bad_image, read_files
 from tfdnc.utils.records import write_records
+from tfdnc.utils.startup import import_tensorflow_quietly
 
 OUTPUT_FORMATS = (".npy", ".json", ".csv")
 
@@ -105,6 +106,7 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     parser.prog = prog or f"tfdnc {name}"
     parser.parse_args(argv)  # --help and bad arguments end here, before TensorFlow
     quiet_tensorflow()
+    import_tensorflow_quietly()
     result = importlib.import_module(main_module).main(list(argv))
     return result if isinstance(result, int) else 0
 
@@ -115,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    import_tensorflow_quietly()
     if args.command == "index":
         from tfdnc.index import cli as index_cli
 
