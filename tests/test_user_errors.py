@@ -229,3 +229,26 @@ def test_data_dir_alone_implies_the_folder_data_set(data, tmp_path, capsys):
     assert _parsed(["--config", from_file]).dataset == "folder"
     named = _config_file(tmp_path, {"dataset": "mnist"})
     assert _parsed(["--config", named, "--data-dir", str(data["eight"])]).dataset == "mnist"
+
+
+# --- settings checked by their type hints, new ones included ---------------------------------
+
+
+def test_a_new_setting_is_type_checked_without_an_edit_of_the_checks(tmp_path):
+    """The checks read the fields' hints: a setting added to TrainConfig is covered by them as it is."""
+    import dataclasses
+
+    from tfdnc.config import TrainConfig
+
+    @dataclasses.dataclass
+    class WithSchedule(TrainConfig):
+        warmup_epochs: int = 0
+        lr_milestones: tuple[int, ...] = ()
+
+    assert WithSchedule(warmup_epochs=2, lr_milestones=[4, 8]).warmup_epochs == 2
+    with pytest.raises(UserInputError, match=r"--warmup-epochs must be an integer, got 1.5"):
+        WithSchedule(warmup_epochs=1.5)
+    with pytest.raises(UserInputError, match=r"cfg.json: setting 'lr_milestones' must be a list of integers"):
+        WithSchedule.from_dict({"lr_milestones": "4,8"}, source="cfg.json")
+    with pytest.raises(UserInputError, match=r"setting 'flip' must be true or false, got \"yes\""):
+        TrainConfig.from_dict({"flip": "yes"}, source="cfg.json")

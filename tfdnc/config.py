@@ -49,11 +49,12 @@ def _datasets() -> tuple:
 
 
 @functools.cache
-def _setting_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def _setting_types(cls: type | None = None) -> dict[str, Any]:
+    """The type hint of every setting of `cls` (TrainConfig, or a subclass with more settings)."""
+    return typing.get_type_hints(cls or TrainConfig)
 
 
-def check_setting_types(values: dict[str, Any], source: str) -> None:
+def check_setting_types(values: dict[str, Any], source: str, cls: type | None = None) -> None:
     """Raises `UserInputError` naming `source` and the setting for a value of the wrong type.
 
     Driven by `TrainConfig`'s type hints, so a new setting is checked
@@ -64,7 +65,7 @@ def check_setting_types(values: dict[str, Any], source: str) -> None:
     Traceback (most recent call last):
     tfdnc.utils.errors.UserInputError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
     """
-    hints = _setting_types()
+    hints = _setting_types(cls)
     for name, value in values.items():
         problem = type_problem(value, hints[name]) if name in hints else None
         if problem:
@@ -206,7 +207,7 @@ class TrainConfig:
     def __post_init__(self):
         # Types first: the conversions below and every range check assume them.
         for f in dataclasses.fields(self):
-            problem = type_problem(getattr(self, f.name), _setting_types()[f.name])
+            problem = type_problem(getattr(self, f.name), _setting_types(type(self))[f.name])
             if problem:
                 raise UserInputError(f"TrainConfig: --{f.name.replace('_', '-')} {problem}")
         if self.dataset is None:
@@ -357,7 +358,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserInputError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        check_setting_types(values, source)
+        check_setting_types(values, source, cls)
         return cls(**values)
 
     def save(self, path: str) -> None:

@@ -33,7 +33,7 @@ import time
 
 from tfdnc.config import positive_int
 from tfdnc.utils import write_json
-from tfdnc.utils.errors import UserInputError, run_reporting_errors
+from tfdnc.utils.errors import UserInputError, UserPathError, run_reporting_errors
 
 __all__ = ["Embedder", "build_parser", "load_embedder", "main"]
 
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (FileNotFoundError, ValueError) as err:  # not a run, .keras file or export tfdnc can read
         if isinstance(err, UserInputError):
             raise
-        raise UserInputError(f"RUN_DIR_OR_EXPORT {args.model!r}: {str(err).removeprefix('evaluate: ')}") from err
+        error = UserPathError if isinstance(err, FileNotFoundError) else UserInputError
+        raise error(f"RUN_DIR_OR_EXPORT {args.model!r}: {str(err).removeprefix('evaluate: ')}") from err
     config = embedder.config
     dataset = args.dataset or (config.dataset if config is not None else None)
     if dataset is None:
@@ -125,11 +126,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     from tfdnc.datasets import DATASETS
 
     if not os.path.exists(args.model):
-        raise UserInputError(f"RUN_DIR_OR_EXPORT {args.model!r} does not exist")
+        raise UserPathError(f"RUN_DIR_OR_EXPORT {args.model!r} does not exist")
     if args.dataset is not None and args.dataset not in DATASETS:
         raise UserInputError(f"--dataset must be one of {', '.join(sorted(DATASETS))}, got {args.dataset!r}")
     if args.data_dir is not None and not os.path.exists(args.data_dir):
-        raise UserInputError(f"--data-dir {args.data_dir!r} does not exist")
+        raise UserPathError(f"--data-dir {args.data_dir!r} does not exist")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from tfdnc.training.lock import RunLock, RunLockedError
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
-from tfdnc.utils.errors import UserInputError
+from tfdnc.utils.errors import UserInputError, UserPathError
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -72,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run_dir = overrides.get("run_dir", TrainConfig.run_dir)
         path = RunDir(run_dir).config
         if not os.path.isfile(path):
-            raise UserInputError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
+            raise UserPathError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
         values = TrainConfig.load(path).to_dict()
         allowed = set(RESUME_OVERRIDES)
         ignored = sorted(set(overrides) - allowed - {k for k, v in overrides.items() if values.get(k) == v})
@@ -245,7 +245,7 @@ def check_data_location(config: TrainConfig) -> None:
     evaluating or reporting the run elsewhere must still read it.
     """
     if config.data_dir is not None and not os.path.exists(config.data_dir):
-        raise UserInputError(f"--data-dir {config.data_dir!r} does not exist (--dataset {config.dataset})")
+        raise UserPathError(f"--data-dir {config.data_dir!r} does not exist (--dataset {config.dataset})")
 
 
 def check_classes(config: TrainConfig, train_set: ImageSet) -> None:

@@ -28,6 +28,13 @@ class UserInputError(ValueError):
     """
 
 
+class UserPathError(UserInputError, FileNotFoundError):
+    """A path the user named that does not exist or is not what it should be (a run, an export, a data set).
+
+    Also a `FileNotFoundError`, as these errors were before they were named.
+    """
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (a message listing files over several lines is joined)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
