@@ -82,10 +82,14 @@ BEFORE_DATA = {
     "embedding_dim '64' in a config file": (lambda tmp, data: ["--dataset", "digits", "--config",
                                                                _config_file(tmp, {"embedding_dim": "64"})],
                                             ["settings.json", "'embedding_dim'", '"64"']),
+    "crop_scale out of range in a config file": (lambda tmp, data: ["--dataset", "digits", "--config",
+                                                                    _config_file(tmp, {"crop_scale": [0.5, 5]})],
+                                                 ["settings.json", "'crop_scale'", "0 < min <= max <= 1"]),
     "a config file that is not an object": (lambda tmp, data: ["--dataset", "digits",
                                                                "--config", _config_file(tmp, [1, 2])],
                                             ["--config", "settings.json"]),
     "unknown data set": (lambda tmp, data: ["--dataset", "nosuch"], ["--dataset", "'nosuch'"]),
+    "nothing to resume": (lambda tmp, data: ["--dataset", "digits", "--resume"], ["--resume", "nothing to resume"]),
     "missing data directory": (lambda tmp, data: ["--data-dir", str(tmp / "nonexistent")],
                                ["--data-dir", "nonexistent", "does not exist"]),
 }
@@ -252,3 +256,14 @@ def test_a_new_setting_is_type_checked_without_an_edit_of_the_checks(tmp_path):
         WithSchedule.from_dict({"lr_milestones": "4,8"}, source="cfg.json")
     with pytest.raises(UserInputError, match=r"setting 'flip' must be true or false, got \"yes\""):
         TrainConfig.from_dict({"flip": "yes"}, source="cfg.json")
+
+
+def test_a_setting_out_of_range_is_named_where_it_came_from(tmp_path):
+    from tfdnc.config import SettingError
+
+    from_file = _config_file(tmp_path, {"k_final": 3})
+    with pytest.raises(SettingError, match=r"^.*settings.json: setting 'k_final' must be a power of two"):
+        _parsed(["--config", from_file])
+    flag_wins = _config_file(tmp_path, {"k_final": 4})
+    with pytest.raises(SettingError, match=r"^TrainConfig: --k-final must be a power of two"):
+        _parsed(["--config", flag_wins, "--k-final", "3"])

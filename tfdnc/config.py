@@ -41,6 +41,29 @@ def _allowed_values() -> tuple:
     return STRATEGIES, MASK_MODES, tuple(LOSSES), GROWTH, CLUSTER_FEATURES
 
 
+class SettingError(UserInputError):
+    """A setting of the wrong type or out of range.
+
+    Attributes:
+        setting: the setting's name (`crop_scale`).
+        reason: what is wrong ("must be a list of 2 numbers, got 5").
+        source: the file it came from, or None (then the message names the flag).
+
+    Example:
+    >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
+    "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
+    """
+
+    def __init__(self, setting: str, reason: str, source: str | None = None):
+        self.setting, self.reason, self.source = setting, reason, source
+        where = f"{source}: setting {setting!r}" if source else f"TrainConfig: --{setting.replace('_', '-')}"
+        super().__init__(f"{where} {reason}")
+
+    def from_file(self, source: str) -> "SettingError":
+        """The same error, naming the file the setting came from."""
+        return SettingError(self.setting, self.reason, source)
+
+
 def _datasets() -> tuple:
     """The data set names and those with bounding boxes, from `tfdnc.datasets` (loaded on use, as above)."""
     from tfdnc.datasets import DATASETS, WITH_BOXES
@@ -55,7 +78,7 @@ def _setting_types(cls: type | None = None) -> dict[str, Any]:
 
 
 def check_setting_types(values: dict[str, Any], source: str, cls: type | None = None) -> None:
-    """Raises `UserInputError` naming `source` and the setting for a value of the wrong type.
+    """Raises `SettingError` naming `source` and the setting for a value of the wrong type.
 
     Driven by `TrainConfig`'s type hints, so a new setting is checked
     without an edit here. Unknown names are left to `TrainConfig.from_dict`.
@@ -63,13 +86,13 @@ def check_setting_types(values: dict[str, Any], source: str, cls: type | None = 
     Example:
     >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
     Traceback (most recent call last):
-    tfdnc.utils.errors.UserInputError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
+    tfdnc.config.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
     """
     hints = _setting_types(cls)
     for name, value in values.items():
         problem = type_problem(value, hints[name]) if name in hints else None
         if problem:
-            raise UserInputError(f"{source}: setting {name!r} {problem}")
+            raise SettingError(name, problem, source)
 
 
 def loss_option_names(loss_class: type) -> set[str] | None:
@@ -209,7 +232,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             problem = type_problem(getattr(self, f.name), _setting_types(type(self))[f.name])
             if problem:
-                raise UserInputError(f"TrainConfig: --{f.name.replace('_', '-')} {problem}")
+                raise SettingError(f.name, problem)
         if self.dataset is None:
             self.dataset = implied_dataset(self.data_dir)
         self.crop_scale = tuple(self.crop_scale)
@@ -226,12 +249,12 @@ class TrainConfig:
         return self.resize_size or self.image_size
 
     def validate(self) -> None:
-        """Raises `UserInputError` (a ValueError) naming the argument for any inconsistent setting."""
+        """Raises `SettingError` (a `UserInputError`, a ValueError) naming the argument for any inconsistent setting."""
         STRATEGIES, MASK_MODES, LOSSES, GROWTH, CLUSTER_FEATURES = _allowed_values()
         DATASETS, WITH_BOXES = _datasets()
 
         def bad(arg, why):
-            raise UserInputError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
+            raise SettingError(arg, why)
 
         # NaN passes every comparison below (nan < 1 and nan >= 0 are both False,
         # so "not 0 < x" style checks miss some); refuse it, and infinities, first.

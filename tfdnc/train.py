@@ -31,7 +31,9 @@ import numpy as np
 
 from tfdnc import clustering, rundir
 from tfdnc.backbones import build_backbone
-from tfdnc.config import RESUME_OVERRIDES, TrainConfig, build_parser, implied_dataset  # flags live with settings
+from tfdnc.config import (  # the flags live with the settings
+    RESUME_OVERRIDES, SettingError, TrainConfig, build_parser, implied_dataset,
+)
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
@@ -79,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if ignored:
             print(f"[tfdnc] --resume keeps the run's settings; ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}")
         values.update({k: v for k, v in overrides.items() if k in allowed})
-        return TrainConfig.from_dict(values, source=path)
+        return _config_naming_the_file(values, path, {k for k in overrides if k in allowed})
     values: dict = {}
     if args.preset:
         from tfdnc.presets import get_preset
@@ -99,7 +101,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         # --data-dir alone means your own images (TrainConfig implies the data set), not the generated set.
         print(f"[tfdnc] --data-dir without --dataset: --dataset {implied_dataset(overrides['data_dir'])}")
     values.update(overrides)
-    return TrainConfig.from_dict(values, source=args.config or "command line")
+    if not args.config:
+        return TrainConfig.from_dict(values, source="command line")
+    return _config_naming_the_file(values, args.config, set(overrides) | set(values) - set(from_file))
+
+
+def _config_naming_the_file(values: dict, path: str, not_from_file: set[str]) -> TrainConfig:
+    """`TrainConfig.from_dict`; a setting out of range that the file `path` gave is named with the file."""
+    try:
+        return TrainConfig.from_dict(values, source=path)
+    except SettingError as err:
+        if err.source is None and err.setting not in not_from_file:
+            raise err.from_file(path) from err
+        raise
 
 
 # --- the run: a short story of named steps ------------------------------------------------
