@@ -49,6 +49,7 @@ def data(tmp_path_factory):
         # 8 classes -> 4 train classes (the other 4 test): K <= 2.
         "eight": _folder(root / "eight", 8),
         "one": _folder(root / "one", 1),
+        "two": _folder(root / "two", 2),  # one train class, one test class
         "broken": _folder(root / "broken", 4, broken=True),
     }
 
@@ -100,6 +101,8 @@ FROM_DATA = {
         lambda tmp, data: ["--data-dir", str(data["broken"]), "--strict-images", "--k-final", "1"], ["broken.png"]),
     "a folder with one class": (lambda tmp, data: ["--dataset", "folder", "--data-dir", str(data["one"])],
                                 [f"{os.sep}one: ", "1 class"]),
+    "a folder with one training class": (lambda tmp, data: ["--data-dir", str(data["two"]), "--k-final", "1"],
+                                         ["--data-dir", f"{os.sep}two", "1 class(es)"]),
     "--k-final beyond what the classes allow": (lambda tmp, data: ["--data-dir", str(data["eight"]), "--k-final", "4"],
                                                 ["--k-final 4", "K <= 2"]),
 }
