@@ -12,7 +12,10 @@
 
 `tfdnc --help` and `tfdnc COMMAND --help` import no TensorFlow: each command's
 arguments are parsed (a bad one exits with status 2 and a line naming it)
-before its work, and TensorFlow, start.
+before its work, and TensorFlow, start. A bad setting, path or data set found
+later (`tfdnc.utils.errors.UserInputError`) is one line `tfdnc COMMAND: error:
+...` and status 2 too; `--debug` shows its traceback. Any other error is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
 from tfdnc.serving.files import embed_files, name_bad_image, read_files
+from tfdnc.utils.errors import run_reporting_errors
 from tfdnc.utils.records import write_records
 from tfdnc.utils.startup import import_tensorflow_quietly
 
@@ -104,11 +108,11 @@ def run_command(name: str, argv: Sequence[str], prog: str | None = None) -> int:
     parser_module, main_module, _ = COMMANDS[name]
     parser = one_line_errors(importlib.import_module(parser_module).build_parser())
     parser.prog = prog or f"tfdnc {name}"
-    parser.parse_args(argv)  # --help and bad arguments end here, before TensorFlow
+    args = parser.parse_args(argv)  # --help and bad arguments end here, before TensorFlow
     quiet_tensorflow()
     import_tensorflow_quietly()
-    result = importlib.import_module(main_module).main(list(argv))
-    return result if isinstance(result, int) else 0
+    command = importlib.import_module(main_module).main
+    return run_reporting_errors(parser.prog, lambda: command(list(argv)), debug=getattr(args, "debug", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import typing
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfdnc.utils import read_json, write_json
+from tfdnc.utils.errors import UserInputError
+from tfdnc.utils.typecheck import type_problem
 
 # Old setting names (config keys, flags, attributes) -> the one name now in use,
 # Keras's word where Keras has one (`learning_rate`). Old names still work.
@@ -36,6 +39,95 @@ def _allowed_values() -> tuple:
     from tfdnc.training.recluster import CLUSTER_FEATURES
 
     return STRATEGIES, MASK_MODES, tuple(LOSSES), GROWTH, CLUSTER_FEATURES
+
+
+class SettingError(UserInputError):
+    """A setting of the wrong type or out of range.
+
+    Attributes:
+        setting: the setting's name (`crop_scale`).
+        reason: what is wrong ("must be a list of 2 numbers, got 5").
+        source: the file it came from, or None (then the message names the flag).
+
+    Example:
+    >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
+    "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
+    """
+
+    def __init__(self, setting: str, reason: str, source: str | None = None):
+        self.setting, self.reason, self.source = setting, reason, source
+        where = f"{source}: setting {setting!r}" if source else f"TrainConfig: --{setting.replace('_', '-')}"
+        super().__init__(f"{where} {reason}")
+
+    def from_file(self, source: str) -> "SettingError":
+        """The same error, naming the file the setting came from."""
+        return SettingError(self.setting, self.reason, source)
+
+
+def _datasets() -> tuple:
+    """The data set names and those with bounding boxes, from `tfdnc.datasets` (loaded on use, as above)."""
+    from tfdnc.datasets import DATASETS, WITH_BOXES
+
+    return tuple(DATASETS), WITH_BOXES
+
+
+@functools.cache
+def _setting_types(cls: type | None = None) -> dict[str, Any]:
+    """The type hint of every setting of `cls` (TrainConfig, or a subclass with more settings)."""
+    return typing.get_type_hints(cls or TrainConfig)
+
+
+def check_setting_types(values: dict[str, Any], source: str, cls: type | None = None) -> None:
+    """Raises `SettingError` naming `source` and the setting for a value of the wrong type.
+
+    Driven by `TrainConfig`'s type hints, so a new setting is checked
+    without an edit here. Unknown names are left to `TrainConfig.from_dict`.
+
+    Example:
+    >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
+    Traceback (most recent call last):
+    tfdnc.config.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
+    """
+    hints = _setting_types(cls)
+    for name, value in values.items():
+        problem = type_problem(value, hints[name]) if name in hints else None
+        if problem:
+            raise SettingError(name, problem, source)
+
+
+def loss_option_names(loss_class: type) -> set[str] | None:
+    """The keyword arguments a loss's constructor takes, through its chain of `**kwargs`; None: any.
+
+    Each `__init__` of the class's MRO adds its named parameters until one
+    takes no `**kwargs` (`MetricLoss.__init__`), so an option no class of the
+    chain knows is refused before the data is loaded, not by a `TypeError`
+    when the model is built.
+    """
+    names: set[str] = set()
+    for klass in loss_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
+
+
+def _loss_option_types(loss_class: type) -> dict[str, Any]:
+    """Type hints of the constructor arguments along the chain (those that cannot be resolved are skipped)."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(loss_class.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or not hasattr(init, "__code__"):
+            continue
+        try:
+            hints.update(typing.get_type_hints(init))
+        except (NameError, TypeError):  # a hint naming a type its module only imports to type-check
+            continue
+    hints.pop("return", None)
+    return hints
 
 
 def __getattr__(name: str):
@@ -69,7 +161,9 @@ class TrainConfig:
 
     preset: str | None = None  # the paper preset the run started from (informational)
     # data
-    dataset: str = "shapes"  # generated, 4 families: where D&C shows its gain (BENCHMARKS.md)
+    # None: "folder" when data_dir is given (a ".csv" file: "csv"), else the generated "shapes",
+    # 4 families: where D&C shows its gain (BENCHMARKS.md)
+    dataset: str | None = None
     data_dir: str | None = None
     image_size: int = 32  # side of the (square) crop the network sees
     resize_size: int | None = None  # eval: resize shorter side, then centre crop; None: image_size
@@ -134,6 +228,13 @@ class TrainConfig:
     strategy: str = "default"
 
     def __post_init__(self):
+        # Types first: the conversions below and every range check assume them.
+        for f in dataclasses.fields(self):
+            problem = type_problem(getattr(self, f.name), _setting_types(type(self))[f.name])
+            if problem:
+                raise SettingError(f.name, problem)
+        if self.dataset is None:
+            self.dataset = implied_dataset(self.data_dir)
         self.crop_scale = tuple(self.crop_scale)
         self.crop_ratio = tuple(self.crop_ratio)
         self.recall_ks = tuple(int(k) for k in self.recall_ks)
@@ -148,18 +249,26 @@ class TrainConfig:
         return self.resize_size or self.image_size
 
     def validate(self) -> None:
-        """Raises ValueError naming the argument for any inconsistent setting."""
+        """Raises `SettingError` (a `UserInputError`, a ValueError) naming the argument for any inconsistent setting."""
         STRATEGIES, MASK_MODES, LOSSES, GROWTH, CLUSTER_FEATURES = _allowed_values()
+        DATASETS, WITH_BOXES = _datasets()
+
         def bad(arg, why):
-            raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
+            raise SettingError(arg, why)
 
         # NaN passes every comparison below (nan < 1 and nan >= 0 are both False,
         # so "not 0 < x" style checks miss some); refuse it, and infinities, first.
         for name, value in self._float_settings():
             if not math.isfinite(value):
                 bad(name, f"must be a finite number, got {value}")
+        if self.dataset not in DATASETS:
+            bad("dataset", f"must be one of {', '.join(sorted(DATASETS))}, got {self.dataset!r}")
+        if self.use_boxes and self.dataset not in WITH_BOXES:
+            bad("use_boxes", f"needs a data set with bounding boxes ({', '.join(WITH_BOXES)}), "
+                f"not --dataset {self.dataset}")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {LOSSES}, got {self.loss!r}")
+        self._validate_loss(bad)
         if self.mask_mode not in MASK_MODES:
             bad("mask_mode", f"must be one of {MASK_MODES}, got {self.mask_mode!r}")
         if self.growth not in GROWTH:
@@ -171,7 +280,8 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.images_per_class < 2:
-            bad("images_per_class", "must be >= 2: every class in a batch needs a positive pair")
+            bad("images_per_class", f"must be >= 2, got {self.images_per_class} "
+                "(the batch sampler draws two or more images of each class)")
         if self.k_final & (self.k_final - 1) and self.growth == "double":
             bad("k_final", f"must be a power of two when growth is 'double', got {self.k_final}")
         if self.k_final > self.embedding_dim:
@@ -215,6 +325,35 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
 
+    def _validate_loss(self, bad) -> None:
+        """The batch shape against what the loss needs, and --loss-options against its constructor."""
+        from tfdnc.losses import LOSSES, CrossBatchMemory
+
+        loss_class = LOSSES[self.loss]
+        # What the loss declares it needs (tfdnc.losses.base.MetricLoss); the flag that provides it.
+        needs = (
+            (loss_class.needs_negatives, "classes_per_batch", "negatives (images of another class)"),
+            (loss_class.needs_positives, "images_per_class", "positives (a second image of the same class)"),
+        )
+        for needed, name, what in needs:
+            value = getattr(self, name)
+            if needed and value < 2:
+                bad(name, f"{value} cannot train --loss {self.loss}: it needs {what} in every batch; "
+                    f"give --{name.replace('_', '-')} 2 or more")
+        accepted = loss_option_names(loss_class)
+        if accepted is not None:
+            if self.xbm_size:  # the memory's own options (`get_loss` hands them to it)
+                accepted = accepted | (loss_option_names(CrossBatchMemory) or set()) - {"loss", "memory_size", "name"}
+            unknown = sorted(set(self.loss_options) - accepted)
+            if unknown:
+                bad("loss_options", f"{json.dumps(self.loss_options)}: --loss {self.loss} takes no option "
+                    f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(accepted))}")
+        hints = _loss_option_types(loss_class)
+        for name, value in self.loss_options.items():
+            problem = type_problem(value, hints[name]) if name in hints else None
+            if problem:
+                bad("loss_options", f"{json.dumps(self.loss_options)}: option {name!r} of --loss {self.loss} {problem}")
+
     def __getattr__(self, name: str):
         # Only reached for names that are not attributes: the deprecated ones.
         if name in DEPRECATED_NAMES:
@@ -235,11 +374,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise UserInputError(f"{source}: must hold a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         values = rename_deprecated(values, source)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+            raise UserInputError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        check_setting_types(values, source, cls)
         return cls(**values)
 
     def save(self, path: str) -> None:
@@ -248,6 +390,17 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
         return cls.from_dict(read_json(path, what="config file"), source=path)
+
+
+def implied_dataset(data_dir: str | None) -> str:
+    """The data set a run means when none is named: `--data-dir` alone is your images, else `shapes`.
+
+    A folder is a folder of class folders (`folder`); a `.csv` file is a list
+    of images (`csv`).
+    """
+    if data_dir is None:
+        return "shapes"
+    return "csv" if str(data_dir).lower().endswith(".csv") else "folder"
 
 
 def _accept_deprecated_names(init):
@@ -272,8 +425,9 @@ RESUME_OVERRIDES = ("epochs", "run_dir", "strategy", "learning_rate")
 # --- the command line: one flag per setting (`python train.py`, `tfdnc train`) ----------
 
 _HELP = {
-    "dataset": "data set name (see tfdnc.datasets.DATASETS: shapes, mnist, cub, cars, sop, folder, csv, ...)",
-    "data_dir": "folder holding the data set in its distributed layout",
+    "dataset": "data set name (see tfdnc.datasets.DATASETS: shapes, mnist, cub, cars, sop, folder, csv, ...); "
+               "default: folder when --data-dir is a folder, csv when it is a .csv file, else shapes",
+    "data_dir": "folder holding the data set in its distributed layout (alone: a folder of class folders)",
     "backbone": "backbone name (small_cnn, resnet50, ...)",
     "backbone_weights": "None, 'imagenet' or a weights file (e.g. from tfdnc pretrain)",
     "k_final": "final number of learners K",
@@ -333,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backup-every-steps", type=int, default=None,
                         help="ignored: backups are whole generations at each epoch's end (see --resume)")
     parser.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 one line per epoch")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error in the settings or data too (not only one line)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":
@@ -343,19 +499,31 @@ def build_parser() -> argparse.ArgumentParser:
         text = _HELP.get(f.name, f.name.replace("_", " "))
         # SUPPRESS: a flag not given leaves no attribute, so "none" can set None.
         unset = argparse.SUPPRESS
-        text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
+        if f.name != "dataset":  # its default depends on --data-dir (said in its help)
+            text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if len(flags) > 1:
             text += f"; {', '.join(flags[1:])}: deprecated name"
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=unset, help=text)
         elif f.name == "loss_options":
-            parser.add_argument(*flags, type=json.loads, default=unset, help=text)
+            parser.add_argument(*flags, type=_json_object, default=unset, help=text)
         elif typing.get_origin(kind) is tuple:
             elem = float if typing.get_args(kind)[0] is float else int
             parser.add_argument(*flags, type=elem, nargs="+", default=unset, help=text)
         else:
             parser.add_argument(*flags, type=_scalar_parser(kind), default=unset, help=text)
     return parser
+
+
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object (the error names the argument)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"alpha\": 0.2}}', got {text!r}")
+    return value
 
 
 def _scalar_parser(kind):

@@ -33,6 +33,7 @@ import time
 
 from tfdnc.config import positive_int
 from tfdnc.utils import write_json
+from tfdnc.utils.errors import UserInputError, UserPathError, run_reporting_errors
 
 __all__ = ["Embedder", "build_parser", "load_embedder", "main"]
 
@@ -63,21 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="k-means seed for NMI / F1 (and VehicleID's split)")
     parser.add_argument("--output", help="JSON file to write (default: RUN_DIR/evaluation_<dataset>.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error in the arguments or data too (not only one line)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Evaluates; a bad path, data set or model raises `UserInputError` naming it (the command: one line, exit 2)."""
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     # TensorFlow is imported once the arguments are known good (`--help` stays fast).
     from tfdnc.embedders import load_embedder
     from tfdnc.evaluation.protocols import evaluate_dataset
 
     started = time.perf_counter()
-    embedder = load_embedder(args.model, args.image_size, args.resize_size)
+    try:
+        embedder = load_embedder(args.model, args.image_size, args.resize_size)
+    except (FileNotFoundError, ValueError) as err:  # not a run, .keras file or export tfdnc can read
+        if isinstance(err, UserInputError):
+            raise
+        error = UserPathError if isinstance(err, FileNotFoundError) else UserInputError
+        raise error(f"RUN_DIR_OR_EXPORT {args.model!r}: {str(err).removeprefix('evaluate: ')}") from err
     config = embedder.config
     dataset = args.dataset or (config.dataset if config is not None else None)
     if dataset is None:
-        raise SystemExit("evaluate: --dataset is required for an export (no config.json to read it from)")
+        raise UserInputError(f"--dataset is required for the export {args.model!r} (no config.json to read it from)")
     same_data = config is not None and dataset == config.dataset
     data_dir = args.data_dir or (config.data_dir if same_data else None)
     use_boxes = args.use_boxes if args.use_boxes is not None else bool(same_data and config.use_boxes)
@@ -110,5 +121,19 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The data set name and paths, before TensorFlow starts and the model loads."""
+    from tfdnc.datasets import DATASETS
+
+    if not os.path.exists(args.model):
+        raise UserPathError(f"RUN_DIR_OR_EXPORT {args.model!r} does not exist")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise UserInputError(f"--dataset must be one of {', '.join(sorted(DATASETS))}, got {args.dataset!r}")
+    if args.data_dir is not None and not os.path.exists(args.data_dir):
+        raise UserPathError(f"--data-dir {args.data_dir!r} does not exist")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(run_reporting_errors("python -m tfdnc.evaluate", main, debug="--debug" in sys.argv))

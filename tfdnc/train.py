@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from tfdnc import rundir
+from tfdnc import clustering, rundir
 from tfdnc.backbones import build_backbone
-from tfdnc.config import RESUME_OVERRIDES, TrainConfig, build_parser  # the flags live with the settings
+from tfdnc.config import (  # the flags live with the settings
+    RESUME_OVERRIDES, SettingError, TrainConfig, build_parser, implied_dataset,
+)
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
@@ -57,23 +59,29 @@ from tfdnc.training.lock import RunLock, RunLockedError
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
+from tfdnc.utils.errors import UserInputError, UserPathError
+
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Preset, then config file, then explicit flags; the run's config on --resume."""
+    """Preset, then config file, then explicit flags; the run's config on --resume.
+
+    Raises `UserInputError` naming the file, flag or setting at fault (the
+    command prints it as one line, exit status 2).
+    """
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name != "preset" and hasattr(args, f.name)}
     if args.resume:
         run_dir = overrides.get("run_dir", TrainConfig.run_dir)
         path = RunDir(run_dir).config
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
+            raise UserPathError(f"--resume: {path!r} does not exist; nothing to resume in --run-dir {run_dir!r}")
         values = TrainConfig.load(path).to_dict()
         allowed = set(RESUME_OVERRIDES)
         ignored = sorted(set(overrides) - allowed - {k for k, v in overrides.items() if values.get(k) == v})
         if ignored:
             print(f"[tfdnc] --resume keeps the run's settings; ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}")
         values.update({k: v for k, v in overrides.items() if k in allowed})
-        return TrainConfig.from_dict(values, source=path)
+        return _config_naming_the_file(values, path, {k for k in overrides if k in allowed})
     values: dict = {}
     if args.preset:
         from tfdnc.presets import get_preset
@@ -81,9 +89,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(get_preset(args.preset))
         values["preset"] = args.preset
     if args.config:
-        values.update(read_json(args.config, what="--config"))
+        try:
+            from_file = read_json(args.config, what="--config")
+        except ValueError as err:  # unreadable, or not JSON
+            raise UserInputError(str(err)) from err
+        if not isinstance(from_file, dict):
+            raise UserInputError(f"--config {args.config!r} must hold a JSON object of settings, "
+                                 f"got a {type(from_file).__name__}")
+        values.update(from_file)
+    if values.get("dataset") is None and "dataset" not in overrides and overrides.get("data_dir"):
+        # --data-dir alone means your own images (TrainConfig implies the data set), not the generated set.
+        print(f"[tfdnc] --data-dir without --dataset: --dataset {implied_dataset(overrides['data_dir'])}")
     values.update(overrides)
-    return TrainConfig.from_dict(values, source=args.config or "command line")
+    if not args.config:
+        return TrainConfig.from_dict(values, source="command line")
+    return _config_naming_the_file(values, args.config, set(overrides) | set(values) - set(from_file))
+
+
+def _config_naming_the_file(values: dict, path: str, not_from_file: set[str]) -> TrainConfig:
+    """`TrainConfig.from_dict`; a setting out of range that the file `path` gave is named with the file."""
+    try:
+        return TrainConfig.from_dict(values, source=path)
+    except SettingError as err:
+        if err.source is None and err.setting not in not_from_file:
+            raise err.from_file(path) from err
+        raise
 
 
 # --- the run: a short story of named steps ------------------------------------------------
@@ -211,6 +241,7 @@ def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False
         if chief:
             report.write(run_dir.skipped)
         print(f"[tfdnc] {report.summary()}; see {run_dir.skipped}")
+    check_classes(config, train_set)
     classes, contiguous = np.unique(train_set.labels, return_inverse=True)
     channels = image_channels(train_set)
     if config.cache_dir:
@@ -218,6 +249,36 @@ def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False
     sampler = ClusterBatchSampler(contiguous, config.classes_per_batch, config.images_per_class, seed=config.seed)
     steps = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
     return TrainingData(splits, train_set, contiguous, len(classes), channels, sampler, steps, config)
+
+
+def check_data_location(config: TrainConfig) -> None:
+    """Refuses a --data-dir that does not exist, before a run directory is made or TensorFlow runs.
+
+    A check of the training command, not of `TrainConfig`: a run's
+    config.json names a folder of the machine that trained it, and
+    evaluating or reporting the run elsewhere must still read it.
+    """
+    if config.data_dir is not None and not os.path.exists(config.data_dir):
+        raise UserPathError(f"--data-dir {config.data_dir!r} does not exist (--dataset {config.dataset})")
+
+
+def check_classes(config: TrainConfig, train_set: ImageSet) -> None:
+    """Refuses training classes that cannot give the run its K learners, before the model is built.
+
+    Every learner's cluster needs 2 classes with 2 or more images
+    (`clustering.max_feasible_k`, the rule the schedule applies too).
+    """
+    where = f"--dataset {config.dataset}" + (f" --data-dir {config.data_dir!r}" if config.data_dir else "")
+    _, counts = np.unique(train_set.labels, return_counts=True)
+    usable = int((counts >= 2).sum())
+    if usable < 2:
+        raise UserInputError(f"{where}: the training split has {usable} class(es) with 2 or more readable "
+                             "images; training needs 2 or more")
+    feasible = clustering.max_feasible_k(train_set.labels)
+    if config.k_final > feasible:
+        raise UserInputError(f"--k-final {config.k_final} is larger than the classes allow: every cluster needs "
+                             f">= 2 classes with >= 2 images; the training split of {where} has {usable}, "
+                             f"so K <= {feasible}")
 
 
 def loss_arguments(config: TrainConfig, num_classes: int) -> dict:
@@ -412,12 +473,21 @@ def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embe
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python train.py` / `tfdnc train` once its arguments parsed (`tfdnc.cli.run_command` calls it).
+
+    Settings and paths are checked before the run directory is made and any
+    data is read, the data's classes before the model is built; each bad one
+    raises `UserInputError`, which the command prints as one line (exit 2).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+    except UserInputError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:  # a preset, file or setting, named in the message
+        raise UserInputError(str(exc)) from exc
+    check_data_location(config)
     try:
         run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
             backup_every_steps=args.backup_every_steps, verbose=args.verbose)
@@ -428,4 +498,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tfdnc.utils.errors import run_reporting_errors
+
+    sys.exit(run_reporting_errors("python -m tfdnc.train", main, debug="--debug" in sys.argv))

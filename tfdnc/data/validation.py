@@ -33,6 +33,7 @@ import numpy as np
 from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.utils import read_json, write_json
 from tfdnc.utils.atomic import atomic_open
+from tfdnc.utils.errors import UserInputError
 
 # Largest image (height x width, read from its header) validation lets
 # through: decoding 40 megapixels takes 120 MB (uint8 RGB) plus 480 MB for
@@ -48,8 +49,8 @@ _STRICT_LISTED = 20  # files a strict-mode error names one by one
 _READ_ERROR = "cannot read the file: "
 
 
-class InvalidImageError(ValueError):
-    """An image file cannot be decoded (raised in strict mode)."""
+class InvalidImageError(UserInputError):
+    """An image file cannot be decoded (raised in strict mode); the message names the files."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tfdnc.utils.errors import UserInputError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserInputError):
     """Bad or missing data set files, located down to the file and line.
 
     The message starts with `path:line:` (or `path (item):` for records that

@@ -105,6 +105,8 @@ class MetricLoss(keras.losses.Loss):
     Subclasses declare how they compare points: `_pairwise(x, y)` (`y=None`
     compares `x` with itself) and
     `_higher_is_harder` (True for similarities, False for distances).
+    `needs_positives` / `needs_negatives` say what a batch must hold for the
+    loss to be useful (both, unless proxies stand in for them).
 
     Args:
         symmetrical: apply Symmetrical Synthesis to the negatives.
@@ -121,6 +123,12 @@ class MetricLoss(keras.losses.Loss):
     # Pair-based losses that can compare the batch with a reference set (XBM).
     supports_reference: bool = False
     accepts_learner: bool = True
+    # What every batch must hold for the loss to teach anything: a second image
+    # of a class (a positive) and an image of another class (a negative). A
+    # batch shape that cannot give them is refused before any data is read
+    # (TrainConfig.validate: --images-per-class / --classes-per-batch >= 2).
+    needs_positives: bool = True
+    needs_negatives: bool = True
     default_reducer: str = "mean"
     _higher_is_harder: bool = False
 

@@ -52,6 +52,10 @@ class ProxyAnchorLoss(MetricLoss):
 
     expects_normalized = True
     supports_symmetrical = False
+    # The proxies are the positives and every other class's proxy a negative:
+    # a batch of one class, or of one image per class, still trains.
+    needs_positives = False
+    needs_negatives = False
     _higher_is_harder = True
 
     def __init__(
