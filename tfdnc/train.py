@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from tfdnc import rundir
-from tfdnc.backbones import build_backbone
+from tfdnc.backbones import build_backbone, check_backbone
 from tfdnc.config import RESUME_OVERRIDES, TrainConfig, build_parser  # the flags live with the settings
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
@@ -44,8 +44,10 @@ from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchron
 from tfdnc.evaluation.callback import RetrievalEvaluation
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
+from tfdnc.hub_backbones import is_hub_backbone, layer_decay_multipliers
 from tfdnc.losses import get_loss
 from tfdnc.model import DivideAndConquerModel
+from tfdnc.optimizers import LayerDecayAdam
 from tfdnc.rundir import RunDir
 from tfdnc.training import faults
 from tfdnc.training.backup import AtomicModelCheckpoint, GenerationBackup, restore_latest, save_model_atomic
@@ -83,7 +85,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         values.update(read_json(args.config, what="--config"))
     values.update(overrides)
-    return TrainConfig.from_dict(values, source=args.config or "command line")
+    config = TrainConfig.from_dict(values, source=args.config or "command line")
+    # A bad backbone (a hub: preset that is neither a KerasHub name nor a preset folder) is one line here.
+    check_backbone(config.backbone, config.backbone_pooling, config.freeze_backbone_layers, config.layer_decay)
+    return config
 
 
 # --- the run: a short story of named steps ------------------------------------------------
@@ -252,6 +257,7 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
             config.backbone, (config.image_size, config.image_size, data.channels), weights=config.backbone_weights,
             freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
             batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
+            **_hub_options(config),
         )
         # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
         coupled = config.weight_decay_mode == "coupled"
@@ -264,12 +270,23 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
             loss_learning_rate=config.loss_learning_rate,
         )
         decoupled = None if coupled else (config.weight_decay or None)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled), loss=loss,
-                      jit_compile=config.jit_compile)
+        if config.layer_decay != 1.0:
+            optimizer = LayerDecayAdam(config.learning_rate, weight_decay=decoupled,
+                                       lr_multipliers=layer_decay_multipliers(backbone, config.layer_decay))
+        else:
+            optimizer = keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled)
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
     return model
+
+
+def _hub_options(config: TrainConfig) -> dict:
+    """build_backbone's transformer-only arguments, given only where they apply (hub: backbones)."""
+    if not is_hub_backbone(config.backbone):
+        return {}
+    return {"pooling": config.backbone_pooling, "freeze_layers": config.freeze_backbone_layers}
 
 
 def embed_function(model: keras.Model, config: TrainConfig):
