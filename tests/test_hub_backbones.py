@@ -23,6 +23,7 @@ from test_export import CONTRACT_SCRIPT, random_png  # noqa: E402  the TensorFlo
 
 import tfdnc  # noqa: E402
 from tfdnc.backbones import build_backbone  # noqa: E402
+from tfdnc.config import TrainConfig  # noqa: E402
 from tfdnc.data.transforms import decode_image, eval_transform  # noqa: E402
 from tfdnc.exporting import contract  # noqa: E402
 from tfdnc.exporting.warmup import read_warmup_requests  # noqa: E402
@@ -30,6 +31,7 @@ from tfdnc.hub_backbones import layer_decay_multipliers  # noqa: E402
 from tfdnc.losses import LOSSES, get_loss  # noqa: E402
 from tfdnc.model import DivideAndConquerModel  # noqa: E402
 from tfdnc.optimizers import LayerDecayAdam  # noqa: E402
+from tfdnc.train import loss_arguments  # noqa: E402
 
 SIZE, RESIZE, DIM = 16, 20, 8
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -95,6 +97,19 @@ def test_a_backbone_only_vit_folder_uses_the_vit_pixel_scaling(presets):
     np.testing.assert_allclose(backbone(pixels), hub(pixels / 127.5 - 1.0)[:, 0], atol=1e-4)
 
 
+def test_a_dinov3_folder_pools_past_its_register_tokens(tmp_path):
+    keras.utils.set_random_seed(0)
+    dinov3 = keras_hub.models.DINOV3Backbone(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2,
+                                             intermediate_dim=32, num_register_tokens=2, image_shape=(SIZE, SIZE, 3))
+    dinov3.save_to_preset(str(tmp_path / "dinov3"))
+    pixels = _pixels()
+    tokens = dinov3((pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)  # ImageNet statistics: no converter saved
+    assert tokens.shape[1] == 1 + 2 + 16
+    for pooling, expected in (("class", tokens[:, 0]), ("mean", np.mean(tokens[:, 3:], axis=1))):
+        backbone = build_backbone(f"hub:{tmp_path / 'dinov3'}", (SIZE, SIZE, 3), pooling=pooling)
+        np.testing.assert_allclose(backbone(pixels), expected, atol=1e-4)
+
+
 def test_freezing_and_layer_decay_follow_the_blocks(presets):
     backbone = build_backbone("hub:" + presets["vit"], (SIZE, SIZE, 3), freeze_layers=1)
     trainable = {v.path for v in backbone.trainable_variables}
@@ -125,7 +140,11 @@ def test_every_loss_trains_a_dnc_model_on_a_hub_backbone(presets, loss):
     keras.utils.set_random_seed(0)
     backbone = build_backbone("hub:" + presets["vit"], (SIZE, SIZE, 3))
     model = DivideAndConquerModel(backbone, embedding_dim=DIM, k_final=2, initial_k=2)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(loss, num_classes=4))
+    # The run's own loss arguments, Symmetrical Synthesis on (the default) where the loss takes it.
+    config = TrainConfig(loss=loss, embedding_dim=DIM, k_final=2, symmetrical=loss != "proxy_anchor")
+    # Eager: the graph-mode run is the end-to-end test below; here each loss only has to train.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(loss, **loss_arguments(config, 4)),
+                  run_eagerly=True)
     labels = np.repeat(np.arange(4, dtype="int32"), 2)
     data = tf.data.Dataset.from_tensors(({"images": _pixels(8), "cluster": np.ones(8, "int32")}, labels))
     history = model.fit(data.repeat(), steps_per_epoch=2, epochs=1, verbose=0)
@@ -140,8 +159,9 @@ def _reference(model, pngs) -> np.ndarray:
 
 @pytest.mark.parametrize("family, flags", [
     ("dinov2", ["--freeze-backbone-layers", "1", "--layer-decay", "0.75"]),
-    ("vit", ["--backbone-pooling", "mean", "--loss", "margin"]),
+    ("vit", ["--backbone-pooling", "mean", "--loss", "margin", "--freeze-backbone-after-recluster"]),
 ])
+@pytest.mark.filterwarnings("error:Skipping variable loading for optimizer")  # the state must load whole
 def test_train_save_load_export_and_serve_without_tfdnc(presets, image_folder, tmp_path, family, flags):
     from tfdnc.cli import main as tfdnc_main
     from tfdnc.train import main as train_main
@@ -157,13 +177,18 @@ def test_train_save_load_export_and_serve_without_tfdnc(presets, image_folder, t
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["K"] == 2  # D&C grew 1 -> 2 on the transformer's features
 
-    model = tfdnc.load_model(os.path.join(run_dir, "model.keras"), compile=family != "dinov2")
+    model = tfdnc.load_model(os.path.join(run_dir, "model.keras"))
     if family == "dinov2":  # the frozen patch embedding kept the preset's weights
         preset = keras_hub.models.Backbone.from_preset(presets[family])
-        kernel = model.backbone.get_layer("dinov2_backbone").embeddings.patch_embeddings.projection.kernel
+        trunk = model.backbone.get_layer("hub_trunk").backbone
+        kernel = trunk.embeddings.patch_embeddings.projection.kernel
         np.testing.assert_array_equal(kernel.numpy(), preset.embeddings.patch_embeddings.projection.kernel.numpy())
-        block = model.backbone.get_layer("dinov2_backbone").encoder.layers[1].mlp.fc1.kernel  # trained
+        block = trunk.encoder.layers[1].mlp.fc1.kernel  # trained
         assert not np.allclose(block.numpy(), preset.encoder.layers[1].mlp.fc1.kernel.numpy())
+        # The loaded model keeps the freezing and the layer-wise learning rates: it trains on as saved.
+        assert not kernel.trainable and block.trainable
+        assert type(model.optimizer).__name__ == "LayerDecayAdam"
+        assert model.optimizer.lr_multipliers[block.path] == pytest.approx(0.75)
 
     base = tmp_path / "exports"
     gallery = os.path.join(image_folder, "c5")

@@ -120,6 +120,65 @@ class TokenPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "prefix_tokens": self.prefix_tokens}
 
 
+@keras.saving.register_keras_serializable(package="tfdnc")
+class HubTrunk(keras.layers.Layer):
+    """A KerasHub backbone as one layer, whose frozen leading blocks survive saving.
+
+    Keras does not save a variable's `trainable` flag, and a KerasHub
+    backbone rebuilds its blocks from its own config; this layer keeps
+    `freeze_layers` in its config and freezes again when a `.keras` file is
+    loaded, so a loaded model trains (and restores its optimizer state) as
+    the saved one did.
+
+    Args:
+        backbone: a KerasHub ViT / DINOv2 / DINOv3 backbone.
+        freeze_layers: the embedding and the first `freeze_layers` blocks do
+            not train (see `freeze_leading_blocks`).
+
+    Example:
+    >>> trunk = HubTrunk(keras_hub.models.Backbone.from_preset(folder), freeze_layers=1)
+    >>> tokens = trunk(images)  # (batch, tokens, hidden_dim)
+    """
+
+    def __init__(self, backbone: keras.Model, freeze_layers: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if type(backbone).__name__ not in FAMILIES:
+            raise TypeError(f"HubTrunk: `backbone` must be one of {', '.join(FAMILIES)}, "
+                            f"got {type(backbone).__name__}")
+        self.backbone = backbone
+        self.freeze_layers = int(freeze_layers)
+        # DINOv2 / DINOv3's mask token replaces masked patches in their masked-image
+        # pretraining only; nothing here masks patches, so it gets no gradient (and
+        # Keras would warn about that on every trace): it does not train.
+        for variable in backbone.weights:
+            if variable.name == "mask_token":
+                variable.trainable = False
+        if self.freeze_layers:
+            freeze_leading_blocks(backbone, self.freeze_layers)
+
+    def build(self, input_shape):
+        self.built = True  # the backbone is built by KerasHub already
+
+    def call(self, images):
+        # DINOv2 / DINOv3 name their input in a dict ({"images": ...}); ViT takes the tensor.
+        inputs = self.backbone.input
+        return self.backbone({key: images for key in inputs} if isinstance(inputs, dict) else images)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(self.backbone.output_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "freeze_layers": self.freeze_layers}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        _import_keras_hub()  # registers KerasHub's classes before they are rebuilt
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
 # --- checking a preset without building it ----------------------------------------------
 
 
@@ -253,17 +312,13 @@ def build_hub_backbone(
     x = keras.layers.Rescaling(scale, offset, name="pixel_normalization")(inputs)
     if target != side or int(input_shape[1]) != side:
         x = keras.layers.Resizing(target, target, name="patch_resize")(x)
-    # DINOv2 / DINOv3 name their input in a dict ({"images": ...}); ViT takes the tensor.
-    tokens = hub({key: x for key in hub.input} if isinstance(hub.input, dict) else x)
+    tokens = HubTrunk(hub, freeze_layers=int(freeze_layers), name="hub_trunk")(x)
     prefix = _prefix_tokens(hub)
     mode = pooling or ("class" if prefix else "mean")
     if mode == "class" and not prefix:
         raise ValueError(f"--backbone {name}: this backbone has no class token; use --backbone-pooling mean")
     features = TokenPooling(mode, prefix_tokens=prefix, name="token_pooling")(tokens)
-    model = keras.Model(inputs, features, name="backbone")
-    if freeze_layers:
-        freeze_leading_blocks(model, int(freeze_layers))
-    return model
+    return keras.Model(inputs, features, name="backbone")
 
 
 def _loaded_class_name(keras_hub, preset: str, name: str) -> str:
@@ -327,10 +382,9 @@ def hub_trunk(model: keras.Model):
     """The KerasHub backbone inside a tfdnc backbone (or the model itself); None if there is none."""
     if type(model).__name__ in FAMILIES:
         return model
-    for layer in getattr(model, "layers", []):
-        found = hub_trunk(layer)
-        if found is not None:
-            return found
+    for layer in _sublayers(model):
+        if type(layer).__name__ in FAMILIES:
+            return layer
     return None
 
 
@@ -376,10 +430,9 @@ def freeze_leading_blocks(model: keras.Model, n: int) -> int:
     """Stops training of the embedding and the first `n` blocks; returns how many variables froze.
 
     Each variable's `trainable` flag is cleared (Keras leaves such variables
-    out of `trainable_variables`, so no optimizer touches them). The flag
-    is not part of a saved model's config: `build_hub_backbone` sets it
-    again when a run is built or resumed; a `.keras` file loaded for export
-    or evaluation does not train.
+    out of `trainable_variables`, so no optimizer touches them). Keras does
+    not save the flag; `HubTrunk` keeps `n` in its config and calls this
+    again on load.
     """
     ids, blocks = layer_ids(model)
     if n > blocks:
