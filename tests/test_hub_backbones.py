@@ -103,7 +103,8 @@ def test_a_dinov3_folder_pools_past_its_register_tokens(tmp_path):
                                              intermediate_dim=32, num_register_tokens=2, image_shape=(SIZE, SIZE, 3))
     dinov3.save_to_preset(str(tmp_path / "dinov3"))
     pixels = _pixels()
-    tokens = dinov3((pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)  # ImageNet statistics: no converter saved
+    # ImageNet statistics: no converter saved
+    tokens = dinov3({"pixel_values": (pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD})
     assert tokens.shape[1] == 1 + 2 + 16
     for pooling, expected in (("class", tokens[:, 0]), ("mean", np.mean(tokens[:, 3:], axis=1))):
         backbone = build_backbone(f"hub:{tmp_path / 'dinov3'}", (SIZE, SIZE, 3), pooling=pooling)

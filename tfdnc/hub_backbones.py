@@ -279,9 +279,9 @@ def build_hub_backbone(
     """
     class_name = check_hub_backbone(name)
     preset = os.path.expanduser(name[len(HUB_PREFIX):])
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"--backbone {name}: KerasHub transformers take RGB images (channels 3), "
-                         f"got input shape {tuple(input_shape)}")
+    if len(input_shape) != 3 or input_shape[-1] != 3 or None in input_shape[:2]:
+        raise ValueError(f"--backbone {name}: KerasHub transformers take RGB images of a fixed size "
+                         f"(height, width, 3), got input shape {tuple(input_shape)}")
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"--backbone-pooling must be one of {POOLINGS}, got {pooling!r}")
     if int(freeze_layers) < 0:
@@ -297,7 +297,7 @@ def build_hub_backbone(
         options["dtype"] = policy  # the preset's config pins float32; follow mixed precision
     try:
         if family.resizable:
-            patch = _config_of(keras_hub, preset)["patch_size"]
+            patch = _preset_json(preset)["config"]["patch_size"]
             patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
             target = max(patch, patch * round(side / patch))
             hub = keras_hub.models.Backbone.from_preset(preset, image_shape=(target, target, 3), **options)
@@ -342,11 +342,6 @@ def _preset_json(preset: str) -> dict:
     from keras_hub.src.utils.preset_utils import load_json
 
     return load_json(preset)
-
-
-def _config_of(keras_hub, preset: str) -> dict:
-    """The backbone's constructor arguments (config.json's "config")."""
-    return dict(_preset_json(preset)["config"])
 
 
 def _pixel_scale_offset(keras_hub, preset: str, family: HubFamily) -> tuple[list, list]:

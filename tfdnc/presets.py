@@ -216,7 +216,8 @@ def _presets() -> dict[str, Preset]:
             name, {**_TPAMI_DINOV2, **data, "run_dir": f"runs/{name}"},
             source="TPAMI 2021 schedule with a DINOv2 ViT-S/14 (optimisation: Hyp-ViT, CVPR 2022)",
             published={},
-            note=f"no published D&C figure with a transformer; the ResNet-50 TPAMI figure is R@1 {learnable}",
+            note=f"no published D&C figure with a transformer; the ResNet-50 TPAMI figure is R@1 {learnable}"
+            + (f" ({note})" if note else ""),
             description=f"TPAMI 2021 on {dataset} with a DINOv2 ViT-S/14 backbone",
         )
         # The TPAMI method proper uses learnable masks: the bare name means that.
