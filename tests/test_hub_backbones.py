@@ -254,3 +254,9 @@ def test_transformer_flags_on_a_cnn_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tfdnc_main(["train", "--backbone", "small_cnn", "--layer-decay", "0.7", "--run-dir", str(tmp_path / "r")])
     assert "--layer-decay applies to hub: transformer backbones" in capsys.readouterr().err
+
+
+def test_without_keras_hub_the_line_says_what_to_install(presets, monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # `import keras_hub` raises ImportError
+    with pytest.raises(ValueError, match=r"KerasHub is not installed .*pip install 'tfdnc\[hub\]'"):
+        build_backbone("hub:" + presets["vit"], (SIZE, SIZE, 3))
