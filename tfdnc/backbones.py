@@ -20,6 +20,12 @@ from typing import Callable
 
 import keras
 
+from tfdnc.hub_backbones import (
+    HUB_PREFIX,
+    build_hub_backbone,
+    check_hub_backbone,
+    is_hub_backbone,
+)
 from tfdnc.layers.normalization import PixelNormalization
 
 # name -> (constructor, pixel mode its ImageNet weights were trained with)
@@ -95,6 +101,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "freeze_statistics": self.freeze_statistics}
 
 
+def check_backbone(
+    name: str, pooling: str | None = None, freeze_layers: int = 0, layer_decay: float = 1.0
+) -> None:
+    """Checks a backbone name and its transformer options before anything is built.
+
+    A `hub:` name is checked by `tfdnc.hub_backbones.check_hub_backbone`
+    (a local folder's config.json, or KerasHub's preset list: no download).
+    Raises ValueError in one line naming the flag.
+    """
+    if is_hub_backbone(name):
+        check_hub_backbone(name)
+    else:
+        _check_name(name)
+        for flag, given in (("--backbone-pooling", pooling is not None), ("--freeze-backbone-layers", freeze_layers),
+                            ("--layer-decay", layer_decay != 1.0)):
+            if given:
+                raise ValueError(f"{flag} applies to {HUB_PREFIX} transformer backbones, not {name!r}")
+    if int(freeze_layers) < 0:
+        raise ValueError(f"--freeze-backbone-layers must be >= 0, got {freeze_layers}")
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"--layer-decay must be in (0, 1], got {layer_decay}")
+    if pooling is not None and pooling not in ("class", "mean"):
+        raise ValueError(f"--backbone-pooling must be 'class' or 'mean', got {pooling!r}")
+
+
 def default_pixel_mode(name: str) -> str:
     """The pixel normalisation a backbone's pretrained weights expect."""
     _check_name(name)
@@ -110,12 +141,15 @@ def build_backbone(
     width: int = 32,
     batchnorm_momentum: float | None = None,
     batchnorm_epsilon: float | None = None,
+    pooling: str | None = None,
+    freeze_layers: int = 0,
 ) -> keras.Model:
     """Builds a backbone that maps [0, 255] images to pooled features.
 
     Args:
         name: one of `BACKBONES`: a `keras.applications` model or "small_cnn",
-            a four-block CNN for tiny images (MNIST-sized).
+            a four-block CNN for tiny images (MNIST-sized); or "hub:PRESET",
+            a KerasHub ViT / DINOv2 / DINOv3 (see `tfdnc.hub_backbones`).
         input_shape: (height, width, channels); `None` sides are allowed.
         weights: None (random init), "imagenet" (downloaded by Keras on first
             use), or the path of a weights file: either one written by
@@ -136,6 +170,10 @@ def build_backbone(
             trunks; a value is set on every BatchNormalization layer.
         batchnorm_epsilon: the variance epsilon, > 0. None: 1e-5 (torch's)
             for small_cnn, the model's own for keras.applications trunks.
+        pooling: hub backbones only: "class" token or "mean" of the patch
+            tokens (None: the class token where there is one).
+        freeze_layers: hub backbones only: the patch embedding and the first
+            `freeze_layers` transformer blocks do not train.
 
     Returns:
         A `keras.Model` named "backbone"; `model.output_shape[-1]` is the
@@ -145,7 +183,15 @@ def build_backbone(
     >>> backbone = build_backbone("small_cnn", input_shape=(28, 28, 1))
     >>> features = backbone(np.zeros((2, 28, 28, 1)))  # shape (2, 256)
     """
-    _check_name(name)
+    if is_hub_backbone(name):
+        for arg, value in (("weights", weights), ("pixel_mode", pixel_mode), ("batchnorm_momentum", batchnorm_momentum),
+                           ("batchnorm_epsilon", batchnorm_epsilon)):
+            if value is not None:
+                raise ValueError(f"build_backbone: `{arg}` does not apply to {name!r}: a KerasHub preset brings its "
+                                 "weights and its image converter's pixel normalisation")
+        # freeze_batchnorm is a no-op: the transformers have LayerNorm only.
+        return build_hub_backbone(name, tuple(input_shape), pooling=pooling, freeze_layers=freeze_layers)
+    check_backbone(name, pooling, freeze_layers)
     if len(input_shape) != 3:
         raise ValueError(
             f"build_backbone: `input_shape` must be (height, width, channels), got {input_shape}"

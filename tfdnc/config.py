@@ -180,6 +180,10 @@ class TrainConfig:
     freeze_batchnorm: bool = False  # fixed BatchNorm statistics; gamma / beta still train (as the papers)
     batchnorm_momentum: float | None = None  # None: the backbone's default (small_cnn: 0.9, torch's)
     batchnorm_epsilon: float | None = None  # None: the backbone's default (small_cnn: 1e-5, torch's)
+    # hub: transformer backbones (tfdnc.hub_backbones)
+    backbone_pooling: str | None = None  # "class" token or "mean" of patch tokens; None: class token if any
+    freeze_backbone_layers: int = 0  # the patch embedding and the first N transformer blocks do not train
+    layer_decay: float = 1.0  # layer-wise learning-rate decay over the blocks (BEiT / MAE); 1: off
     embedding_dim: int = 64
     # divide & conquer
     k_final: int = 4  # one learner per family of the default data
@@ -448,6 +452,9 @@ _HELP = {
     "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
     "weight_decay_mode": "'coupled' (torch Adam L2, the references) or 'decoupled' (Keras Adam weight_decay)",
     "batchnorm_momentum": "backbone BatchNorm momentum, Keras convention (torch's 0.1 = 0.9 here); none: default",
+    "backbone_pooling": "hub: backbones: 'class' (class token) or 'mean' (mean of patch tokens); none: class token",
+    "freeze_backbone_layers": "hub: backbones: the patch embedding and the first N transformer blocks do not train",
+    "layer_decay": "hub: backbones: layer-wise lr decay, block i of L trains at lr * decay**(L + 1 - i); 1: off",
     "run_dir": "output folder of the run",
     "cache_dir": "decode the training images once into this folder and train from it",
     "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",

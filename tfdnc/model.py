@@ -433,6 +433,11 @@ def load_model(path: str, compile: bool = True) -> DivideAndConquerModel:
     """
     import os
 
+    # Layers and optimizers saved models may hold, registered before Keras looks them up:
+    # frozen-statistics BatchNormalization, the KerasHub trunk and pooling, LayerDecayAdam.
+    import tfdnc.backbones  # noqa: F401
+    import tfdnc.optimizers  # noqa: F401
+
     if not str(path).endswith(".keras"):
         raise ValueError(f"tfdnc.load_model: {str(path)!r} is not a .keras file (for an export folder use "
                          "tfdnc.serving.local.ExportedModel; for a run directory, RUN_DIR/model.keras)")

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from tfdnc import clustering, rundir
-from tfdnc.backbones import build_backbone
+from tfdnc.backbones import build_backbone, check_backbone
 from tfdnc.config import (  # the flags live with the settings
     RESUME_OVERRIDES, SettingError, TrainConfig, build_parser, implied_dataset,
 )
@@ -46,8 +46,10 @@ from tfdnc.distributed.strategy import build_strategy, is_multi_worker, synchron
 from tfdnc.evaluation.callback import RetrievalEvaluation
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
+from tfdnc.hub_backbones import is_hub_backbone, layer_decay_multipliers
 from tfdnc.losses import get_loss
 from tfdnc.model import DivideAndConquerModel
+from tfdnc.optimizers import LayerDecayAdam
 from tfdnc.rundir import RunDir
 from tfdnc.training import faults
 from tfdnc.training.backup import AtomicModelCheckpoint, GenerationBackup, restore_latest, save_model_atomic
@@ -102,8 +104,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         print(f"[tfdnc] --data-dir without --dataset: --dataset {implied_dataset(overrides['data_dir'])}")
     values.update(overrides)
     if not args.config:
-        return TrainConfig.from_dict(values, source="command line")
-    return _config_naming_the_file(values, args.config, set(overrides) | set(values) - set(from_file))
+        config = TrainConfig.from_dict(values, source="command line")
+    else:
+        config = _config_naming_the_file(values, args.config, set(overrides) | set(values) - set(from_file))
+    # A bad backbone (a hub: preset that is neither a KerasHub name nor a preset folder) is one line here.
+    try:
+        check_backbone(config.backbone, config.backbone_pooling, config.freeze_backbone_layers, config.layer_decay)
+    except ValueError as err:
+        raise UserInputError(str(err)) from err
+    return config
 
 
 def _config_naming_the_file(values: dict, path: str, not_from_file: set[str]) -> TrainConfig:
@@ -313,6 +322,7 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
             config.backbone, (config.image_size, config.image_size, data.channels), weights=config.backbone_weights,
             freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
             batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
+            **_hub_options(config),
         )
         # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
         coupled = config.weight_decay_mode == "coupled"
@@ -325,12 +335,23 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
             loss_learning_rate=config.loss_learning_rate,
         )
         decoupled = None if coupled else (config.weight_decay or None)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled), loss=loss,
-                      jit_compile=config.jit_compile)
+        if config.layer_decay != 1.0:
+            optimizer = LayerDecayAdam(config.learning_rate, weight_decay=decoupled,
+                                       lr_multipliers=layer_decay_multipliers(backbone, config.layer_decay))
+        else:
+            optimizer = keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled)
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
     return model
+
+
+def _hub_options(config: TrainConfig) -> dict:
+    """build_backbone's transformer-only arguments, given only where they apply (hub: backbones)."""
+    if not is_hub_backbone(config.backbone):
+        return {}
+    return {"pooling": config.backbone_pooling, "freeze_layers": config.freeze_backbone_layers}
 
 
 def embed_function(model: keras.Model, config: TrainConfig):
