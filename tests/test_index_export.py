@@ -106,7 +106,8 @@ def test_build_add_remove_search_versions(exports, images, model, backend, tmp_p
     gallery = files(images["gallery"]) + files(images["extra"])
     assert cli("build", export, images["gallery"], "--backend", backend, "--max-k", 5) == 0
     assert cli("add", export, images["extra"]) == 0
-    assert sorted(os.listdir(export / "1.index")) == ["1", "2"]
+    # The writers' lock file stays; no working copy (a Milvus Lite database) is left behind.
+    assert sorted(os.listdir(export / "1.index")) == [".lock", "1", "2"]
     queries = files(images["queries"])
     records = search_records(tmp_path, export, images["queries"])
     expected_paths, expected_sims = brute_force(model, queries, gallery, 3)
