@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import tfdnc
 from tfdnc.index import FaissIndex, IndexMismatchError, MilvusIndex, calibrate_threshold, open_index, save_index
 from tfdnc.index.evaluate import recall_through_index
 
@@ -294,7 +295,7 @@ def test_missing_index_is_a_clear_error(tmp_path):
 
 # --- writers take turns; a killed writer leaves nothing behind ----------------------------------
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tfdnc.__file__)))  # the tfdnc under test
 
 # A writer process: waits at a barrier (its `ready` file, then the `go` file), then adds
 # its vectors to the newest version under the writers' lock.
@@ -395,13 +396,13 @@ KILLED_BUILD = """
 import os, signal, sys
 import numpy as np
 from tfdnc.index import MilvusIndex
-from tfdnc.index.store import update_index
 work_dir = sys.argv[1] or None
 if len(sys.argv) > 2:  # a writer of a saved index: killed holding its lock
+    from tfdnc.index import update_index
     with update_index(sys.argv[2]) as index:
         index.add(np.ones((3, 16), np.float32), ["x.png", "y.png", "z.png"])
         os.kill(os.getpid(), signal.SIGKILL)
-index = MilvusIndex(16, index_type="flat", work_dir=work_dir)
+index = MilvusIndex(16, index_type="flat", **({"work_dir": work_dir} if work_dir else {}))
 index.add(np.ones((3, 16), np.float32), ["x.png", "y.png", "z.png"])
 print(index.uri, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -415,12 +416,15 @@ def test_a_killed_milvus_build_leaves_nothing_the_next_one_does_not_remove(tmp_p
     out, err = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, err
     assert os.path.dirname(os.path.dirname(out.strip())) == str(temp)
-    assert len(os.listdir(temp)) == 1 and os.listdir(temp)[0].startswith(f"tfdnc-milvus-{killed.pid}@")
+    (left,) = os.listdir(temp)
+    assert left.startswith("tfdnc-milvus-")
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     gallery, labels = clustered(10)
     index = MilvusIndex(DIM, index_type="flat")  # the next build in the temp folder removes the dead one's
     index.add(gallery, paths_of(10), labels)
     save_index(index, tmp_path / "home")
+    assert left not in os.listdir(temp)
+    assert left.startswith(f"tfdnc-milvus-{killed.pid}@")  # named after its process
     assert [n.split("@")[0] for n in os.listdir(temp)] == [f"tfdnc-milvus-{os.getpid()}"]
     index.discard()
     assert os.listdir(temp) == []
