@@ -323,7 +323,8 @@ def _python(code, *args, env=None, **kwargs):
 def _start_together(tmp_path, commands):
     """Starts one process per (code, args...) and releases them at once, when all are ready."""
     go = tmp_path / "go"
-    procs = [_python(code, *args[:1], tmp_path / f"ready{i}", go, *args[1:]) for i, (code, *args) in enumerate(commands)]
+    procs = [_python(code, home, tmp_path / f"ready{i}", go, *rest)
+             for i, (code, home, *rest) in enumerate(commands)]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready{i}").exists() for i in range(len(procs))):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \

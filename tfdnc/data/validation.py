@@ -78,7 +78,8 @@ class SkippedImage:
 
     def line(self) -> str:
         """The record's one line of skipped.txt (names with line breaks escaped: see `one_line`)."""
-        return f"{self.split}: skipped {one_line(self.path)} (class {one_line(self.class_name)}): {one_line(self.reason)}"
+        return (f"{self.split}: skipped {one_line(self.path)} (class {one_line(self.class_name)}): "
+                f"{one_line(self.reason)}")
 
 
 # Characters that end a line for str.splitlines() (and so for most readers),
@@ -281,7 +282,7 @@ def _refuse_unreadable(reasons: dict[str, str | None]) -> None:
     """Strict mode: raises `InvalidImageError` naming the unreadable files, if any."""
     bad = sorted(p for p, r in reasons.items() if r is not None)
     if bad:
-        listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:_STRICT_LISTED])
+        listed = "\n".join(f"  {one_line(p)}: {one_line(reasons[p])}" for p in bad[:_STRICT_LISTED])
         more = f"\n  ... and {len(bad) - _STRICT_LISTED} more" if len(bad) > _STRICT_LISTED else ""
         raise InvalidImageError(f"cannot decode {len(bad)} image file(s) (strict images):\n{listed}{more}")
 
