@@ -464,3 +464,53 @@ def test_registry_names_every_loader():
     assert {"mnist", "digits", "cub", "cars", "sop", "inshop", "vehicleid", "folder", "csv"} <= set(DATASETS)
     with pytest.raises(ValueError, match="Unknown data set 'imagenet'"):
         load_dataset("imagenet")
+
+
+# --- symbolic links: each real file once ---------------------------------------
+
+
+def write_classes(root, counts):
+    for name, n in counts.items():
+        for j in range(n):
+            write_image(str(root / name / f"{j}.png"), value=j)
+
+
+def test_a_class_folder_linking_to_the_data_folder_adds_nothing(tmp_path):
+    """`ln -s . DATA/zzloop` once made 25 classes of 2 x the images; now it is left out and named."""
+    counts = {f"c{i:02d}": 3 for i in range(6)}
+    write_classes(tmp_path, counts)
+    before = load_dataset("folder", str(tmp_path))
+    os.symlink(".", tmp_path / "zzloop")
+    os.symlink("..", tmp_path / "c00" / "up")  # a loop inside a class folder: never entered
+    splits = load_dataset("folder", str(tmp_path))
+    assert splits.train.paths == before.train.paths and splits.test.paths == before.test.paths
+    assert len(splits.train) + len(splits.test) == 18
+    assert sorted(set(splits.train.extra["class_names"]) | set(splits.test.extra["class_names"])) == sorted(counts)
+    left = {x.path: x for x in splits.left_out}
+    assert set(left) == {str(tmp_path / "zzloop"), str(tmp_path / "c00" / "up")}
+    assert "the data folder itself or a folder above it" in left[str(tmp_path / "zzloop")].reason
+    assert "symbolic link to a folder" in left[str(tmp_path / "c00" / "up")].reason
+
+
+def test_a_file_reached_twice_through_links_is_kept_once_and_named(tmp_path):
+    write_classes(tmp_path / "train", {"ant": 2, "bee": 2})
+    write_classes(tmp_path / "test", {"cat": 2, "dog": 2})
+    os.symlink(tmp_path / "train" / "ant", tmp_path / "test" / "ant copy")  # a whole class again, in test
+    os.symlink("0.png", tmp_path / "test" / "cat" / "again.png")  # a link beside its target
+    os.symlink(tmp_path / "train" / "bee" / "1.png", tmp_path / "test" / "dog" / "bee.png")  # a train image in test
+    os.symlink("missing.png", tmp_path / "test" / "dog" / "dangling.png")  # listed: the image check names it
+    splits = load_dataset("folder", str(tmp_path))
+    assert len(splits.train) == 4
+    assert sorted(splits.test.paths) == sorted(str(tmp_path / "test" / c / f) for c, f in
+                                               [("cat", "0.png"), ("cat", "1.png"), ("dog", "0.png"),
+                                                ("dog", "1.png"), ("dog", "dangling.png")])
+    assert set(splits.test.extra["class_names"]) == {"cat", "dog"}
+    left = {x.path: x for x in splits.left_out}
+    assert left[str(tmp_path / "test" / "cat" / "again.png")].reason.startswith(
+        f"the same file as {tmp_path / 'test' / 'cat' / '0.png'}")
+    assert left[str(tmp_path / "test" / "dog" / "bee.png")].reason.startswith(
+        f"the same file as {tmp_path / 'train' / 'bee' / '1.png'}")
+    assert left[str(tmp_path / "test" / "ant copy")].class_name == "ant copy"
+    assert "the class is left out" in left[str(tmp_path / "test" / "ant copy")].reason
+    assert {x.split for x in splits.left_out} == {"test"}
+    assert len(splits.left_out) == 2 + 2 + 1  # two copies of ant's images, the class, two single links

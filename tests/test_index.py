@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
 
+import tfdnc
 from tfdnc.index import FaissIndex, IndexMismatchError, MilvusIndex, calibrate_threshold, open_index, save_index
 from tfdnc.index.evaluate import recall_through_index
 
@@ -285,3 +291,166 @@ def test_broken_metadata_is_refused(saved):
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved index"):
         open_index(tmp_path)
+
+
+# --- writers take turns; a killed writer leaves nothing behind ----------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tfdnc.__file__)))  # the tfdnc under test
+
+# A writer process: waits at a barrier (its `ready` file, then the `go` file), then adds
+# its vectors to the newest version under the writers' lock.
+WRITER = """
+import os, sys, time
+import numpy as np
+from tfdnc.index import update_index
+home, ready, go, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+vectors = np.random.default_rng(first).standard_normal((count, 16)).astype(np.float32)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.005)
+with update_index(home) as index:
+    index.add(vectors, [f"g/{i}.png" for i in range(first, first + count)])
+print(index.saved_path)
+"""
+
+
+def _python(code, *args, env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _start_together(tmp_path, commands):
+    """Starts one process per (code, args...) and releases them at once, when all are ready."""
+    go = tmp_path / "go"
+    procs = [_python(code, home, tmp_path / f"ready{i}", go, *rest)
+             for i, (code, home, *rest) in enumerate(commands)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(len(procs))):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate() for p in procs if p.poll() is not None]
+        time.sleep(0.01)
+    go.touch()
+    return [(p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_concurrent_writers_lose_no_update(backend, tmp_path):
+    """Two processes adding to one index at once: the newest version holds both additions."""
+    gallery, labels = clustered(10)
+    first = FaissIndex(DIM, "flat") if backend == "faiss" else MilvusIndex(DIM, index_type="flat")
+    first.add(gallery, paths_of(10), labels)
+    home = tmp_path / "home"
+    save_index(first, home)
+    first.discard()
+    results = _start_together(tmp_path, [(WRITER, home, 100, 7), (WRITER, home, 200, 5)])
+    assert [rc for rc, _, _ in results] == [0, 0], results
+    assert sorted(os.path.basename(out.strip()) for _, out, _ in results) == ["2", "3"]
+    newest = open_index(home)  # what search opens
+    assert newest.saved_path == str(home / "3")
+    assert sorted(newest.id_map.paths(newest.id_map.ids)) == sorted(paths_of(10) + paths_of(7, 100) + paths_of(5, 200))
+    assert sorted(n for n in os.listdir(home) if n.startswith(".staging")) == []  # no working copy left
+
+
+def test_a_waiting_writer_names_the_holder_and_a_dead_holder_blocks_nobody(saved, tmp_path):
+    from tfdnc.index import IndexLockedError, update_index
+
+    home = os.path.dirname(saved)
+    holder = _python("import sys; from tfdnc.index.lock import index_lock\n"
+                     f"with index_lock({home!r}):\n    print('held', flush=True); sys.stdin.readline()",
+                     stdin=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(IndexLockedError, match=f"index .* is in use by process {holder.pid} .*waited 0.2 s"):
+        with update_index(home, timeout=0.2) as index:
+            index.remove([0])
+    assert open_index(home).saved_path == saved  # nothing saved
+    holder.kill()  # dies holding the lock: the kernel lets go of it
+    holder.wait()
+    with update_index(home, timeout=0) as index:
+        index.remove([0])
+    assert index.saved_path == os.path.join(home, "2") and len(open_index(home)) == 19
+
+
+def test_a_writer_given_one_version_builds_on_that_version(saved):
+    from tfdnc.index import update_index
+
+    home = os.path.dirname(saved)
+    with update_index(home) as index:
+        index.remove([0, 1])
+    with update_index(saved) as pinned:  # version 1 named: the change applies to it, not to version 2
+        pinned.remove([5])
+    assert pinned.saved_path == os.path.join(home, "3")
+    assert len(open_index(home)) == 19 and len(open_index(os.path.join(home, "2"))) == 18
+
+
+def test_an_exception_inside_update_index_saves_nothing(saved):
+    from tfdnc.index import update_index
+
+    with pytest.raises(KeyError, match="not in the index"):
+        with update_index(saved) as index:
+            index.remove([999])
+    assert sorted(os.listdir(os.path.dirname(saved))) == [".lock", "1"]
+
+
+# A build killed between adding and saving (SIGKILL: no cleanup runs).
+KILLED_BUILD = """
+import os, signal, sys
+import numpy as np
+from tfdnc.index import MilvusIndex
+work_dir = sys.argv[1] or None
+if len(sys.argv) > 2:  # a writer of a saved index: killed holding its lock
+    from tfdnc.index import update_index
+    with update_index(sys.argv[2]) as index:
+        index.add(np.ones((3, 16), np.float32), ["x.png", "y.png", "z.png"])
+        os.kill(os.getpid(), signal.SIGKILL)
+index = MilvusIndex(16, index_type="flat", **({"work_dir": work_dir} if work_dir else {}))
+index.add(np.ones((3, 16), np.float32), ["x.png", "y.png", "z.png"])
+print(index.uri, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_milvus_build_leaves_nothing_the_next_one_does_not_remove(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    killed = _python(KILLED_BUILD, "", env={"TMPDIR": str(temp)})
+    out, err = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, err
+    assert os.path.dirname(os.path.dirname(out.strip())) == str(temp)
+    (left,) = os.listdir(temp)
+    assert left.startswith("tfdnc-milvus-")
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    gallery, labels = clustered(10)
+    index = MilvusIndex(DIM, index_type="flat")  # the next build in the temp folder removes the dead one's
+    index.add(gallery, paths_of(10), labels)
+    save_index(index, tmp_path / "home")
+    assert left not in os.listdir(temp)
+    assert left.startswith(f"tfdnc-milvus-{killed.pid}@")  # named after its process
+    assert [n.split("@")[0] for n in os.listdir(temp)] == [f"tfdnc-milvus-{os.getpid()}"]
+    index.discard()
+    assert os.listdir(temp) == []
+
+
+def test_a_killed_index_writer_leaves_its_working_copy_only_until_the_next_writer(tmp_path, monkeypatch):
+    from tfdnc.index import update_index
+
+    temp, home = tmp_path / "temp", tmp_path / "home"
+    temp.mkdir()
+    gallery, labels = clustered(10)
+    index = MilvusIndex(DIM, index_type="flat", work_dir=home)
+    index.add(gallery, paths_of(10), labels)
+    save_index(index, home)
+    index.discard()
+    for saved_version, args in enumerate(([home], [home, home]), start=2):
+        # A build into the index folder, then an `add` to the saved index, each killed before saving.
+        killed = _python(KILLED_BUILD, *args, env={"TMPDIR": str(temp)})
+        _, err = killed.communicate(timeout=300)
+        assert killed.returncode == -signal.SIGKILL, err
+        left = [n for n in os.listdir(home) if n.startswith(".staging-")]
+        assert len(left) == 1 and left[0].startswith(f".staging-{killed.pid}@")
+        with update_index(home, timeout=0) as index:  # not blocked by the dead writer, and removes its copy
+            index.add(gallery[:1], ["new.png"])
+        index.discard()
+        assert sorted(os.listdir(home)) == [".lock"] + [str(v) for v in range(1, saved_version + 1)]
+    assert os.listdir(temp) == []  # nothing in the system temp folder
+    assert len(open_index(home)) == 12

@@ -9,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pymilvus  # noqa: F401  imported before `capsys` swaps stderr: pymilvus binds its log handler to it
 import pytest
 
+import tfdnc
 from tfdnc.exporting import export_model
 from tfdnc.exporting.signatures import encode_png
 from tfdnc.index import IndexMismatchError, SearchService, calibrate_threshold, open_index
@@ -106,7 +108,8 @@ def test_build_add_remove_search_versions(exports, images, model, backend, tmp_p
     gallery = files(images["gallery"]) + files(images["extra"])
     assert cli("build", export, images["gallery"], "--backend", backend, "--max-k", 5) == 0
     assert cli("add", export, images["extra"]) == 0
-    assert sorted(os.listdir(export / "1.index")) == ["1", "2"]
+    # The writers' lock file stays; no working copy (a Milvus Lite database) is left behind.
+    assert sorted(os.listdir(export / "1.index")) == [".lock", "1", "2"]
     queries = files(images["queries"])
     records = search_records(tmp_path, export, images["queries"])
     expected_paths, expected_sims = brute_force(model, queries, gallery, 3)
@@ -224,3 +227,49 @@ def test_help_imports_no_tensorflow():
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert done.returncode == 0, done.stderr
     assert "--rest" in done.stdout
+
+
+# A `tfdnc index` process that imports what its command needs, waits at a barrier (writes
+# `ready`, waits for `go`) and then runs the command: the writers start together.
+CLI_WRITER = """
+import os, sys, time
+from tfdnc.index.cli import run
+if sys.argv[3] != "remove":
+    import tensorflow  # noqa: F401
+open(sys.argv[1], "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.005)
+sys.exit(run(sys.argv[3:]))
+"""
+
+
+def test_concurrent_index_writers_lose_nothing(exports, images, tmp_path):
+    """`tfdnc index add` twice, `remove` and `calibrate`, all at once: the newest version has every change."""
+    export = tmp_path / "dnc"
+    shutil.copytree(exports[1], export / "1")
+    assert cli("build", export, images["gallery"]) == 0
+    gallery = files(images["gallery"])
+    more = write_images(tmp_path / "more", 2, 3)
+    # Validation images identical to gallery images (other paths): their nearest hit is right,
+    # so a threshold always exists.
+    validation = tmp_path / "validation"
+    shutil.copytree(images["gallery"], validation)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfdnc.__file__)))  # the tfdnc under test
+    env = {**os.environ, "PYTHONPATH": root}
+    go = tmp_path / "go"
+    commands = [["add", export, images["extra"]], ["add", export, more], ["remove", export, "--paths", gallery[0]],
+                ["calibrate", export, validation, "--precision", 0.5]]
+    procs = [subprocess.Popen([sys.executable, "-c", CLI_WRITER, tmp_path / f"ready{i}", go, *map(str, command)],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, command in enumerate(commands)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(len(procs))):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    outcomes = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert [rc for rc, _, _ in outcomes] == [0] * len(procs), outcomes
+    newest = open_index(export)  # the version search opens
+    assert newest.saved_path == str(export / "1.index" / "5")
+    indexed = newest.id_map.paths(newest.id_map.ids)
+    assert sorted(indexed) == sorted(gallery[1:] + files(images["extra"]) + files(more))
+    assert newest.threshold is not None and newest.calibration["target_precision"] == 0.5

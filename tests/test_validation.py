@@ -319,3 +319,37 @@ def _numbers(tree):
             yield from _numbers(value)
     elif isinstance(tree, (int, float)):
         yield float(tree)
+
+
+def test_skipped_txt_keeps_one_line_per_record_for_names_with_newlines_and_tabs(tmp_path):
+    """A file (and a class folder) whose name holds a newline and a tab: each record stays one line."""
+    import json
+
+    for split, names in (("train", ["ant", "bee"]), ("test", ["cat", "line\nbreak\tclass"])):
+        for c, name in enumerate(names):
+            write_good_class(tmp_path / split / name, 3, seed=c)
+    odd_class = tmp_path / "test" / "line\nbreak\tclass"
+    bad = odd_class / "new\nline\tname.jpg"
+    bad.write_bytes(b"not an image")
+    also = tmp_path / "test" / "cat" / '"quoted" name.jpg'  # quotes inside a path: written as they are
+    also.write_bytes(b"")
+    os.symlink(".", tmp_path / "test" / "zz\nloop")  # a loop to the split, left out by the loader
+    splits = load_dataset("folder", str(tmp_path))
+    cleaned, report = validate_splits(splits)
+    assert str(bad) not in cleaned.test.paths and "line\nbreak\tclass" in set(cleaned.test.extra["class_names"])
+    report.write(tmp_path / "skipped.txt")
+    lines = (tmp_path / "skipped.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(report.lines())  # one line per record
+    assert len(lines) == 3 == len(report.left_out) + len(report.skipped)
+    loop, *unreadable = lines
+    link = str(tmp_path / "test" / "zz\nloop")
+    assert loop.startswith(f"test: skipped {json.dumps(link, ensure_ascii=False)} "
+                           f'(class "zz\\nloop"): a symbolic link to ')
+    assert f"test: skipped {also} (class cat): empty file (0 bytes)" in unreadable
+    (quoted,) = [line for line in unreadable if line.startswith('test: skipped "')]
+    field = quoted[len("test: skipped "):]
+    path, end = json.JSONDecoder().raw_decode(field)  # a JSON string, read back whole
+    rest = field[end:]
+    assert path == str(bad)
+    assert rest == (' (class "line\\nbreak\\tclass"): not an image: starts with '
+                    "b'not an i', no JPEG/PNG/GIF/BMP/WebP header")

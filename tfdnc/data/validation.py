@@ -14,6 +14,20 @@ by one, to say why. Results are kept in a cache file keyed by path, size,
 modification and change time, so a second run (a resumed one, or one on
 the same data) decodes only files that changed.
 
+The report (skipped.txt) has one line per record:
+
+    SPLIT: skipped PATH (class CLASS): REASON
+    SPLIT: class CLASS has fewer than 2 images (no positive pair); its images are skipped
+    SPLIT: class CLASS lost every image to the skips above
+
+PATH, CLASS and REASON are written as they are unless they hold a line
+break or another control character (or start with a double quote); then
+they are written as a JSON string: in double quotes, with \n, \t, \" and
+\\ escapes (`json.loads` reads it back). So a file name with a newline
+cannot split its record. The records of the loader (`DataSplits.left_out`:
+a second path to one file through a symbolic link, a class folder linking
+to the data folder itself) come first.
+
 Example:
 >>> splits = load_dataset("folder", "/data/products")
 >>> splits, report = validate_splits(splits, cache_path="/runs/a/image_check.json")
@@ -23,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -63,7 +78,33 @@ class SkippedImage:
     reason: str
 
     def line(self) -> str:
-        return f"{self.split}: skipped {self.path} (class {self.class_name}): {self.reason}"
+        """The record's one line of skipped.txt (names with line breaks escaped: see `one_line`)."""
+        return (f"{self.split}: skipped {one_line(self.path)} (class {one_line(self.class_name)}): "
+                f"{one_line(self.reason)}")
+
+
+# Characters that end a line for str.splitlines() (and so for most readers),
+# and other control characters a terminal would act on.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    r"""`text` as is, or as a JSON string when it holds a line break or control character.
+
+    A name starting with a double quote is quoted too, so a field that
+    starts with one is always JSON. The quoted form escapes every character
+    `_UNSAFE` matches (JSON itself leaves U+2028, U+2029 and U+0085 raw,
+    which `str.splitlines` would split on).
+
+    Example:
+    >>> one_line("cat/1.jpg"), one_line("cat/a\nb.jpg")
+    ('cat/1.jpg', '"cat/a\\nb.jpg"')
+    """
+    text = str(text)
+    if _UNSAFE.search(text) or text.startswith('"'):
+        quoted = json.dumps(text, ensure_ascii=False)
+        return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
+    return text
 
 
 @dataclass
@@ -71,6 +112,9 @@ class ValidationReport:
     """What validation removed from each split, and why.
 
     Attributes:
+        left_out: what the loader did not list (`DataSplits.left_out`):
+            duplicates through symbolic links, a class folder linking to
+            the data folder; split "data" when the loader did not know it.
         skipped: every unreadable image, with its split, class and reason.
         lone_classes: training labels with fewer than 2 readable images (no
             positive pair); their images are dropped from the training split.
@@ -82,6 +126,7 @@ class ValidationReport:
 
     skipped: list[SkippedImage] = field(default_factory=list)
     lone_classes: list[int] = field(default_factory=list)
+    left_out: list[SkippedImage] = field(default_factory=list)
     emptied_classes: list[tuple[str, str]] = field(default_factory=list)
     class_names: dict[int, str] = field(default_factory=dict)
     decoded: int = 0
@@ -103,7 +148,7 @@ class ValidationReport:
 
     def lines(self) -> list[str]:
         """One line per skipped image or class; empty when nothing was skipped."""
-        out = [s.line() for s in self.skipped]
+        out = [s.line() for s in self.left_out] + [s.line() for s in self.skipped]
         out += [f"train: class {self.class_label(c)} has fewer than 2 images (no positive pair); "
                 "its images are skipped" for c in self.lone_classes]
         out += [f"{split}: class {name} lost every image to the skips above" for split, name in self.emptied_classes]
@@ -115,8 +160,11 @@ class ValidationReport:
         for s in self.skipped:
             by_split[s.split] = by_split.get(s.split, 0) + 1
         where = ", ".join(f"{n} in {split}" for split, n in by_split.items()) or "none"
+        listed = (f"; left out while listing (files reached twice through symbolic links, ...): "
+                  f"{len(self.left_out)}") if self.left_out else ""
         return (f"image check: {self.decoded} decoded, {self.cached} from cache in {self.seconds:.1f} s; "
-                f"skipped unreadable images: {where}; single-image training classes: {len(self.lone_classes)}")
+                f"skipped unreadable images: {where}; single-image training classes: {len(self.lone_classes)}"
+                + listed)
 
     def write(self, path: str | os.PathLike) -> None:
         """Writes `lines()` (or a line saying nothing was skipped) to a text file."""
@@ -174,7 +222,9 @@ def validate_splits(
     reasons = checker.check(sorted({p for _, s in named if s.paths is not None for p in s.paths}))
     if strict:
         _refuse_unreadable(reasons)
-    report = ValidationReport(decoded=checker.decoded, cached=checker.cached)
+    report = ValidationReport(decoded=checker.decoded, cached=checker.cached,
+                              left_out=[SkippedImage(x.split, x.path, x.class_name, x.reason)
+                                        for x in getattr(splits, "left_out", [])])
     cleaned = {}
     for split, image_set in named:
         cleaned[split] = _clean(split, image_set, reasons, report)
@@ -233,7 +283,7 @@ def _refuse_unreadable(reasons: dict[str, str | None]) -> None:
     """Strict mode: raises `InvalidImageError` naming the unreadable files, if any."""
     bad = sorted(p for p, r in reasons.items() if r is not None)
     if bad:
-        listed = "\n".join(f"  {p}: {reasons[p]}" for p in bad[:_STRICT_LISTED])
+        listed = "\n".join(f"  {one_line(p)}: {one_line(reasons[p])}" for p in bad[:_STRICT_LISTED])
         more = f"\n  ... and {len(bad) - _STRICT_LISTED} more" if len(bad) > _STRICT_LISTED else ""
         raise InvalidImageError(f"cannot decode {len(bad)} image file(s) (strict images):\n{listed}{more}")
 

@@ -76,6 +76,23 @@ class ImageSet:
         )
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """A file or folder a loader left out of the data set, and why (validation lists it in skipped.txt).
+
+    Attributes:
+        split: "train", "test", ... when the loader knows it, else "data".
+        path: the file or folder.
+        class_name: its class folder, if any.
+        reason: in words, e.g. "the same file as ... (reached again through a symbolic link)".
+    """
+
+    split: str
+    path: str
+    class_name: str
+    reason: str
+
+
 @dataclass
 class DataSplits:
     """What a data set loader returns.
@@ -89,6 +106,8 @@ class DataSplits:
             "vehicleid", "default"), read by `tfdnc.evaluation`.
         extra_tests: further named query/gallery pairs (VehicleID's 800 /
             1,600 / 2,400 test sizes), name -> (query, gallery).
+        left_out: files and folders the loader did not list (`LeftOut`),
+            e.g. a second path to one file through a symbolic link.
     """
 
     train: ImageSet
@@ -97,6 +116,7 @@ class DataSplits:
     gallery: ImageSet | None = None
     protocol: str = "default"
     extra_tests: dict = field(default_factory=dict)
+    left_out: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.test is None and (self.query is None or self.gallery is None):

@@ -32,7 +32,6 @@ STAGING_PREFIX = ".staging-"
 STALE_AFTER_SECONDS = 24 * 3600
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-_STAGING_NAME = re.compile(r"^\.staging-(?P<pid>\d+)@(?P<host>.+)\.[^.]+$")
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
@@ -97,10 +96,7 @@ def staged_version(model_dir: str | os.PathLike, version: int | None) -> Iterato
             raise ValueError(f"export version must be a positive integer, got {version}")
         version = int(version)
         _check_free(model_dir, version)
-    os.makedirs(model_dir, exist_ok=True)
-    remove_stale_staging(model_dir)
-    prefix = f"{STAGING_PREFIX}{os.getpid()}@{_host()}."
-    staged = StagedVersion(model_dir, tempfile.mkdtemp(prefix=prefix, dir=model_dir), version)
+    staged = StagedVersion(model_dir, make_staging_dir(model_dir), version)
     try:
         yield staged
         make_world_readable(staged.staging)
@@ -110,18 +106,33 @@ def staged_version(model_dir: str | os.PathLike, version: int | None) -> Iterato
         raise
 
 
-def remove_stale_staging(model_dir: str | os.PathLike, now: float | None = None) -> list[str]:
-    """Removes the staging folders of dead exports under `model_dir`; returns their paths.
+def make_staging_dir(parent: str | os.PathLike, prefix: str = STAGING_PREFIX) -> str:
+    """A new private folder PARENT/PREFIX+PID@HOST.RANDOM, after removing the stale ones of `prefix`.
+
+    The name says which process owns the folder, so the next caller removes
+    what a killed one left behind (see `remove_stale_staging`). Besides
+    export staging, a Milvus Lite index is built in one (`tfdnc.index`).
+    """
+    parent = os.fspath(parent)
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_staging(parent, prefix=prefix)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}@{_host()}.", dir=parent)
+
+
+def remove_stale_staging(model_dir: str | os.PathLike, now: float | None = None, *,
+                         prefix: str = STAGING_PREFIX) -> list[str]:
+    """Removes the staging folders (named `prefix`...) of dead processes under `model_dir`; returns their paths.
 
     Stale: named by a process of this host that no longer runs, or (another
     host's, or without a pid) nothing in it written for `STALE_AFTER_SECONDS`.
     """
     model_dir = os.fspath(model_dir)
     now = time.time() if now is None else now
+    name = re.compile(rf"^{re.escape(prefix)}(?P<pid>\d+)@(?P<host>.+)\.[^.]+$")
     removed = []
     for entry in sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []:
         path = os.path.join(model_dir, entry)
-        if entry.startswith(STAGING_PREFIX) and os.path.isdir(path) and _is_stale(entry, path, now):
+        if entry.startswith(prefix) and os.path.isdir(path) and _is_stale(name.match(entry), path, now):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -150,8 +161,7 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
-def _is_stale(entry: str, path: str, now: float) -> bool:
-    match = _STAGING_NAME.match(entry)
+def _is_stale(match: re.Match | None, path: str, now: float) -> bool:
     if match and match["host"] == _host():
         return not _process_alive(int(match["pid"]))
     return now - _last_write(path) > STALE_AFTER_SECONDS

@@ -1,7 +1,7 @@
 """Gallery indexes for exported models: faiss in-process, or Milvus (Lite or a server).
 
 Build an index of a gallery embedded by an export, save it beside the export
-(versioned, never overwritten), add and remove images without rebuilding,
+(versioned, never overwritten; writers take turns), add and remove images without rebuilding,
 search with a per-request k, calibrate a match threshold, and measure what an
 approximate index costs in Recall@K.
 
@@ -30,6 +30,8 @@ _LAZY = {
     "calibrate_threshold": "tfdnc.index.calibrate",
     "save_index": "tfdnc.index.store",
     "open_index": "tfdnc.index.store",
+    "update_index": "tfdnc.index.store",
+    "IndexLockedError": "tfdnc.index.lock",
     "resolve_export": "tfdnc.index.store",
     "SearchService": "tfdnc.index.service",
     "recall_through_index": "tfdnc.index.evaluate",

@@ -172,6 +172,13 @@ class VectorIndex(abc.ABC):
         self.calibration = result
         return result
 
+    def discard(self) -> None:
+        """Lets go of what the open index holds besides memory (Milvus: its working database).
+
+        Saved versions stay; the index cannot search afterwards. Faiss holds
+        nothing else.
+        """
+
     def info(self) -> dict:
         """Size, dimension, limits, threshold and backend settings."""
         return {"count": len(self), "dim": self.dim, "metric": "cosine", "max_k": self.max_k,

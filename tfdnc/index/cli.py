@@ -11,7 +11,9 @@
 
 EXPORT is an export version folder, BASE/NAME (its latest version) or a run
 directory (RUN_DIR/export/NAME). Every change is saved as a new index version;
---index picks another index folder than EXPORT_VERSION.index.
+--index picks another index folder than EXPORT_VERSION.index. Writers of one
+index (build, add, remove, calibrate) take turns: each changes the newest
+version once the one before it has saved.
 """
 
 from __future__ import annotations
@@ -126,40 +128,54 @@ def _build(args) -> int:
     from tfdnc.index.faiss_index import FaissIndex
     from tfdnc.index.milvus_index import MilvusIndex
     from tfdnc.index.sources import collect_images, embed_images, load_exported_model
-    from tfdnc.index.store import export_record, save_index
+    from tfdnc.index.store import export_record, index_home, save_index
 
     if args.backend == "milvus" and args.index_type == "ivf_pq":
         raise ValueError("--index-type ivf_pq is faiss only (Milvus Lite has no IVF_PQ); use hnsw or ivf_flat")
     images = collect_images(args.images)
     model = load_exported_model(args.export)
+    export_info = export_record(model.path)
+    home = args.index or index_home(export_info["path"])
     embeddings = embed_images(model, images.paths, args.batch_size)
     dim = embeddings.shape[1]
     if args.backend == "faiss":
         index = FaissIndex(dim, args.index_type, max_k=args.max_k)
     else:
-        index = MilvusIndex(dim, args.uri, args.collection, args.index_type, max_k=args.max_k)
-    index.add(embeddings, images.paths, images.labels)
-    path = save_index(index, args.index, export_info=export_record(model.path))
+        # A Lite database is built inside the index folder, where the next writer removes it if we are killed.
+        index = MilvusIndex(dim, args.uri, args.collection, args.index_type, max_k=args.max_k,
+                            work_dir=home if args.uri is None else None)
+    try:
+        index.add(embeddings, images.paths, images.labels)
+        path = save_index(index, home, export_info=export_info)  # waits for another writer of `home`
+    finally:
+        index.discard()
     print(f"indexed {len(index)} images ({index.backend} {index.index_type}, dim {dim}) -> {path}")
     return 0
 
 
 def _add(args) -> int:
-    from tfdnc.index.sources import collect_images, embed_images
+    from tfdnc.index.sources import collect_images, embed_images, load_exported_model
+    from tfdnc.index.store import update_index
 
-    index, model, export_info = _open(args)
+    export, target = _target(args)
     images = collect_images(args.images)
-    index.add(embed_images(model, images.paths, args.batch_size), images.paths, images.labels)
-    path = _save(index, args, export_info)
-    print(f"added {len(images)} images ({len(index)} in all) -> {path}")
+    # Embedding, the slow part, runs before taking the index's lock.
+    embeddings = embed_images(load_exported_model(export), images.paths, args.batch_size)
+    with update_index(target, export=export) as index:
+        index.add(embeddings, images.paths, images.labels)
+    index.discard()
+    print(f"added {len(images)} images ({len(index)} in all) -> {index.saved_path}")
     return 0
 
 
 def _remove(args) -> int:
-    index, _, export_info = _open(args, need_model=False)
-    removed = index.remove(args.ids) if args.ids else index.remove_paths(args.paths)
-    path = _save(index, args, export_info)
-    print(f"removed {removed} images ({len(index)} left) -> {path}")
+    from tfdnc.index.store import update_index
+
+    export, target = _target(args)
+    with update_index(target, export=export) as index:
+        removed = index.remove(args.ids) if args.ids else index.remove_paths(args.paths)
+    index.discard()
+    print(f"removed {removed} images ({len(index)} left) -> {index.saved_path}")
     return 0
 
 
@@ -190,18 +206,22 @@ def _info(args) -> int:
 
 
 def _calibrate(args) -> int:
-    index, model, export_info = _open(args)
-    images, embeddings = _labelled_embeddings(args, model, "calibrate")
-    result = index.calibrate(embeddings, images.labels, args.precision, paths=images.paths)
-    path = _save(index, args, export_info)
-    print(json.dumps({**result, "index": path}, indent=2))
+    from tfdnc.index.sources import load_exported_model
+    from tfdnc.index.store import update_index
+
+    export, target = _target(args)
+    images, embeddings = _labelled_embeddings(args, load_exported_model(export), "calibrate")
+    with update_index(target, export=export) as index:
+        result = index.calibrate(embeddings, images.labels, args.precision, paths=images.paths)
+    index.discard()
+    print(json.dumps({**result, "index": index.saved_path}, indent=2))
     return 0
 
 
 def _evaluate(args) -> int:
     from tfdnc.index.evaluate import recall_through_index
 
-    index, model, _ = _open(args)
+    index, model = _open(args)
     images, queries = _labelled_embeddings(args, model, "evaluate")
     result = recall_through_index(index, queries, images.labels, ks=args.ks, exclude_self=args.exclude_self)
     print(json.dumps(result, indent=2))
@@ -221,15 +241,28 @@ def _export_dir(export: str) -> str:
     return resolve_export(export)
 
 
-def _open(args, need_model: bool = True):
-    """(index, in-process model or None, the export record) for EXPORT / --index."""
+def _open(args):
+    """(index, in-process model) for EXPORT / --index, to read."""
     from tfdnc.index.sources import load_exported_model
-    from tfdnc.index.store import export_record, open_index
+    from tfdnc.index.store import open_index
 
     export = _export_dir(args.export)
-    index = open_index(args.index or export, export=export)
-    model = load_exported_model(export) if need_model else None
-    return index, model, export_record(export)
+    return open_index(args.index or export, export=export), load_exported_model(export)
+
+
+def _target(args) -> tuple[str, str]:
+    """(export version folder, the index a writer changes), checked before any slow work.
+
+    The index must exist and have been built from the export; `update_index`
+    opens its newest version again once it holds the lock.
+    """
+    from tfdnc.index.store import check_export, find_index_dir, read_metadata
+
+    export = _export_dir(args.export)
+    target = args.index or export
+    index_dir = find_index_dir(target)
+    check_export(read_metadata(index_dir), index_dir, export)
+    return export, target
 
 
 def _labelled_embeddings(args, model, command: str):
@@ -240,13 +273,6 @@ def _labelled_embeddings(args, model, command: str):
     if not images.labelled:
         raise ValueError(f"{command} needs labelled images: class subfolders or a CSV `label` column")
     return images, embed_images(model, images.paths, args.batch_size)
-
-
-def _save(index, args, export_info) -> str:
-    from tfdnc.index.store import save_index
-
-    # The new version goes beside the one it was read from.
-    return save_index(index, os.path.dirname(index.saved_path), export_info=export_info)
 
 
 def _write_records(output, records) -> None:

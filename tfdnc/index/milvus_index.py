@@ -8,6 +8,11 @@ Milvus's: "flat" -> FLAT, "ivf_flat" -> IVF_FLAT, "hnsw" -> HNSW, and
 
 Saving: a Milvus Lite database is copied into the index version folder (so a
 saved version never changes); opening a saved version works on a copy of it.
+The working database lives in a private folder named after its process
+(`.staging-PID@HOST.*` in the index folder for the `tfdnc index` writers,
+`tfdnc-milvus-PID@HOST.*` in the system temp folder otherwise): a process
+killed mid-build leaves it behind, and the next one to make such a folder
+there removes it (`tfdnc.exporting.versions.make_staging_dir`).
 A server collection lives on the server: a saved version records its address
 and collection name, and later changes to the collection are not versioned.
 """
@@ -20,6 +25,7 @@ import tempfile
 
 import numpy as np
 
+from tfdnc.exporting.versions import make_staging_dir
 from tfdnc.index.base import DEFAULT_MAX_K, VectorIndex
 from tfdnc.index.faiss_index import FLAT_BELOW, default_nlist
 from tfdnc.index.hits import MISSING
@@ -29,6 +35,7 @@ _MILVUS_TYPES = {"flat": "FLAT", "ivf_flat": "IVF_FLAT", "hnsw": "HNSW"}
 DB_NAME = "milvus.db"
 ID_FIELD, VECTOR_FIELD = "id", "embedding"
 INSERT_BATCH = 10_000
+TEMP_PREFIX = "tfdnc-milvus-"  # private folders in the system temp folder (PID@HOST follows)
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -42,13 +49,17 @@ class MilvusIndex(VectorIndex):
     Args:
         dim: embedding dimension.
         uri: Milvus Lite file ("gallery.db") or server URL; default: a new
-            Milvus Lite database in a temporary folder.
+            Milvus Lite database in a private folder under `work_dir`.
         collection: collection name.
         index_type: one of `INDEX_TYPES`.
         token: server credentials ("user:password" or an API key), if any.
         max_k, threshold: see `VectorIndex`.
         nlist, nprobe, hnsw_m, ef_construction, ef_search: as for
             `FaissIndex`.
+        work_dir: where the private folder of a database without `uri`
+            goes (default: the system temp folder); give the index folder
+            the index will be saved in, so a killed build leaves nothing
+            behind that the next save there does not remove.
 
     Example:
     >>> index = MilvusIndex(128, uri="gallery.db")            # Milvus Lite
@@ -61,7 +72,8 @@ class MilvusIndex(VectorIndex):
     def __init__(self, dim: int, uri: str | None = None, collection: str = "tfdnc_gallery",
                  index_type: str = "auto", *, token: str | None = None, max_k: int = DEFAULT_MAX_K,
                  threshold: float | None = None, nlist: int | None = None, nprobe: int | None = None,
-                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128):
+                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128,
+                 work_dir: str | os.PathLike | None = None):
         super().__init__(dim, max_k=max_k, threshold=threshold)
         if index_type not in INDEX_TYPES:
             raise ValueError(f"MilvusIndex: `index_type` must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -69,7 +81,7 @@ class MilvusIndex(VectorIndex):
             raise ValueError(f"MilvusIndex: `collection` must be letters, digits and _, got {collection!r}")
         self._workdir = None
         if uri is None:
-            self._workdir = tempfile.mkdtemp(prefix="tfdnc-milvus-")
+            self._workdir = private_dir(work_dir)
             uri = os.path.join(self._workdir, DB_NAME)
         self.uri, self.collection, self.token = os.fspath(uri), collection, token
         self.index_type = index_type
@@ -97,11 +109,33 @@ class MilvusIndex(VectorIndex):
             self._client.close()
             self._client = None
 
+    def _stop_lite(self) -> None:
+        """Closes the client and stops the in-process Milvus Lite server of `uri`.
+
+        pymilvus keeps that server (and its database) running until the
+        process exits, building segment indexes in a background thread after
+        a flush; stopping it waits for them, so the files are complete and
+        nobody writes them while they are copied or deleted. The next use of
+        `client` starts it again.
+        """
+        self.close()
+        if self.lite:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    def discard(self) -> None:
+        """Closes the client and deletes the private working database, if any (saved versions stay)."""
+        if not self._workdir:
+            self.close()
+        else:
+            self._stop_lite()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
     def __del__(self):
         try:
-            self.close()
-            if self._workdir:
-                shutil.rmtree(self._workdir, ignore_errors=True)
+            self.discard()
         except Exception:  # interpreter shutdown: nothing left to clean
             pass
 
@@ -183,7 +217,7 @@ class MilvusIndex(VectorIndex):
             return []
         if self._ready:
             self.client.flush(self.collection)
-        self.close()  # Milvus Lite holds a lock on its database while open
+        self._stop_lite()  # a complete database, which nothing writes while it is copied
         if os.path.exists(self.uri):
             shutil.copytree(self.uri, os.path.join(folder, DB_NAME),
                             ignore=shutil.ignore_patterns("LOCK"))
@@ -192,23 +226,30 @@ class MilvusIndex(VectorIndex):
         return [DB_NAME]
 
     @classmethod
-    def read(cls, folder: str, metadata: dict, *, token: str | None = None) -> "MilvusIndex":
-        """The index saved in `folder`; a Milvus Lite database is opened on a copy."""
+    def read(cls, folder: str, metadata: dict, *, token: str | None = None,
+             work_dir: str | os.PathLike | None = None) -> "MilvusIndex":
+        """The index saved in `folder`; a Milvus Lite database is opened on a private copy under `work_dir`."""
         settings = metadata["settings"]
         uri = settings["uri"]
         workdir = None
         if is_lite_uri(uri):
-            workdir = tempfile.mkdtemp(prefix="tfdnc-milvus-")
             saved = os.path.join(folder, DB_NAME)
             if not os.path.isdir(saved):
                 raise ValueError(f"Milvus Lite database {saved!r} is missing")
+            workdir = private_dir(work_dir)
             uri = os.path.join(workdir, DB_NAME)
-            shutil.copytree(saved, uri)
-        index = cls(metadata["dim"], uri, settings["collection"], settings["index_type"], token=token,
-                    max_k=metadata["max_k"], nlist=settings.get("nlist"), nprobe=settings.get("nprobe"),
-                    hnsw_m=settings.get("hnsw_m", 32), ef_construction=settings.get("ef_construction", 40),
-                    ef_search=settings.get("ef_search", 128))
-        index._workdir = workdir
+        try:
+            if workdir:
+                shutil.copytree(saved, uri)
+            index = cls(metadata["dim"], uri, settings["collection"], settings["index_type"], token=token,
+                        max_k=metadata["max_k"], nlist=settings.get("nlist"), nprobe=settings.get("nprobe"),
+                        hnsw_m=settings.get("hnsw_m", 32), ef_construction=settings.get("ef_construction", 40),
+                        ef_search=settings.get("ef_search", 128))
+        except BaseException:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        index._workdir = workdir  # deleted with the index (discard)
         index._ready = index.client.has_collection(index.collection)
         if index._ready or metadata.get("count"):
             index._check_collection()
@@ -224,3 +265,14 @@ class MilvusIndex(VectorIndex):
         if dims != [self.dim]:
             raise ValueError(f"Milvus collection {self.collection!r} holds vectors of dimension "
                              f"{dims[0] if dims else None}, the index metadata says {self.dim}")
+
+
+def private_dir(work_dir: str | os.PathLike | None = None) -> str:
+    """A new folder named after this process: under `work_dir` (an index folder) or the system temp folder.
+
+    Making one removes the folders of dead processes beside it, so what a
+    killed build left behind goes at the next one.
+    """
+    if work_dir is not None:
+        return make_staging_dir(work_dir)
+    return make_staging_dir(tempfile.gettempdir(), prefix=TEMP_PREFIX)

@@ -16,6 +16,11 @@ Every change is written as a new index version (staged under a hidden name
 and renamed into place, as exports are). Opening checks the checksums, the
 dimension, and, given an export, that the index was built from that export
 (same fingerprint: sha256 of its saved_model.pb and variables index).
+
+Writers of one index folder take turns (`tfdnc.index.lock`): `update_index`
+holds the folder's lock from reading the newest version to saving the next,
+and `save_index` takes it for its save, so no writer's version is lost to
+another's.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-
+from contextlib import contextmanager
+from typing import Iterator
 
 from tfdnc.exporting import contract
 from tfdnc.exporting.versions import list_versions, resolve_version_dir, staged_version
 from tfdnc.index.base import VectorIndex
 from tfdnc.index.errors import IndexMismatchError
 from tfdnc.index.idmap import IdMap
+from tfdnc.index.lock import index_lock
 from tfdnc.utils import read_json, write_json
 
 META_FILE = "index.json"
@@ -108,6 +115,8 @@ def save_index(index: VectorIndex, home: str | os.PathLike | None = None, *, exp
         export_info: an `export_record` already computed (instead of `export`).
         version: an explicit index version; default: the next free one.
             Existing versions are never overwritten.
+
+    Waits for another writer of `home` (see `update_index`) before saving.
     """
     if export_info is None and export is not None:
         export_info = export_record(export)
@@ -115,7 +124,7 @@ def save_index(index: VectorIndex, home: str | os.PathLike | None = None, *, exp
         if export_info is None:
             raise ValueError("save_index: give `home` or `export`")
         home = index_home(export_info["path"])
-    with staged_version(home, version) as staged:
+    with index_lock(home), staged_version(home, version) as staged:
         files = index.write(staged.staging)
         index.id_map.save(os.path.join(staged.staging, IDMAP_FILE))
         files.append(IDMAP_FILE)
@@ -177,7 +186,7 @@ def read_metadata(index_dir: str) -> dict:
 
 
 def open_index(path: str | os.PathLike, *, export: str | None = None, dim: int | None = None,
-               token: str | None = None) -> VectorIndex:
+               token: str | None = None, work_dir: str | os.PathLike | None = None) -> VectorIndex:
     """Loads a saved index, refusing a corrupted or mismatched one with `IndexMismatchError`.
 
     Args:
@@ -187,6 +196,8 @@ def open_index(path: str | os.PathLike, *, export: str | None = None, dim: int |
             the export the index was built from.
         dim: the embedding dimension the caller will use.
         token: Milvus server credentials.
+        work_dir: where a Milvus Lite index's working copy goes (default:
+            the system temp folder; see `MilvusIndex`).
 
     Example:
     >>> index = open_index("exports/dnc/1", export="exports/dnc/1")
@@ -214,7 +225,7 @@ def open_index(path: str | os.PathLike, *, export: str | None = None, dim: int |
         raise IndexMismatchError(f"index {index_dir!r} has unknown backend {meta['backend']!r}")
     try:
         if meta["backend"] == "milvus":
-            index = MilvusIndex.read(index_dir, meta, token=token)
+            index = MilvusIndex.read(index_dir, meta, token=token, work_dir=work_dir)
         else:
             index = FaissIndex.read(index_dir, meta)
         index.id_map = IdMap.load(os.path.join(index_dir, IDMAP_FILE))
@@ -229,6 +240,47 @@ def open_index(path: str | os.PathLike, *, export: str | None = None, dim: int |
         raise IndexMismatchError(f"index {index_dir!r}: its id map holds {len(index)} images, "
                                  f"its metadata says {stored}")
     return index
+
+
+@contextmanager
+def update_index(path: str | os.PathLike, *, export: str | None = None, dim: int | None = None,
+                 token: str | None = None, timeout: float | None = None) -> Iterator[VectorIndex]:
+    """Opens an index to change it, one writer at a time; leaving the block saves the next version.
+
+    The index folder's lock is held from reading to saving, and another
+    writer waits for it. Given an export, a run directory or an index folder,
+    the block changes the newest version at the time the lock is taken, so
+    a version another writer saved meanwhile is built on, not lost; given an
+    index version folder, that version. An exception in the block saves
+    nothing.
+
+    Args:
+        path, export, dim, token: as for `open_index`.
+        timeout: seconds to wait for another writer (None: as long as it
+            takes), then `IndexLockedError` naming it.
+
+    Yields:
+        The open index; after the block its `saved_path` is the new version.
+
+    Example:
+    >>> with update_index("exports/dnc/1", export="exports/dnc/1") as index:
+    ...     index.add(embeddings, paths, labels)
+    >>> index.saved_path   # exports/dnc/1.index/3
+    """
+    path = os.fspath(path)
+    pinned = os.path.isfile(os.path.join(path, META_FILE))
+    home = os.path.dirname(os.path.normpath(find_index_dir(path)))
+    with index_lock(home, timeout):
+        index_dir = path if pinned else find_index_dir(home)  # newest, now that nobody else writes
+        # A Milvus Lite working copy goes into the index folder, where the next writer removes it if we die.
+        index = open_index(index_dir, export=export, dim=dim, token=token, work_dir=home)
+        try:
+            yield index
+            export_info = export_record(export) if export is not None else getattr(index, "export_info", None)
+            index.saved_path = save_index(index, home, export_info=export_info)
+        except BaseException:
+            index.discard()
+            raise
 
 
 def check_export(meta: dict, index_dir: str, export: str) -> None:
