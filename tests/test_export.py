@@ -480,6 +480,22 @@ def test_non_finite_pixels_are_an_invalid_argument(loaded, bad):
         loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
 
 
+@pytest.mark.parametrize("bad", [1e30, -1e30, 300.0, -3.0, 256.5])
+def test_pixels_outside_0_255_are_an_invalid_argument(loaded, bad):
+    pixels = np.full((2, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[1, 3, 4, 0] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`pixels` holds values outside \[0, 255\]"):
+        loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
+
+
+def test_pixels_at_the_ends_of_0_255_are_accepted(loaded):
+    """Round-off of a client's float preprocessing, within PIXEL_SLACK, is no error."""
+    pixels = np.full((4, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[0], pixels[1], pixels[2, 0], pixels[3, 0] = 0.0, 255.0, -0.5, 255.9
+    out = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embeddings"].numpy()
+    assert out.shape == (4, EMBED_DIM) and np.all(np.isfinite(out))
+
+
 def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
     """TF Serving runs signatures through Session::Run feeds, which skip the
     Python-side shape check; the graph's own assertion must catch it."""
@@ -505,6 +521,8 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
                 run(np.zeros(bad, np.float32))
         with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
             run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.nan, np.float32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside \[0, 255\]"):
+            run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), 1e30, np.float32))
 
         sig = meta.signature_def["search_k"]
         images, k = (graph.get_tensor_by_name(sig.inputs[name].name)._as_tf_output() for name in ("image_bytes", "k"))
