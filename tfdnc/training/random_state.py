@@ -13,6 +13,10 @@ What draws random numbers during a tfdnc run, and how each one resumes:
   `keras.utils.set_random_seed` at start): saved here, so code drawing from
   them (user callbacks, scikit-learn without a seed) repeats too.
 
+Every part is stored as a plain array and read with `allow_pickle=False`:
+run directories are copied and shared, and a pickle runs code as it loads
+(issue 19). A random.npz in the earlier pickled format is refused unread.
+
 Example:
 >>> save_random_state("gen/random.npz", model)
 >>> restore_random_state("gen/random.npz", model)
