@@ -21,6 +21,8 @@ from tfdnc.exporting.signatures import encode_png
 from tfdnc.exporting.warmup import read_warmup_requests
 from tfdnc.model import DivideAndConquerModel
 
+from rankings import assert_top_k  # tests/rankings.py
+
 IMAGE_SIZE = 16
 RESIZE = 20
 EMBED_DIM = 8
@@ -247,11 +249,12 @@ def test_search_matches_brute_force(model, loaded, gallery_dir):
     queries = [files[2].read_bytes(), random_png(rng, 25, 19)]
     q = keras_reference(model, queries)
     sims = q @ (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
-    order = np.argsort(-sims, axis=1)[:, :4]
     out = loaded.signatures["search"](image_bytes=tf.constant(queries))
-    np.testing.assert_array_equal(out["indices"].numpy(), order)
-    np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, order, 1), atol=1e-5)
-    assert [i.decode() for i in out["ids"].numpy()[0]] == [ids[j] for j in order[0]]
+    got = out["indices"].numpy()
+    assert got.shape == (2, 4)
+    assert_top_k(got, sims)  # near-ties in either order (tests/rankings.py)
+    np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, got, 1), atol=1e-5)
+    assert [i.decode() for i in out["ids"].numpy()[0]] == [ids[j] for j in got[0]]
     assert out["ids"].numpy()[0, 0].decode() == ids[2]  # a gallery image finds itself
 
 
@@ -263,14 +266,14 @@ def test_search_k_answers_each_request_with_its_own_k(model, tmp_path, gallery_d
     gallery = keras_reference(model, [p.read_bytes() for p in files])
     queries = [files[4].read_bytes(), random_png(np.random.default_rng(8), 21, 26)]
     sims = keras_reference(model, queries) @ (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
-    order = np.argsort(-sims, axis=1)
     assert signatures["search"](image_bytes=tf.constant(queries))["indices"].shape == (2, 2)  # top_k
     for ks, width in [([1, 1], 1), ([5, 5], 5), ([3, 1], 3)]:
         out = signatures["search_k"](image_bytes=tf.constant(queries), k=tf.constant(ks))
         # Every row gets the batch's largest k, best first: its own top k lead.
-        np.testing.assert_array_equal(out["indices"].numpy(), order[:, :width])
-        np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, order[:, :width], 1),
-                                   atol=1e-5)
+        got = out["indices"].numpy()
+        assert got.shape == (2, width)
+        assert_top_k(got, sims)
+        np.testing.assert_allclose(out["similarities"].numpy(), np.take_along_axis(sims, got, 1), atol=1e-5)
     assert json.load(open(os.path.join(path, contract.ASSETS_EXTRA, contract.METADATA_FILE)))["max_k"] == 5
     for ks, message in [([6, 1], r"`k`\[0\] = 6 is outside 1..5"), ([1, 0], r"`k`\[1\] = 0 is outside 1..5"),
                         ([2], r"one value per image")]:
@@ -314,9 +317,8 @@ def test_gallery_from_npz_with_integer_ids(model, tmp_path):
     out = search(image_bytes=tf.constant([png]))
     q = keras_reference(model, [png])[0]
     sims = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ q
-    top = np.argsort(-sims)[:3]
     assert out["ids"].dtype == tf.int64
-    np.testing.assert_array_equal(out["ids"].numpy()[0], 100 + top)
+    assert_top_k(out["ids"].numpy() - 100, sims[None])
 
 
 # --- bad requests -------------------------------------------------------------------
@@ -480,6 +482,22 @@ def test_non_finite_pixels_are_an_invalid_argument(loaded, bad):
         loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
 
 
+@pytest.mark.parametrize("bad", [1e30, -1e30, 300.0, -3.0, 256.5])
+def test_pixels_outside_0_255_are_an_invalid_argument(loaded, bad):
+    pixels = np.full((2, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[1, 3, 4, 0] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`pixels` holds values outside \[0, 255\]"):
+        loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))
+
+
+def test_pixels_at_the_ends_of_0_255_are_accepted(loaded):
+    """Round-off of a client's float preprocessing, within PIXEL_SLACK, is no error."""
+    pixels = np.full((4, IMAGE_SIZE, IMAGE_SIZE, 1), 128.0, np.float32)
+    pixels[0], pixels[1], pixels[2, 0], pixels[3, 0] = 0.0, 255.0, -0.5, 255.9
+    out = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embeddings"].numpy()
+    assert out.shape == (4, EMBED_DIM) and np.all(np.isfinite(out))
+
+
 def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
     """TF Serving runs signatures through Session::Run feeds, which skip the
     Python-side shape check; the graph's own assertion must catch it."""
@@ -505,6 +523,8 @@ def test_session_feed_of_wrong_shape_is_an_invalid_argument(exported):
                 run(np.zeros(bad, np.float32))
         with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
             run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.nan, np.float32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside \[0, 255\]"):
+            run(np.full((1, IMAGE_SIZE, IMAGE_SIZE, 1), 1e30, np.float32))
 
         sig = meta.signature_def["search_k"]
         images, k = (graph.get_tensor_by_name(sig.inputs[name].name)._as_tf_output() for name in ("image_bytes", "k"))

@@ -242,6 +242,10 @@ def test_bad_requests_name_model_version_and_signature(client):
         client.embed_pixels(np.full((1, SIZE, SIZE, 3), np.nan, np.float32))
     assert err.value.code == "INVALID_ARGUMENT" and "NaN or infinite" in err.value.details
 
+    with pytest.raises(ServingError) as err:  # finite, but not pixels: embeddings without meaning
+        client.embed_pixels(np.full((1, SIZE, SIZE, 3), 1e30, np.float32))
+    assert err.value.code == "INVALID_ARGUMENT" and "outside [0, 255]" in err.value.details
+
     with pytest.raises(ServingError) as err:
         client.predict({"wrong_name": np.array([good], dtype=object)})
     assert err.value.code == "INVALID_ARGUMENT"

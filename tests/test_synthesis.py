@@ -137,16 +137,90 @@ def test_layer_config_and_validation():
         hardest_negatives(tf.zeros((2, 3)), tf.constant([0, 0]), pairwise_dot, rule="mean")
 
 
+def tie_band(x) -> float:
+    """How far apart two float32 values of the tests below may land on any CPU
+    for one exact value: well above the rounding of a few float32 products and
+    sums of these points (about 0.3 ulp of their largest squared norm here),
+    well below the gap between two different candidates (over 1e-3 here)."""
+    scale = max(1.0, float(np.max(np.sum(np.square(x.astype(np.float64)), axis=1))))
+    return 64 * float(np.finfo(np.float32).eps) * scale
+
+
+def synthetic_flag_errors(synthetic, labels, x, f, rule, harder, eps):
+    """Checks `hardest_negatives`'s "synthetic" flags against the float64 reference.
+
+    Between two samples of different classes the flag must be set when the
+    hardest combination the rule adds to its original-original ones beats
+    them by more than `eps`, and clear when it falls short by more than
+    `eps`. Within `eps` the two are a tie that float32 kernels may round
+    either way (AVX2 and AVX-512 do), so either answer is allowed. An
+    unpaired sample's "synthetic" points are the sample itself: a combination
+    that only repeats an original one is no candidate, and when the rule adds
+    nothing else (two unpaired samples) the flag must be clear on any CPU.
+
+    Returns:
+        (errors: list of (i, j, gap, flag), decided: how many flags were checked).
+    """
+    sets = np_pair_sets(labels, x.astype(np.float64))
+    partner, first, paired = np_pairing(labels)
+    combos = [(a, b) for a in range(4) for b in range(4)] if rule == "paper" else CODE_PAIRS
+    sign = 1.0 if harder is max else -1.0  # hardness: higher is harder
+
+    def point(i, slot):  # which point slot `slot` of sample i's pair set is
+        if not paired[i]:
+            return (i, False)
+        a, p = (i, partner[i]) if first[i] else (partner[i], i)
+        return ((a, p)[slot % 2], slot >= 2)
+
+    errors, decided = [], 0
+    for i in range(len(labels)):
+        for j in np.flatnonzero(labels != labels[i]):
+            hardness = {(point(i, a), point(j, b)): sign * f(sets[i][a], sets[j][b]) for a, b in combos}
+            originals = {(point(i, a), point(j, b)) for a, b in combos if a < 2 and b < 2}
+            orig = max(hardness[key] for key in originals)
+            added = [v for key, v in hardness.items() if key not in originals]
+            flag = bool(synthetic[i, j])
+            if not added:
+                expected = False
+            elif abs(max(added) - orig) <= eps:
+                continue  # a tie: either answer
+            else:
+                expected = max(added) > orig
+            decided += 1
+            if flag != expected:
+                errors.append((i, int(j), max(added, default=orig) - orig, flag))
+    return errors, decided
+
+
+def symmetric_case(seed, kind):
+    labels, x = random_batch(seed, classes=3, per_class=4, dim=5, normalize=kind == "euclidean")
+    labels[-1] = 9  # one unpaired sample (odd class count) and a singleton
+    if kind == "dot":
+        return labels, x, (pairwise_dot, lambda u, v: u @ v, max, True)
+    return labels, x, (pairwise_euclidean, lambda u, v: np.linalg.norm(u - v), min, False)
+
+
+def hardest_negatives_errors(value, synthetic, labels, x, f, rule, harder) -> list[str]:
+    """What is wrong in `hardest_negatives`'s (value, synthetic) for these
+    inputs, against the float64 brute force; [] when nothing is."""
+    problems = []
+    ref = np_symm_matrix(labels, x.astype(np.float64), f, rule, harder)
+    off = ~np.isclose(value, ref, rtol=1e-4, atol=1e-4)
+    if off.any():
+        problems.append(f"value differs from the brute force at {np.argwhere(off).tolist()}")
+    errors, decided = synthetic_flag_errors(synthetic, labels, x, f, rule, harder, tie_band(x))
+    if errors:
+        problems.append(f"synthetic flag wrong at (i, j, gap, flag) {errors}")
+    if decided < 0.9 * np.sum(labels[:, None] != labels[None, :]):
+        problems.append(f"only {decided} flags decided: the tie band swallows the rest")
+    return problems
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("rule", ["paper", "code"])
 @pytest.mark.parametrize("kind", ["dot", "euclidean"])
 def test_hardest_combination_equals_brute_force(seed, rule, kind):
-    labels, x = random_batch(seed, classes=3, per_class=4, dim=5, normalize=kind == "euclidean")
-    labels[-1] = 9  # one unpaired sample (odd class count) and a singleton
-    if kind == "dot":
-        fn, f, harder, high = pairwise_dot, lambda u, v: u @ v, max, True
-    else:
-        fn, f, harder, high = pairwise_euclidean, lambda u, v: np.linalg.norm(u - v), min, False
+    labels, x, (fn, f, harder, high) = symmetric_case(seed, kind)
     value, synthetic = hardest_negatives(
         tf.constant(x), tf.constant(labels), fn, rule=rule, higher_is_harder=high
     )
@@ -155,27 +229,39 @@ def test_hardest_combination_equals_brute_force(seed, rule, kind):
         np.transpose(pair_slots(tf.constant(x), tf.constant(labels)).numpy(), (1, 0, 2)),
         np_pair_sets(labels, x.astype(np.float64)), rtol=1e-4, atol=1e-5,
     )
-    ref = np_symm_matrix(labels, x.astype(np.float64), f, rule, harder)
-    np.testing.assert_allclose(value.numpy(), ref, rtol=1e-4, atol=1e-4)
-    # Between classes, "synthetic" flags the entries no original-original
+    # The hardest value, and between classes the entries no original-original
     # combination reaches (within a pair, reflections tie with originals).
-    sets = np_pair_sets(labels, x.astype(np.float64))
-    combos = [(a, b) for a in range(4) for b in range(4)] if rule == "paper" else CODE_PAIRS
-    for i in range(len(labels)):
-        for j in np.flatnonzero(labels != labels[i]):
-            orig = [f(sets[i][a], sets[j][b]) for a, b in combos if a < 2 and b < 2]
-            best_orig = harder(orig)
-            margin = abs(best_orig - ref[i, j])
-            if margin > 1e-3:
-                assert bool(synthetic[i, j])
-            elif margin == 0 and np.ptp(orig) > 1e-3:
-                assert not bool(synthetic[i, j])
+    assert hardest_negatives_errors(value.numpy(), synthetic.numpy(), labels, x, f, rule, harder) == []
     # The paper's rule covers every original-original combination, so its
     # value is at least as hard as the original one (the code's 6 set pairs
     # skip anchor-anchor and positive-positive).
     orig = fn(x, x).numpy()
     if rule == "paper":
         assert np.all(value.numpy() >= orig - 1e-4) if high else np.all(value.numpy() <= orig + 1e-4)
+
+
+@pytest.mark.parametrize("rule", ["paper", "code"])
+@pytest.mark.parametrize("kind", ["dot", "euclidean"])
+def test_brute_force_check_catches_a_wrong_synthesis(rule, kind):
+    """The tolerances above still catch what a wrong synthesis gives."""
+    labels, x, (fn, f, harder, high) = symmetric_case(0, kind)
+    value, synthetic = (t.numpy() for t in hardest_negatives(
+        tf.constant(x), tf.constant(labels), fn, rule=rule, higher_is_harder=high))
+    assert hardest_negatives_errors(value, synthetic, labels, x, f, rule, harder) == []
+    # Reflections 10% short of the mirror image (alpha = 1.8, not 2).
+    wrong = [t.numpy() for t in hardest_negatives(
+        tf.constant(x), tf.constant(labels), fn, rule=rule, higher_is_harder=high, alpha=1.8)]
+    assert hardest_negatives_errors(*wrong, labels, x, f, rule, harder)
+    # Every flag flipped: each decided one is reported, none lost in the tie band.
+    errors, decided = synthetic_flag_errors(~synthetic, labels, x, f, rule, harder, tie_band(x))
+    assert len(errors) == decided > 0
+    # Ties counted as synthetic (">=" for ">"): two unpaired samples of
+    # different classes have nothing but their originals, and get flagged.
+    unpaired = ~np_pairing(labels)[2]
+    ties = np.outer(unpaired, unpaired) & (labels[:, None] != labels[None, :])
+    assert ties.any()
+    errors, _ = synthetic_flag_errors(synthetic | ties, labels, x, f, rule, harder, tie_band(x))
+    assert {(i, j) for i, j, _, _ in errors} == {(int(i), int(j)) for i, j in np.argwhere(ties)}
 
 
 def test_gradients_flow_to_both_originals():

@@ -58,10 +58,12 @@ from tfdnc.training.cluster_state import ClusterStateStore
 from tfdnc.training.distributed import DistributedReclusterer
 from tfdnc.training.generations import GenerationStore
 from tfdnc.training.lock import RunLock, RunLockedError
+from tfdnc.training.random_state import check_random_state
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
 from tfdnc.utils.errors import UserInputError, UserPathError
+from tfdnc.utils.npz import UnsafeFileError, check_npz
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -156,6 +158,10 @@ def run(
 
 def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool, strict_images: bool,
          verbose: int) -> dict:
+    if resume:  # a backup that could only be read by unpickling it is refused before anything is written
+        for generation in GenerationStore(RunDir(config.run_dir).backup).committed():
+            check_random_state(generation.random)
+            check_npz(generation.clusters, what="cluster state")
     run_dir = prepare_run_dir(config, resume, chief)
     data = build_data(config, run_dir, strict_images, chief)
     model = build_model(config, strategy, data)
@@ -512,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
             backup_every_steps=args.backup_every_steps, verbose=args.verbose)
-    except RunLockedError as exc:
+    except (RunLockedError, UnsafeFileError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -6,8 +6,8 @@ so TF Serving can run the exported graphs without custom ops or Python.
 Bad requests fail with `InvalidArgument` for that request only (TF Serving
 answers HTTP 400 / gRPC INVALID_ARGUMENT and keeps serving): an empty batch,
 an empty or non-image string (the message names its index in the batch),
-a corrupt image (the decoder's own message), pixels of the wrong shape and
-NaN or infinite pixels.
+a corrupt image (the decoder's own message), pixels of the wrong shape,
+NaN or infinite pixels and pixels outside [0, 255].
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ _HEADER_LEN = 12
 # 40 megapixels: an 8K photo fits; decoding it takes 120 MB (uint8 RGB) and
 # the float32 copy the resize starts from 480 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
+# How far outside [0, 255] `embed_pixels` accepts a value: the round-off of a
+# client's float preprocessing (a resize that overshoots should clip, as
+# decoding to bytes does).
+PIXEL_SLACK = 1.0
 
 
 class ServingGraphs:
@@ -210,6 +214,16 @@ class ServingGraphs:
                  "send pixel values in [0, 255]"],
             )
         with tf.control_dependencies([finite]):
+            # After the finiteness check (NaN compares false either way). The
+            # model was trained on decoded images in [0, 255]; values far
+            # outside (1e30) give embeddings without meaning.
+            low, high = tf.reduce_min(pixels), tf.reduce_max(pixels)
+            in_range = tf.debugging.Assert(
+                tf.logical_and(low >= -PIXEL_SLACK, high <= 255.0 + PIXEL_SLACK),
+                [f"{signature}: `{contract.PIXELS}` holds values outside [0, 255] (lowest, highest:", low, high,
+                 "); send pixel values in [0, 255]"],
+            )
+        with tf.control_dependencies([in_range]):
             return tf.identity(pixels)
 
     def embed(self, pixels: tf.Tensor) -> tf.Tensor:

@@ -93,6 +93,11 @@ def pair_slot_indices(labels) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     s_positive): "anchor" is the first member of the pair, "positive" the
     second, s_* their synthetics; both members of a pair get the same four.
 
+    An unpaired sample's four slots all point at the sample itself, not at
+    its copy among the synthetics: a copy's row of the (2B, 2B) matrix can
+    round differently (AVX2 and AVX-512 kernels block a matmul differently),
+    which would make the copy "harder" than its original on some CPUs.
+
     Returns:
         (indices (4, B) int32 into the 2B stacked points, partner (B,), paired (B,)).
     """
@@ -100,8 +105,8 @@ def pair_slot_indices(labels) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     idx = tf.range(tf.shape(partner)[0], dtype=tf.int32)
     a_idx = tf.where(first | ~paired, idx, partner)
     p_idx = tf.where(first | ~paired, partner, idx)
-    b = tf.shape(idx)[0]
-    return tf.stack([a_idx, p_idx, a_idx + b, p_idx + b]), partner, paired
+    shift = tf.where(paired, tf.shape(idx)[0], 0)  # a pair's point's synthetic sits B rows down
+    return tf.stack([a_idx, p_idx, a_idx + shift, p_idx + shift]), partner, paired
 
 
 def pair_slots(embeddings, labels, alpha: float = 2.0, beta: float = 1.0) -> tf.Tensor:

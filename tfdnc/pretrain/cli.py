@@ -115,7 +115,7 @@ def _load_inputs(args):
 
     if args.clips:
         try:
-            clips = np.load(args.clips, mmap_mode="r")
+            clips = np.load(args.clips, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--clips {args.clips!r}: cannot read ({exc})") from exc
         if clips.ndim != 5:
@@ -206,7 +206,7 @@ def _permutation_set(args, num_items: int, run_dir: str):
                                          selection=args.permutation_selection)
     perms_path = os.path.join(run_dir, "permutations.npy")
     if args.resume and os.path.exists(perms_path):
-        saved = np.load(perms_path)
+        saved = np.load(perms_path, allow_pickle=False)
         if saved.shape != permutations.shape or not (saved == permutations).all():
             raise ValueError(f"--resume: {perms_path} holds another permutation set than this "
                              "--num-permutations / --permutation-selection / --seed make; "

@@ -90,7 +90,7 @@ def read_run(run_dir: str) -> RunInfo:
     masks_path = run.masks
     if os.path.isfile(masks_path):
         try:
-            info.masks = np.atleast_2d(np.load(masks_path))
+            info.masks = np.atleast_2d(np.load(masks_path, allow_pickle=False))
         except (OSError, ValueError) as exc:
             raise ValueError(f"report: cannot read {masks_path!r}: {exc}") from exc
     info.model_path = run.model if run.has_model() else None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfdnc import rundir
+from tfdnc.utils.npz import read_npz
 
 
 @dataclass
@@ -88,9 +89,9 @@ class ClusterStateStore:
 
     @staticmethod
     def read(path: str) -> ClusterState:
-        """Reads one `ClusterState` from the .npz file `path` (OSError / ValueError when unreadable)."""
-        with np.load(path) as data:
-            values = {key: data[key] for key in data.files}
+        """Reads one `ClusterState` from the .npz file `path` (OSError / ValueError when unreadable,
+        `UnsafeFileError` for a pickle inside: never unpickled)."""
+        values = read_npz(path, what="cluster state")
         history = json.loads(str(values["history"])) if "history" in values else []
         return ClusterState(np.asarray(values["assignments"], np.int64), np.asarray(values["usable"], bool),
                             int(values["k"]), int(values["valid_from"]), history)
