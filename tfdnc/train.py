@@ -168,7 +168,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
 
 
 def record_resume(run_dir: RunDir, config: TrainConfig, from_epoch: int) -> None:
-    """Records a resume that loaded its generation: resumes.json (when, from which epoch, changed settings), config.json.
+    """Records a resume once its generation loaded: resumes.json (when, from which epoch, what changed), config.json.
 
     A resume may change only the settings in RESUME_OVERRIDES; changed ones
     are printed and written to config.json.

@@ -50,7 +50,8 @@ class ResumeRefusedError(ValueError):
 
     Example:
     >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
-    ResumeRefusedError: --resume: runs/a/config.json does not match ... embedding_dim: 64 in the generation, 32 in runs/a/config.json
+    ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
+    runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
     """
 
 
