@@ -16,7 +16,7 @@ import pytest
 
 from tfdnc.config import TrainConfig
 from tfdnc.rundir import RunDir
-from tfdnc.train import build_parser, config_from_args, main, nonfinite_advice, prepare_run_dir, run
+from tfdnc.train import build_parser, config_from_args, main, nonfinite_advice, prepare_run_dir, record_resume, run
 from tfdnc.training.backup import save_model_atomic
 from tfdnc.training.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from tfdnc.training.generations import GenerationStore
@@ -60,6 +60,11 @@ def test_a_generation_is_seen_only_once_committed_and_the_previous_stays_until_t
     # Redoing an epoch after a resume replaces its generation.
     store.commit(3, lambda d: _write(d, "three again"))
     assert open(os.path.join(store.latest().directory, "data.txt")).read() == "three again"
+    # One that does not load is set aside whole: no longer read, never deleted.
+    kept = store.set_aside(store.latest())
+    assert os.path.basename(kept) == "unloadable-gen-00000003"
+    assert open(os.path.join(kept, "data.txt")).read() == "three again"
+    assert [g.generation for g in store.committed()] == [2]
     assert RunDir(tmp_path).holds_run()
 
 
@@ -131,8 +136,12 @@ def test_resume_may_lower_the_learning_rate_and_it_is_recorded(tmp_path, capsys)
     assert config.lr == 1e-5 and config.embedding_dim == TrainConfig.embedding_dim
     assert "ignoring --embedding-dim" in capsys.readouterr().out
     prepare_run_dir(config, resume=True, chief=True)
+    # Nothing is written until the resume's generation loaded (a refused resume changes nothing).
+    assert TrainConfig.load(RunDir(run_dir).config).lr == 1e-3 and RunDir(run_dir).resumes() == []
+    record_resume(RunDir(run_dir), config, from_epoch=2)
     assert TrainConfig.load(RunDir(run_dir).config).lr == 1e-5
     assert RunDir(run_dir).resumes()[-1]["changed"] == {"learning_rate": [1e-3, 1e-5]}
+    assert RunDir(run_dir).resumes()[-1]["from_epoch"] == 2
 
 
 def test_the_non_finite_loss_advice_names_only_what_exists(tmp_path):

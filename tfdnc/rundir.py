@@ -8,7 +8,9 @@ evaluation, the report and the exporter read them through `RunDir`.
     RUN_DIR/model.keras          the trained model (keras.saving.load_model)
     RUN_DIR/checkpoints/         last.keras, written every epoch
     RUN_DIR/backup/gen-<N>/      generation N (N epochs done): weights, optimizer,
-                                 cluster and random state, committed together (--resume)
+                                 cluster and random state and the run's settings, committed
+                                 together (--resume); unloadable-gen-<N>/: one that did not
+                                 load, set aside by --resume for a look
     RUN_DIR/clusters.npz         the newest cluster state, for reading (with clusters.prev.npz)
     RUN_DIR/history.json         per-epoch logs, K and cluster sizes
     RUN_DIR/metrics.json         metrics before and after training

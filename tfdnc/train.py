@@ -52,7 +52,8 @@ from tfdnc.model import DivideAndConquerModel
 from tfdnc.optimizers import LayerDecayAdam
 from tfdnc.rundir import RunDir
 from tfdnc.training import faults
-from tfdnc.training.backup import AtomicModelCheckpoint, GenerationBackup, restore_latest, save_model_atomic
+from tfdnc.training.backup import (AtomicModelCheckpoint, FlushingTensorBoard, GenerationBackup, ResumeRefusedError,
+                                   check_settings, restore_latest, save_model_atomic)
 from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
 from tfdnc.training.cluster_state import ClusterStateStore
 from tfdnc.training.distributed import DistributedReclusterer
@@ -148,6 +149,11 @@ def run(
     chief = worker_info(strategy).is_chief
     if backup_every_steps:
         print("[tfdnc] --backup-every-steps is ignored: a backup is one whole generation at each epoch's end")
+    if resume:
+        # Before the lock and any write: a config.json edited since the backup is refused with
+        # the run directory unchanged (issue 19: it used to restart from epoch 1 over the run).
+        check_settings(GenerationStore(RunDir(config.run_dir).backup), config.to_dict(),
+                       may_differ=RESUME_OVERRIDES, config_path=RunDir(config.run_dir).config)
     lock = RunLock(config.run_dir).acquire() if chief else None
     try:
         return _run(config, strategy, chief, resume, export, strict_images, verbose)
@@ -167,6 +173,8 @@ def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool,
     model = build_model(config, strategy, data)
     schedule = build_schedule(config, strategy, data, run_dir, verbose)  # checks K against the classes
     initial_epoch = restore(model, strategy, schedule, run_dir, config, resume, chief, verbose)
+    if resume and chief:
+        record_resume(run_dir, config, initial_epoch)
     embed = embed_function(model, config)
     metrics = run_dir.metrics() if resume else {}
     if "before" not in metrics and chief:
@@ -179,15 +187,16 @@ def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool,
     train_seconds = time.perf_counter() - start
     if not chief:
         return {}
-    return finish(model, config, run_dir, data, embed, evaluation, metrics, train_seconds, export, verbose)
+    return finish(model, config, run_dir, data, embed, evaluation, metrics, train_seconds, export, verbose,
+                  initial_epoch=initial_epoch)
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
     """The run directory, created, with config.json written by the chief; refuses to overwrite a run.
 
     A run "is there" once it committed a backup generation; a directory
-    whose run died before that may be started afresh. A resume that changes
-    settings (see RESUME_OVERRIDES) records them in config.json and resumes.json.
+    whose run died before that may be started afresh. A resume writes
+    nothing here: `record_resume` does once its generation loaded.
     """
     run_dir = RunDir(config.run_dir)
     if not resume and run_dir.holds_run():
@@ -195,23 +204,30 @@ def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> RunDir:
             f"--run-dir {run_dir.path!r} already holds a run; pass --resume to continue it or choose another --run-dir"
         )
     run_dir.create()
-    if chief:
-        if resume and os.path.isfile(run_dir.config):
-            before = read_json(run_dir.config, what="run")
-            changed = {k: [before.get(k), v] for k, v in config.to_dict().items()
-                       if k in RESUME_OVERRIDES and k != "run_dir" and before.get(k) != v}
-            latest = GenerationStore(run_dir.backup).latest()
-            run_dir.record_resume({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
-                                   "from_epoch": latest.epoch if latest else 0, "changed": changed})
-            if changed:
-                print("[tfdnc] --resume changes " + ", ".join(f"--{k.replace('_', '-')} {a} -> {b}"
-                                                           for k, (a, b) in changed.items())
-                      + f" (recorded in {run_dir.resumes_file})")
+    if chief and not (resume and os.path.isfile(run_dir.config)):
         config.save(run_dir.config)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     return run_dir
+
+
+def record_resume(run_dir: RunDir, config: TrainConfig, from_epoch: int) -> None:
+    """Records a resume once its generation loaded: resumes.json (when, from which epoch, what changed), config.json.
+
+    A resume may change only the settings in RESUME_OVERRIDES; changed ones
+    are printed and written to config.json.
+    """
+    before = read_json(run_dir.config, what="run") if os.path.isfile(run_dir.config) else {}
+    changed = {k: [before.get(k), v] for k, v in config.to_dict().items()
+               if k in RESUME_OVERRIDES and k != "run_dir" and before.get(k) != v}
+    run_dir.record_resume({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+                           "from_epoch": from_epoch, "changed": changed})
+    if changed:
+        print("[tfdnc] --resume changes " + ", ".join(f"--{k.replace('_', '-')} {a} -> {b}"
+                                                   for k, (a, b) in changed.items())
+              + f" (recorded in {run_dir.resumes_file})")
+    config.save(run_dir.config)
 
 
 @dataclass
@@ -448,15 +464,17 @@ def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, 
     The schedule comes before the evaluation (which must see the epoch's
     phase) and before the backup and checkpoints (which must save grown
     masks and the new clusters); the evaluation before History /
-    TensorBoard / checkpoints (they log its metrics). Every worker trains
-    and re-clusters; the chief alone evaluates, writes files, backs up and
-    checkpoints.
+    TensorBoard / checkpoints (they log its metrics); the backup last, so
+    an epoch whose generation is committed has its history, last.keras and
+    TensorBoard summaries on disk (a kill right after the last commit left
+    them one epoch old, issue 19). Every worker trains and re-clusters; the
+    chief alone evaluates, writes files, backs up and checkpoints.
     """
     callbacks = [NonFiniteLossGuard(checkpoint_hint=nonfinite_advice(run_dir, config)), schedule]
     if chief:
-        callbacks += [evaluation, HistoryWriter(run_dir, schedule),
-                      GenerationBackup(GenerationStore(run_dir.backup), schedule),
-                      AtomicModelCheckpoint(run_dir.last_checkpoint), keras.callbacks.TensorBoard(run_dir.logs)]
+        callbacks += [evaluation, HistoryWriter(run_dir, schedule), AtomicModelCheckpoint(run_dir.last_checkpoint),
+                      FlushingTensorBoard(run_dir.logs),
+                      GenerationBackup(GenerationStore(run_dir.backup), schedule, settings=config.to_dict())]
     return callbacks
 
 
@@ -479,9 +497,16 @@ def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, confi
 
 
 def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embed, evaluation, metrics: dict,
-           train_seconds: float, export: bool, verbose: int = 1) -> dict:
-    """Saves model.keras, evaluates the trained model, exports it if asked and writes metrics.json."""
+           train_seconds: float, export: bool, verbose: int = 1, *, initial_epoch: int = 0) -> dict:
+    """Saves model.keras, evaluates the trained model, exports it if asked and writes metrics.json.
+
+    A resume with nothing left to train (`initial_epoch` >= epochs: killed
+    after its last generation) also rewrites last.keras, which a run killed
+    there by an older tfdnc left one epoch old.
+    """
     save_model_atomic(model, run_dir.model)
+    if initial_epoch >= config.epochs:
+        save_model_atomic(model, run_dir.last_checkpoint)
     # The last epoch's evaluation already scored these weights; reuse it.
     final = evaluation.result if evaluation.result_epoch == config.epochs - 1 else None
     metrics["after"] = evaluate_and_print("After training", data.splits, embed, verbose, result=final)
@@ -518,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
             backup_every_steps=args.backup_every_steps, verbose=args.verbose)
-    except (RunLockedError, UnsafeFileError) as exc:
+    except (RunLockedError, UnsafeFileError, ResumeRefusedError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -10,7 +10,8 @@
 - `generations`: `GenerationStore`, backup generations committed whole (weights,
   clusters and random state of one epoch) or not at all;
 - `backup`: `GenerationBackup` (the callback that commits them), `restore_latest`,
-  `save_model_atomic`;
+  `check_settings` (a resume's config against its generations), `save_model_atomic`,
+  `FlushingTensorBoard`;
 - `random_state`: the random state a resumed run needs to repeat the uninterrupted one;
 - `lock`: `RunLock`, one training process per run directory;
 - `faults`: test-only SIGKILL points (TFDNC_TEST_KILL_AT).

@@ -8,6 +8,13 @@ newest complete generation before `fit` and returns the epoch to continue
 at. Weights and clusters therefore always come from the same epoch, and a
 kill at any instant leaves a generation that loads.
 
+Each generation's COMMIT records the run's settings; `check_settings`
+refuses a resume whose config.json no longer matches them (an edited
+`embedding_dim` would not load, and starting over would destroy the run).
+A generation that does not load for another reason is set aside, never
+deleted, and the one before it is used; when none loads the resume is
+refused (`ResumeRefusedError`) with the run directory left as it was.
+
 `save_model_atomic` writes a `.keras` file to a temporary name and renames
 it, so a reader (an export started during training) sees the old file or
 the new one, never half of one.
@@ -20,32 +27,94 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Iterable
 
 import keras
+import numpy as np
 
 from tfdnc.training import faults
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore
 from tfdnc.training.generations import CLUSTERS, RANDOM, WEIGHTS, Generation, GenerationStore
 from tfdnc.training.random_state import restore_random_state, save_random_state
 
+SETTINGS = "settings"  # the key of a generation's COMMIT that holds the run's settings
+# Settings that say where files are, not what trains: a run directory copied to
+# another machine finds its data and its decoded-image cache elsewhere.
+LOCATION_SETTINGS = ("data_dir", "cache_dir")
+
+
+class ResumeRefusedError(ValueError):
+    """A `--resume` that cannot continue its run; raised before anything in the run directory changed.
+
+    Example:
+    >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
+    ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
+    runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
+    """
+
+
+def settings_record(settings: dict) -> dict:
+    """`settings` as a generation's COMMIT stores them (JSON: tuples become lists, NumPy numbers numbers)."""
+    return json.loads(json.dumps(settings, default=lambda value: np.asarray(value).tolist()))
+
+
+def check_settings(store: GenerationStore, settings: dict, *, may_differ: Iterable[str] = (),
+                   config_path: str = "config.json") -> None:
+    """Raises `ResumeRefusedError` naming each setting in which `settings` differ from the newest generation's.
+
+    Reads only: call it before a resume writes anything. Settings in
+    `may_differ` (what a resume may change) and `LOCATION_SETTINGS` are not
+    compared; nor are settings a generation did not record (written by an
+    older tfdnc: loading it will tell).
+
+    Args:
+        store: the run's generations.
+        settings: the resumed run's settings (`TrainConfig.to_dict()`).
+        may_differ: names a resume may change (`tfdnc.config.RESUME_OVERRIDES`).
+        config_path: the file the settings come from, for the message.
+    """
+    allowed = set(may_differ) | set(LOCATION_SETTINGS)
+    current = settings_record(settings)
+    for found in store.committed():
+        recorded = found.info.get(SETTINGS)
+        if not isinstance(recorded, dict):
+            continue
+        differing = [name for name in sorted(recorded)
+                     if name in current and name not in allowed and recorded[name] != current[name]]
+        if differing:
+            flags = ", ".join("--" + name.replace("_", "-") for name in sorted(set(may_differ)))
+            raise ResumeRefusedError(
+                f"--resume: {config_path} does not match the run's backup generation {found.directory}: "
+                + "; ".join(f"{name}: {json.dumps(recorded[name])} in the generation, "
+                            f"{json.dumps(current[name])} in {config_path}" for name in differing)
+                + f". Nothing was changed; put the setting(s) back, or train a new run in another --run-dir "
+                f"(a resume may change only {flags})")
+        return
+
 
 class GenerationBackup(keras.callbacks.Callback):
     """Commits weights + cluster state + random state as one generation at each epoch's end.
 
-    Put it after the schedule (whose re-clustering it saves) and after the
+    Put it last: after the schedule (whose re-clustering it saves), the
     evaluation (so a kill during a long evaluation redoes the epoch rather
-    than resuming with an evaluation missing from the history).
+    than resuming with an evaluation missing from the history), and the
+    callbacks that write the epoch's files (history, last.keras,
+    `FlushingTensorBoard`), so that a committed epoch has all of them.
 
     Args:
         store: the `GenerationStore` (RUN_DIR/backup).
         schedule: the `DivideAndConquerSchedule` whose `cluster_state()` is saved.
+        settings: the run's settings (`TrainConfig.to_dict()`), recorded in
+            each COMMIT for `check_settings`.
     """
 
-    def __init__(self, store: GenerationStore, schedule):
+    def __init__(self, store: GenerationStore, schedule, settings: dict | None = None):
         super().__init__()
         self.store = store
         self.schedule = schedule
+        self.settings = settings_record(settings) if settings is not None else None
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -65,16 +134,27 @@ class GenerationBackup(keras.callbacks.Callback):
             ClusterStateStore.write_state(os.path.join(folder, CLUSTERS), state)
             save_random_state(os.path.join(folder, RANDOM), self.model)
 
-        self.store.commit(done, write, info={"K": int(state.k)})
+        info = {"K": int(state.k)}
+        if self.settings is not None:
+            info[SETTINGS] = self.settings
+        self.store.commit(done, write, info=info)
 
 
 def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose: int = 1, *,
                    generation: int | None = None, writer: bool = True) -> int:
     """Loads the newest complete generation into `model` and `schedule`; returns the epoch to start at.
 
-    A generation that fails to load (a disk error after its commit) is
-    reported and the one before it is tried. With none, the run starts at
-    epoch 0 and the schedule clusters afresh.
+    A generation that fails to load (a disk error after its commit, a file
+    replaced by hand) is reported and the one before it is tried; once one
+    loads, those that did not are set aside (`unloadable-gen-<N>`), never
+    deleted. When generations exist and none loads, `ResumeRefusedError`
+    is raised with the folder untouched: the run is never restarted over
+    them. With no generation at all, the run starts at epoch 0 and the
+    schedule clusters afresh.
+
+    The writer also finishes what a kill right after a commit left undone:
+    half-written folders are removed and generations beyond `store.keep`
+    pruned, as at the end of an uninterrupted run.
 
     Args:
         generation: load exactly this one (a multi-worker run: the chief's
@@ -82,11 +162,6 @@ def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose
         writer: whether this process may tidy the folder (the chief; other
             workers only read).
     """
-    if writer:
-        removed = store.clean()
-        if removed and verbose:
-            print(f"[tfdnc] removed {len(removed)} unfinished backup folder(s) in {store.directory} "
-                  "(a run killed while writing its backup)")
     candidates = store.committed()
     if generation is not None:
         candidates = [g for g in candidates if g.generation == generation]
@@ -94,23 +169,49 @@ def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose
             raise FileNotFoundError(
                 f"backup generation {generation} chosen by the chief is not in {store.directory!r} on this worker: "
                 "a multi-worker --resume needs the run directory on storage every worker can read")
+    failed = []
     for found in candidates:
         try:
             state = _load(model, schedule, found)
         except (OSError, ValueError, KeyError) as exc:
             if generation is not None:
                 raise
-            print(f"[tfdnc] backup generation {found.directory} does not load ({exc}); trying the previous one")
+            failed.append((found, _first_line(exc)))
+            print(f"[tfdnc] backup generation {found.directory} does not load ({_first_line(exc)}); "
+                  "trying the previous one")
             continue
         if writer:
-            store.discard_after(found.generation)
+            _remove_unfinished(store, verbose)
+            for bad, _ in failed:
+                print(f"[tfdnc] kept the backup generation that does not load as {store.set_aside(bad)}")
+            store.prune()
         if verbose:
             print(f"[tfdnc] resuming from {found.directory}: {found.epoch} epoch(s) done, K={state.k}")
         return found.epoch
+    if failed:
+        raise ResumeRefusedError(
+            f"--resume: no backup generation in {store.directory} loads ("
+            + "; ".join(f"{os.path.basename(g.directory)}: {why}" for g, why in failed)
+            + "). Nothing was changed; the run cannot continue from these files: train a new run in another "
+            "--run-dir, or restore the backup folder from a copy")
+    if writer:
+        _remove_unfinished(store, verbose)
     schedule.resume_from(None)
     if verbose:
         print(f"[tfdnc] no complete backup generation in {store.directory}; starting from epoch 1")
     return 0
+
+
+def _remove_unfinished(store: GenerationStore, verbose: int) -> None:
+    removed = store.clean()
+    if removed and verbose:
+        print(f"[tfdnc] removed {len(removed)} unfinished backup folder(s) in {store.directory} "
+              "(a run killed while writing its backup)")
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first non-empty line (Keras's load errors run over many lines)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _load(model: keras.Model, schedule, generation: Generation) -> ClusterState:
@@ -151,4 +252,26 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         save_model_atomic(self.model, self.path)
 
 
-__all__ = ["AtomicModelCheckpoint", "GenerationBackup", "restore_latest", "save_model_atomic"]
+class FlushingTensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` whose epoch summaries are on disk when `on_epoch_end` returns.
+
+    Keras flushes its summary writers when their queue fills, every two
+    minutes, or at the end of `fit`; a run killed in between loses those
+    epochs from TensorBoard although its backup holds them. Put it before
+    `GenerationBackup`: once an epoch's generation is committed, the epoch
+    is in TensorBoard.
+
+    Example:
+    >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        # Keras keeps its writers in `_writers` (keras/src/callbacks/tensorboard.py, set_model)
+        # and offers no public flush.
+        for writer in self._writers.values():
+            writer.flush()
+
+
+__all__ = ["AtomicModelCheckpoint", "FlushingTensorBoard", "GenerationBackup", "ResumeRefusedError",
+           "check_settings", "restore_latest", "save_model_atomic", "settings_record"]

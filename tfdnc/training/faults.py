@@ -11,6 +11,9 @@ Points (epochs are 1-based, as printed):
     mid_epoch@E      after half of the batches of epoch E
     after_recluster@E    right after "re-clustered after epoch E" is printed
     backup@N         generation N's files are written, its COMMIT is not
+    committed@N      generation N is committed, the older ones are not pruned yet; at the
+                     last epoch this is "killed during the final evaluation": what is left
+                     is the final evaluation, model.keras, metrics.json and the export
     export           half a second after the export started (a timer)
 
 Example:

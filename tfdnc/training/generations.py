@@ -20,7 +20,11 @@ when every file is complete and flushed (a rename is atomic on POSIX), and
 COMMIT must name the same N as the folder. A folder without a matching
 COMMIT is never read, so a kill at any instant leaves either the new
 generation or the previous one. The previous generation is removed only
-after the new one is committed (`keep` generations stay).
+after the new one is committed (`keep` generations stay). COMMIT also
+records the run's settings, so a resume can tell whether its config.json
+still describes the generation (`tfdnc.training.backup.check_settings`). A
+generation that is committed but does not load is never deleted: it is set
+aside as `unloadable-gen-<N>` when an older one takes over.
 
 Example:
 >>> store = GenerationStore("runs/a/backup")
@@ -47,6 +51,7 @@ RANDOM = "random.npz"
 FORMAT = "tfdnc-generation/1"
 _NAME = re.compile(r"^gen-(\d{8})$")
 _TEMP_PREFIX = ".tmp-gen-"
+_UNLOADABLE_PREFIX = "unloadable-"
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ class GenerationStore:
         else:
             os.replace(temp, final)
         _fsync(self.directory)
-        self._prune(keep_at_least=generation)
+        faults.kill_point("committed", epoch=generation)
+        self.prune(keep_at_least=generation)
         return Generation(final, int(generation), int(generation), record)
 
     def clean(self) -> list[str]:
@@ -159,16 +165,26 @@ class GenerationStore:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         return removed
 
-    def discard_after(self, generation: int) -> None:
-        """Removes committed generations newer than `generation` (not used by a restart from it)."""
-        for g in self.committed():
-            if g.generation > generation:
-                shutil.rmtree(g.directory, ignore_errors=True)
+    def set_aside(self, generation: Generation) -> str:
+        """Renames a committed generation that does not load to `unloadable-gen-<N>[-<i>]`; returns the new path.
 
-    def _prune(self, keep_at_least: int) -> None:
+        It is kept for a look (a disk error, a file copied in by hand), out of
+        the way of the commits of the run resumed from an older generation,
+        which would otherwise replace it.
+        """
+        base = os.path.join(self.directory, f"{_UNLOADABLE_PREFIX}{os.path.basename(generation.directory)}")
+        target, i = base, 1
+        while os.path.exists(target):
+            target, i = f"{base}-{i}", i + 1
+        os.replace(generation.directory, target)
+        _fsync(self.directory)
+        return target
+
+    def prune(self, keep_at_least: int | None = None) -> None:
+        """Removes committed generations beyond the newest `keep` (none at or above `keep_at_least`)."""
         committed = self.committed()
         for g in committed[self.keep:]:
-            if g.generation < keep_at_least:
+            if keep_at_least is None or g.generation < keep_at_least:
                 shutil.rmtree(g.directory, ignore_errors=True)
 
 
