@@ -19,10 +19,12 @@ a second process out of a run directory in use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -250,11 +252,12 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
     """The compiled Divide & Conquer model, built under `strategy`'s scope."""
     with strategy.scope():
         loss = get_loss(config.loss, **loss_arguments(config, data.num_classes))
-        backbone = build_backbone(
-            config.backbone, (config.image_size, config.image_size, data.channels), weights=config.backbone_weights,
-            freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
-            batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
-        )
+        with backbone_weights(config.backbone_weights) as weights:
+            backbone = build_backbone(
+                config.backbone, (config.image_size, config.image_size, data.channels), weights=weights,
+                freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
+                batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
+            )
         # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
         coupled = config.weight_decay_mode == "coupled"
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
@@ -279,6 +282,22 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
     return model
+
+
+@contextlib.contextmanager
+def backbone_weights(weights: str | None):
+    """--backbone-weights as `build_backbone` takes it: a run's model.keras gives its backbone's weights.
+
+    That is the hand-over of the emulated papers' regime: a supervised K = 1
+    run on one data set pretrains the backbone that D&C starts from on another.
+    """
+    if not (isinstance(weights, str) and weights.endswith(".keras")):
+        yield weights
+        return
+    from tfdnc.pretrain.handoff import backbone_weights_from_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        yield backbone_weights_from_model(weights, os.path.join(folder, "backbone.weights.h5"))
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupDecay | None:
