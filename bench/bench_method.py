@@ -14,9 +14,9 @@ change between consecutive epochs over the last five, and the gap between
 the final and the best epoch.
 
 `regime` emulates the papers' regime without ImageNet: a supervised K = 1
-run pretrains the backbone on a *source* set (shapes drawn with another
-seed: 400 classes none of which is a class of the target, all used for
-training), then K = 1 and D&C (learnable and fixed masks) train on the
+run pretrains the backbone on a *source* set (shapes drawn with seed 1,
+without any class that is one of the target's test classes: 288 classes),
+then K = 1 and D&C (learnable and fixed masks) train on the
 target (`shapes`, seed 0) from that backbone, with frozen BatchNorm
 statistics, at the papers' ratio (network 1e-5-like, masks 100x) and at
 tfdnc's default rates, and most epochs at the final K. It reports MAP@R and
@@ -41,6 +41,9 @@ SWING_VARIANTS = {
     "BatchNorm momentum 0.99": ["--batchnorm-momentum", "0.99"],
     "EMA of the weights (0.99 per step)": ["--ema", "--ema-momentum", "0.99"],
     "cosine + EMA": ["--lr-schedule", "cosine", "--warmup-epochs", "1", "--ema", "--ema-momentum", "0.99"],
+    # the re-clustering jolt's control: no re-clustering at all
+    "K = 1 (no re-clustering), constant lr": ["--k-final", "1"],
+    "K = 1, cosine schedule": ["--k-final", "1", "--lr-schedule", "cosine", "--warmup-epochs", "1"],
 }
 
 
@@ -90,8 +93,28 @@ def swing(args) -> None:
         print(f"{name}: {' '.join(f'{m:.1f}' for m in s['map_per_epoch'])}")
 
 
+def _prototypes(seed: int, num_classes: int = 400, num_families: int = 4) -> dict[int, tuple]:
+    """class id -> (family, prototype) of `load_shapes(num_classes, seed=seed)`, drawn as it draws them."""
+    from tfdnc.datasets import shapes
+
+    class_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    classes = np.arange(num_classes)
+    out = {}
+    for f in range(num_families):
+        members = classes[classes % num_families == f]
+        rows = shapes._PROTOTYPES[shapes.FAMILIES[f]](class_rng, len(members))
+        out.update({int(c): (f, tuple(np.round(r, 6))) for c, r in zip(members, rows)})
+    return out
+
+
 def write_source_folder(folder: str, seed: int) -> str:
-    """Shapes drawn with another seed, every class for training, as a folder of PNGs (once)."""
+    """Shapes drawn with another seed, minus every class that is one of the target's test classes (once).
+
+    The shape and texture families hold about 115 classes each, so another
+    seed redraws many of seed 0's classes: the source keeps none of the
+    target's 200 test classes, but some of its training classes (as ImageNet
+    holds birds for CUB). The last 40 kept classes form the folder's test split.
+    """
     done = os.path.join(folder, "DONE")
     if os.path.isfile(done):
         return folder
@@ -99,14 +122,21 @@ def write_source_folder(folder: str, seed: int) -> str:
 
     from tfdnc.datasets.shapes import load_shapes
 
-    # train_fraction 0.9: 360 classes train the backbone; the folder loader needs a test split too.
-    splits = load_shapes(num_classes=400, images_per_class=12, seed=seed, train_fraction=0.9)
-    for part, image_set in (("train", splits.train), ("test", splits.test)):
-        for i, (image, label) in enumerate(zip(image_set.images, image_set.labels)):
-            path = os.path.join(folder, part, f"c{int(label):04d}", f"{i:05d}.png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            Image.fromarray(image).save(path)
-    open(done, "w").close()
+    target_test = {v for c, v in _prototypes(0).items() if c >= 200}
+    keep = sorted(c for c, v in _prototypes(seed).items() if v not in target_test)
+    held_out = set(keep[-40:])
+    splits = load_shapes(num_classes=400, images_per_class=12, seed=seed)
+    images = np.concatenate([splits.train.images, splits.test.images])
+    labels = np.concatenate([splits.train.labels, splits.test.labels])
+    for i, (image, label) in enumerate(zip(images, labels)):
+        if int(label) not in keep:
+            continue
+        part = "test" if int(label) in held_out else "train"
+        path = os.path.join(folder, part, f"c{int(label):04d}", f"{i:05d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(image).save(path)
+    with open(done, "w") as f:
+        f.write(f"{len(keep)} classes of shapes seed {seed}, none a test class of seed 0\n")
     return folder
 
 
@@ -121,21 +151,24 @@ def regime(args) -> None:
     weights = os.path.join(pretrained, "model.keras")
     # Most steps at the final K: K 1 -> 2 -> 4 after epochs 1 and 2 (T = 1), then re-clustered every 2 epochs.
     dc = ["--k-final", "4", "--recluster-every", "1", "--full-embedding-epoch", "none"]
-    papers = ["--backbone-weights", weights, "--freeze-batchnorm", "--learning-rate", str(args.papers_lr),
-              "--mask-lr-mult", "100"]
-    default = ["--backbone-weights", weights, "--freeze-batchnorm"]
+    lr = f"{args.papers_lr:g}"
+    pretrained = ["--backbone-weights", weights, "--freeze-batchnorm", "--learning-rate", lr]
+    papers = pretrained + ["--mask-lr-mult", "100"]
     variants = {
-        "scratch, K = 1 (default rates)": ["--k-final", "1"],
-        "scratch, D&C learnable (default rates)": dc,
-        "pretrained, K = 1, default rates": default + ["--k-final", "1"],
-        "pretrained, D&C learnable, default rates (masks = network)": default + dc,
-        f"pretrained, K = 1, papers' ratio (lr {args.papers_lr:g})": papers + ["--k-final", "1"],
-        "pretrained, D&C learnable, papers' ratio (masks 100x)": papers + dc,
-        "pretrained, D&C fixed blocks, papers' ratio": papers + dc + ["--mask-mode", "fixed"],
+        f"pretrained, K = 1 (lr {lr})": pretrained + ["--k-final", "1"],
+        f"pretrained, D&C learnable, papers' ratio (lr {lr}, masks 100x)": papers + dc,
+        f"pretrained, D&C learnable, masks at the network's rate ({lr})": pretrained + dc,
+        "pretrained, D&C fixed blocks (CVPR)": pretrained + dc + ["--mask-mode", "fixed"],
+        "from scratch, K = 1 (lr 1e-3)": ["--k-final", "1"],
+        "from scratch, D&C learnable, masks at the network's rate (1e-3)": dc,
+        "from scratch, D&C learnable, masks 100x (1e-3 / 0.1)": dc + ["--mask-lr-mult", "100"],
+        "from scratch, D&C fixed blocks (CVPR)": dc + ["--mask-mode", "fixed"],
     }
     rows = []
-    for name, extra in variants.items():
-        slug = "".join(c if c.isalnum() else "_" for c in name)[:48]
+    for i, (name, extra) in enumerate(variants.items()):
+        if args.only and i not in args.only:
+            continue
+        slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
         s = summary(train(os.path.join(args.out, f"regime_{args.seed}_{slug}"), ["--dataset", "shapes"] + common + extra))
         rows.append((name, s))
     print(f"\nshapes (target), {args.epochs} epochs x {args.steps} steps, seed {args.seed}; backbone pretrained "
@@ -159,11 +192,12 @@ def main(argv=None) -> int:
     p.add_argument("--only", type=int, nargs="*", help="run only these variants (0-based; to split over processes)")
     p.add_argument("--out", default="runs/bench_method")
     p = sub.add_parser("regime")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--papers-lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", type=int, nargs="*", help="run only these variants (0-based; to split over processes)")
     p.add_argument("--out", default="runs/bench_method")
     args = parser.parse_args(argv)
     {"swing": swing, "regime": regime}[args.command](args)

@@ -74,10 +74,15 @@ def test_learning_rates_follow_the_schedule_across_a_kill_and_resume(tmp_path):
     Network and masks (100x) follow one curve, read from the network
     optimizer's step count that the backup restores; K grows after epoch 1,
     which restarts the mask optimizer's own step count but not the curve.
+    With --ema the resumed run also scores what the uninterrupted one scores
+    (the backup holds the trained weights and their average).
     """
     run_dir = tmp_path / "run"
     flags = ["--lr-schedule", "step", "--lr-milestones", "0.4", "0.9", "--lr-gamma", "0.5", "--warmup-epochs", "1",
-             "--learning-rate", "1e-4", "--mask-lr-mult", "100"]
+             "--learning-rate", "1e-4", "--mask-lr-mult", "100", "--ema", "--ema-momentum", "0.8",
+             "--eval-every", "1"]
+    reference = _train(tmp_path / "reference", *flags)
+    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
     killed = _train(run_dir, *flags, kill_at="mid_epoch@3")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     resumed = _train(run_dir, *flags, "--resume")
@@ -91,6 +96,8 @@ def test_learning_rates_follow_the_schedule_across_a_kill_and_resume(tmp_path):
     assert expected[0] > expected[2] > expected[3]  # the schedule decays within this run
     assert [h["learning_rate"] for h in history] == pytest.approx(expected, rel=1e-5)
     assert [h["mask_learning_rate"] for h in history] == pytest.approx([100 * r for r in expected], rel=1e-5)
+    uninterrupted = json.load(open(tmp_path / "reference" / "history.json"))
+    assert [h["val_map@r"] for h in history] == pytest.approx([h["val_map@r"] for h in uninterrupted], abs=1e-6)
 
 
 def test_ema_run_saves_the_weights_its_last_evaluation_scored(tmp_path):

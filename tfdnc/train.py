@@ -447,6 +447,9 @@ def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embe
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
     metrics.update(model.masks.statistics())  # mask_cosine, mask_off_share: do the subspaces divide?
+    if model.num_learners > 1:
+        print(f"[tfdnc] the {model.num_learners} masks: mean pairwise cosine {metrics['mask_cosine']:.3f}, "
+              f"{100 * metrics['mask_off_share']:.1f}% of their entries switched off (< 0.1 x the mask's largest)")
     if export:
         from tfdnc.exporting import export_run
 
