@@ -67,9 +67,12 @@ def train(run_dir: str, args: list[str]) -> list[dict]:
 def summary(history: list[dict]) -> dict:
     maps = [100 * h["val_map@r"] for h in history if "val_map@r" in h]
     tail = maps[-6:]
+    second_half = np.diff(maps[len(maps) // 2 - 1:])
     return {"map_per_epoch": [round(m, 2) for m in maps], "final": maps[-1], "best": max(maps),
             "gap": max(maps) - maps[-1], "last3": float(np.mean(maps[-3:])),
             "swing": float(np.mean(np.abs(np.diff(tail)))) if len(tail) > 1 else 0.0,
+            # the largest fall from one epoch to the next in the second half of the run
+            "drop": float(max(0.0, -second_half.min())) if len(second_half) else 0.0,
             "mask_cosine": history[-1].get("mask_cosine"), "mask_off_share": history[-1].get("mask_off_share")}
 
 
@@ -84,10 +87,12 @@ def swing(args) -> None:
         s = summary(train(os.path.join(args.out, f"swing_{args.dataset}_{args.seed}_{slug}"), base + extra))
         rows.append((name, s))
     print(f"\n{args.dataset}, {args.epochs} epochs x {args.steps} steps, seed {args.seed}: test MAP@R (%)\n")
-    print("| setting | final | best | final - best | last 3 | mean abs. change, last 5 epochs |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | final | best | final - best | last 3 | mean abs. change, last 5 epochs | "
+          "largest fall, 2nd half |")
+    print("|---|---|---|---|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s['final']:.2f} | {s['best']:.2f} | {-s['gap']:.2f} | {s['last3']:.2f} | {s['swing']:.2f} |")
+        print(f"| {name} | {s['final']:.2f} | {s['best']:.2f} | {-s['gap']:.2f} | {s['last3']:.2f} | "
+              f"{s['swing']:.2f} | {s['drop']:.2f} |")
     print()
     for name, s in rows:
         print(f"{name}: {' '.join(f'{m:.1f}' for m in s['map_per_epoch'])}")

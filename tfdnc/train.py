@@ -380,6 +380,7 @@ def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, res
                                writer=chief)
         if not isinstance(base_optimizer(model.optimizer)._learning_rate, WarmupDecay):
             model.optimizer.learning_rate.assign(config.learning_rate)  # a schedule is rebuilt from the config
+            model.mask_optimizer.learning_rate.assign(config.mask_rate)  # follows a new rate with --mask-lr-mult
     return start
 
 
