@@ -4,7 +4,7 @@ Every measurement is a few `train.py` runs (one process each, evaluated
 after every epoch) whose history.json this script reads. Runs already in
 --out are reused, so an interrupted measurement continues where it stopped.
 
-    python bench/bench_method.py swing  [--dataset shapes] [--epochs 20] [--steps 40]
+    python bench/bench_method.py swing  [--dataset shapes] [--epochs 20] [--steps 40] [--extra "--k-final 2"]
     python bench/bench_method.py regime [--epochs 12] [--steps 40]
 
 `swing` compares, on one data set, today's settings with a learning-rate
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ def summary(history: list[dict]) -> dict:
 
 def swing(args) -> None:
     base = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps),
-            "--eval-every", "1", "--seed", str(args.seed)]
+            "--eval-every", "1", "--seed", str(args.seed), *shlex.split(args.extra)]
     rows = []
     for i, (name, extra) in enumerate(SWING_VARIANTS.items()):
         if args.only and i not in args.only:
@@ -162,12 +163,14 @@ def regime(args) -> None:
     variants = {
         f"pretrained, K = 1 (lr {lr})": pretrained + ["--k-final", "1"],
         f"pretrained, D&C learnable, papers' ratio (lr {lr}, masks 100x)": papers + dc,
-        f"pretrained, D&C learnable, masks at the network's rate ({lr})": pretrained + dc,
+        "pretrained, D&C learnable, masks at tfdnc's default 1e-3": pretrained + dc,
         "pretrained, D&C fixed blocks (CVPR)": pretrained + dc + ["--mask-mode", "fixed"],
         "from scratch, K = 1 (lr 1e-3)": ["--k-final", "1"],
         "from scratch, D&C learnable, masks at the network's rate (1e-3)": dc,
         "from scratch, D&C learnable, masks 100x (1e-3 / 0.1)": dc + ["--mask-lr-mult", "100"],
         "from scratch, D&C fixed blocks (CVPR)": dc + ["--mask-mode", "fixed"],
+        # the masks at the pretrained runs' absolute rate (1e-2) on a fast network: rate or ratio?
+        "from scratch, D&C learnable, masks 10x (1e-3 / 1e-2)": dc + ["--mask-lr-mult", "10"],
     }
     rows = []
     for i, (name, extra) in enumerate(variants.items()):
@@ -195,6 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", type=int, nargs="*", help="run only these variants (0-based; to split over processes)")
+    p.add_argument("--extra", default="", help="more train.py flags for every run, e.g. '--k-final 2'")
     p.add_argument("--out", default="runs/bench_method")
     p = sub.add_parser("regime")
     p.add_argument("--epochs", type=int, default=10)
