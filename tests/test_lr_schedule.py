@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from tfdnc.config import TrainConfig, build_parser
