@@ -19,6 +19,7 @@ README_SECTIONS = [
 ]
 BENCH_SECTIONS = [
     "train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain", "backbones",
+    "method",
 ]
 
 
