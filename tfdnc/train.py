@@ -405,7 +405,9 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupD
     if config.lr_schedule == "constant" and not config.warmup_epochs:
         return None  # a plain float rate: the optimizer state of runs from before schedules existed
     return WarmupDecay(config.learning_rate, total_steps=config.epochs * steps_per_epoch,
-                       warmup_steps=config.warmup_epochs * steps_per_epoch, decay=config.lr_schedule,
+                       # a warm-up never spans the whole run (it would never reach the rate)
+                       warmup_steps=min(config.warmup_epochs, config.epochs - 1) * steps_per_epoch,
+                       decay=config.lr_schedule,
                        milestones=config.lr_milestones, gamma=config.lr_gamma)
 
 
