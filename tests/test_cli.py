@@ -186,6 +186,32 @@ def test_search_with_a_gallery_folder_or_npz_matches_brute_force(export_base, ex
     assert capsys.readouterr().out.split("\t")[2] == ids[order[0, 0]]
 
 
+def test_search_takes_the_npy_and_npz_tfdnc_embed_writes(export_base, exported, images, tmp_path, capsys):
+    ids, paths = _files(images)
+    gallery = exported.embed([str(p) for p in paths])
+    nearest = int(np.argmax(exported.embed([str(paths[4])]) @ gallery.T))
+    export = str(export_base / "cli")
+
+    assert cli.main(["embed", export, str(images), "-o", str(tmp_path / "g.npz")]) == 0
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as data:  # strings, no pickled objects
+        np.testing.assert_allclose(data["embeddings"], gallery, atol=1e-6)
+        assert list(data["ids"]) == ids
+        assert list(data["paths"]) == [str(p) for p in paths]
+        assert list(data["labels"]) == [i.split("/")[0] for i in ids]  # the class subfolders
+    assert cli.main(["embed", export, str(images), "-o", str(tmp_path / "g.npy")]) == 0
+    capsys.readouterr()
+    for name in ("g.npz", "g.npy"):  # the .npy's ids come from the .ids.txt beside it
+        assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / name), "-k", "1"]) == 0
+        assert capsys.readouterr().out.split("\t")[2] == ids[nearest], name
+
+    np.save(tmp_path / "bare.npy", gallery)  # no ids beside it: the row numbers
+    assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / "bare.npy"), "-k", "1"]) == 0
+    assert capsys.readouterr().out.split("\t")[2] == str(nearest)
+    np.save(tmp_path / "learners.npy", np.zeros((2, 2, 8), np.float32))
+    assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / "learners.npy")]) == 2
+    assert "tfdnc search: error: Gallery: `embeddings` must be a non-empty (N, d) array" in capsys.readouterr().err
+
+
 def test_bad_image_file_is_named(export_base, images, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
