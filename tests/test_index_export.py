@@ -132,6 +132,27 @@ def test_build_add_remove_search_versions(exports, images, model, backend, tmp_p
     assert info["export"]["version"] == 1 and info["export"]["model"] == "dnc"
 
 
+def test_remove_takes_the_relative_or_absolute_path_from_any_directory(exports, images, tmp_path, monkeypatch,
+                                                                        capsys):
+    _, ours, _ = exports
+    export = tmp_path / "dnc"
+    shutil.copytree(ours, export / "1")
+    shutil.copytree(images["gallery"], tmp_path / "gallery")
+    monkeypatch.chdir(tmp_path)
+    assert cli("build", export, "gallery") == 0  # kept as gallery/horizontal/...
+    first, second, third = (p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "gallery").rglob("*.png"))[:3])
+    assert cli("remove", export, "--paths", tmp_path / first) == 0
+    assert cli("remove", export, "--paths", f"./{second}") == 0
+    monkeypatch.chdir(images["queries"])  # elsewhere: the absolute path still names it
+    assert cli("remove", export, "--paths", tmp_path / third) == 0
+    left = {r["path"] for r in search_records(tmp_path, export, images["queries"])}
+    assert left and not left & {first, second, third}
+    assert len(open_index(export)) == 12 - 3
+    capsys.readouterr()
+    assert cli("remove", export, "--paths", tmp_path / first) == 2  # gone already: named, nothing removed
+    assert f"image {str(tmp_path / first)!r} is not in the index" in capsys.readouterr().err
+
+
 def test_calibrate_then_search_answers_no_match_below(exports, images, model, tmp_path, capsys):
     export = tmp_path / "dnc"
     shutil.copytree(exports[1], export / "1")

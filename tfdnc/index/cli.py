@@ -74,8 +74,9 @@ def _fill(parser: argparse.ArgumentParser) -> None:
 
     remove = command("remove", "remove images by id or path (a new index version)")
     which = remove.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ids", type=int, nargs="+")
-    which.add_argument("--paths", nargs="+")
+    which.add_argument("--ids", type=int, nargs="+", help="index ids of the images (as `search` lists them)")
+    which.add_argument("--paths", nargs="+",
+                       help="image paths: as indexed (relative to where build/add ran) or absolute")
 
     search = command("search", "nearest indexed images of query images",
                      "query image folders, CSV files or image files")
