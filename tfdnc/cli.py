@@ -33,7 +33,7 @@ import numpy as np
 
 from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
-from tfdnc.serving.files import embed_files, name_bad_image, read_files
+from tfdnc.serving.files import embed_files, embed_files_skipping, name_bad_image, read_files, report_skipped
 from tfdnc.utils.errors import run_reporting_errors
 from tfdnc.utils.records import write_records
 from tfdnc.utils.startup import import_tensorflow_quietly
@@ -153,7 +153,7 @@ def _embed(args) -> int:
                          f"(it has {model.signature_names})")
     entries = collect_images(args.images)
     output = contract.LEARNER_EMBEDDINGS if args.learners else contract.EMBEDDINGS
-    embeddings = embed_with_progress(model, entries, signature, output, args.batch_size)
+    embeddings, entries = embed_skipping(model, entries, signature, output, args.batch_size, "tfdnc embed")
     ids = [image_id for image_id, _ in entries]
     _write_embeddings(args.output, ids, embeddings, model.path, entries)
     if args.output:
@@ -195,6 +195,32 @@ def embed_with_progress(model, entries, signature, output, batch_size: int, what
             parts.append(embed_files(model, batch, signature, output, batch_size))
             bar.update(len(batch))
     return np.concatenate(parts)
+
+
+def embed_skipping(model, entries, signature, output, batch_size: int, prog: str,
+                   what: str = "images") -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Embeds the files it can read, as training does: each file left out is named on stderr, with why.
+
+    Returns (embeddings, the entries embedded), row for row.
+    """
+    from tqdm import tqdm
+
+    if not entries:
+        raise ValueError("no image files to embed")
+    parts, kept, skipped = [], [], []
+    with tqdm(total=len(entries), desc=f"embedding {what}", unit="img", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(entries), batch_size):
+            batch = entries[start : start + batch_size]
+            vectors, batch_kept, batch_skipped = embed_files_skipping(model, batch, signature, output, batch_size)
+            if vectors is not None:
+                parts.append(vectors)
+            kept.extend(batch_kept)
+            skipped.extend(batch_skipped)
+            bar.update(len(batch))
+    report_skipped(prog, skipped, len(entries))
+    if not kept:
+        raise ValueError(f"none of the {len(entries)} image files could be read (each is named above)")
+    return np.concatenate(parts), kept
 
 
 def _write_embeddings(output, ids, embeddings, source, entries) -> None:
@@ -273,8 +299,8 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
 def _load_gallery(model, gallery, batch_size):
     if os.path.isdir(gallery):
         entries = collect_images([gallery])
-        embeddings = embed_with_progress(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size,
-                                         what="gallery")
+        embeddings, entries = embed_skipping(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+                                             batch_size, "tfdnc search", what="gallery")
         return np.array([i for i, _ in entries], dtype=object), embeddings
     from tfdnc.exporting.gallery import Gallery
 

@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
 def _build(args) -> int:
     from tfdnc.index.faiss_index import FaissIndex
     from tfdnc.index.milvus_index import MilvusIndex
-    from tfdnc.index.sources import collect_images, embed_images, load_exported_model
+    from tfdnc.index.sources import collect_images, load_exported_model
     from tfdnc.index.store import export_record, index_home, save_index
 
     if args.backend == "milvus" and args.index_type == "ivf_pq":
@@ -137,7 +137,7 @@ def _build(args) -> int:
     model = load_exported_model(args.export)
     export_info = export_record(model.path)
     home = args.index or index_home(export_info["path"])
-    embeddings = embed_images(model, images.paths, args.batch_size)
+    images, embeddings = _embed_readable(model, images, args.batch_size, "build")
     dim = embeddings.shape[1]
     if args.backend == "faiss":
         index = FaissIndex(dim, args.index_type, max_k=args.max_k)
@@ -155,13 +155,13 @@ def _build(args) -> int:
 
 
 def _add(args) -> int:
-    from tfdnc.index.sources import collect_images, embed_images, load_exported_model
+    from tfdnc.index.sources import collect_images, load_exported_model
     from tfdnc.index.store import update_index
 
     export, target = _target(args)
     images = collect_images(args.images)
     # Embedding, the slow part, runs before taking the index's lock.
-    embeddings = embed_images(load_exported_model(export), images.paths, args.batch_size)
+    images, embeddings = _embed_readable(load_exported_model(export), images, args.batch_size, "add")
     with update_index(target, export=export) as index:
         index.add(embeddings, images.paths, images.labels)
     index.discard()
@@ -264,6 +264,21 @@ def _target(args) -> tuple[str, str]:
     index_dir = find_index_dir(target)
     check_export(read_metadata(index_dir), index_dir, export)
     return export, target
+
+
+def _embed_readable(model, images, batch_size: int, command: str):
+    """(the images the model can read, their embeddings): each file left out is named on stderr, as training does."""
+    from tfdnc.exporting import contract
+    from tfdnc.index.sources import ImageList
+    from tfdnc.serving.files import embed_files_skipping, report_skipped
+
+    entries = [(label, path) for path, label in zip(images.paths, images.labels)]
+    embeddings, kept, skipped = embed_files_skipping(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+                                                     batch_size)
+    report_skipped(f"tfdnc index {command}", skipped, len(entries))
+    if embeddings is None:
+        raise ValueError(f"none of the {len(entries)} image files could be read (each is named above)")
+    return ImageList([path for _, path in kept], [label for label, _ in kept]), embeddings
 
 
 def _labelled_embeddings(args, model, command: str):
