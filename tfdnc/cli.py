@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", "-o", default=None,
                        help="write .npy (+ .ids.txt beside it), .npz (embeddings, ids, paths, labels: "
                        "a --gallery for `tfdnc search`), .json or .csv; default: CSV on stdout")
-    embed.add_argument("--batch-size", type=positive_int, default=32)
+    embed.add_argument("--batch-size", type=positive_int, default=32,
+                       help="images per request to the model (default: 32)")
     embed.add_argument("--learners", action="store_true",
                        help="per-learner embeddings (embed_learners signature) instead of the full one")
 
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=positive_int, default=5,
                         help="hits per query (default 5; with the export's gallery: up to its --max-k)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: table on stdout")
-    search.add_argument("--batch-size", type=positive_int, default=32)
+    search.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per request to the model (default: 32)")
 
     from tfdnc.index import cli as index_cli
 

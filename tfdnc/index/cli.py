@@ -28,6 +28,7 @@ from tfdnc.utils.records import write_records
 
 BACKENDS = ("faiss", "milvus")
 INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "hnsw")
+BATCH_HELP = "images per request to the model (default: 32)"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,17 +61,19 @@ def _fill(parser: argparse.ArgumentParser) -> None:
 
     images_help = "image folders (labels: class subfolders), CSV files (path[,label]) or image files"
     build = command("build", "embed images with the export and build a new index", images_help)
-    build.add_argument("--backend", choices=BACKENDS, default="faiss")
+    build.add_argument("--backend", choices=BACKENDS, default="faiss",
+                       help="faiss (an index file) or milvus (Milvus Lite file, or a server with --uri); "
+                       "default: faiss")
     build.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                        help="auto: exact below 100k images, HNSW above (ivf_pq: faiss only)")
     build.add_argument("--max-k", type=int, default=100, help="largest k a search may ask for")
     build.add_argument("--uri", default=None,
                        help="milvus: server URL (http://host:19530); default: a Milvus Lite file in the index folder")
     build.add_argument("--collection", default="tfdnc_gallery", help="milvus collection name")
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     add = command("add", "embed images and add them to the index (a new index version)", images_help)
-    add.add_argument("--batch-size", type=int, default=32)
+    add.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     remove = command("remove", "remove images by id or path (a new index version)")
     which = remove.add_mutually_exclusive_group(required=True)
@@ -86,21 +89,22 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--grpc", default=None, help="embed through TF Serving's gRPC API at host:port")
     search.add_argument("--model", default=None, help="model name on the server (default: the export's)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: a table on stdout")
-    search.add_argument("--batch-size", type=int, default=32)
+    search.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     command("info", "print the index metadata")
 
     calibrate = command("calibrate", "pick the match threshold reaching a precision on labelled images",
                         "labelled validation images: class folders or CSV with a label column")
     calibrate.add_argument("--precision", type=float, default=0.95, help="target precision (default 0.95)")
-    calibrate.add_argument("--batch-size", type=int, default=32)
+    calibrate.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     evaluate = command("evaluate", "Recall@K through the index next to exact search",
                        "labelled query images: class folders or CSV with a label column")
-    evaluate.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
+    evaluate.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8],
+                          help="the K of the Recall@K reported (default: 1 2 4 8)")
     evaluate.add_argument("--exclude-self", action="store_true",
                           help="the queries are the indexed gallery: skip each query's own hit")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
