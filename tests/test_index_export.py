@@ -140,7 +140,8 @@ def test_remove_takes_the_relative_or_absolute_path_from_any_directory(exports, 
     shutil.copytree(images["gallery"], tmp_path / "gallery")
     monkeypatch.chdir(tmp_path)
     assert cli("build", export, "gallery") == 0  # kept as gallery/horizontal/...
-    first, second, third = (p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "gallery").rglob("*.png"))[:3])
+    indexed = sorted((tmp_path / "gallery").rglob("*.png"))
+    first, second, third = (p.relative_to(tmp_path).as_posix() for p in indexed[:3])
     assert cli("remove", export, "--paths", tmp_path / first) == 0
     assert cli("remove", export, "--paths", f"./{second}") == 0
     monkeypatch.chdir(images["queries"])  # elsewhere: the absolute path still names it
@@ -166,7 +167,8 @@ def test_build_and_add_skip_and_name_the_files_they_cannot_read(exports, images,
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"tfdnc index build: skipped {gallery / 'horizontal' / 'notes.png'}: ")
     assert err[0].endswith("is not a JPEG/PNG/GIF/BMP/WebP image")
-    assert err[1] == f"tfdnc index build: skipped {gallery / 'vertical' / 'cut.png'}: Invalid PNG. Failed to initialize decoder."
+    assert err[1] == (f"tfdnc index build: skipped {gallery / 'vertical' / 'cut.png'}: "
+                      "Invalid PNG. Failed to initialize decoder.")
     assert err[2] == "tfdnc index build: skipped 2 of 14 image files the model cannot read"
     # The rest is indexed with its own path and label: each query finds itself.
     good = files(images["gallery"])
