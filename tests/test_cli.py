@@ -188,15 +188,68 @@ def test_search_with_a_gallery_folder_or_npz_matches_brute_force(export_base, ex
     assert_top_k([[ids.index(capsys.readouterr().out.split("\t")[2])]], sims[:1])
 
 
-def test_bad_image_file_is_named(export_base, images, tmp_path, capsys):
+def test_search_takes_the_npy_and_npz_tfdnc_embed_writes(export_base, exported, images, tmp_path, capsys):
+    ids, paths = _files(images)
+    gallery = exported.embed([str(p) for p in paths])
+    nearest = int(np.argmax(exported.embed([str(paths[4])]) @ gallery.T))
+    export = str(export_base / "cli")
+
+    assert cli.main(["embed", export, str(images), "-o", str(tmp_path / "g.npz")]) == 0
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as data:  # strings, no pickled objects
+        np.testing.assert_allclose(data["embeddings"], gallery, atol=1e-6)
+        assert list(data["ids"]) == ids
+        assert list(data["paths"]) == [str(p) for p in paths]
+        assert list(data["labels"]) == [i.split("/")[0] for i in ids]  # the class subfolders
+    assert cli.main(["embed", export, str(images), "-o", str(tmp_path / "g.npy")]) == 0
+    capsys.readouterr()
+    for name in ("g.npz", "g.npy"):  # the .npy's ids come from the .ids.txt beside it
+        assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / name), "-k", "1"]) == 0
+        assert capsys.readouterr().out.split("\t")[2] == ids[nearest], name
+
+    np.save(tmp_path / "bare.npy", gallery)  # no ids beside it: the row numbers
+    assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / "bare.npy"), "-k", "1"]) == 0
+    assert capsys.readouterr().out.split("\t")[2] == str(nearest)
+    np.save(tmp_path / "learners.npy", np.zeros((2, 2, 8), np.float32))
+    assert cli.main(["search", export, str(paths[4]), "--gallery", str(tmp_path / "learners.npy")]) == 2
+    assert "tfdnc search: error: Gallery: `embeddings` must be a non-empty (N, d) array" in capsys.readouterr().err
+
+
+def test_embed_skips_and_names_the_files_it_cannot_read(export_base, exported, images, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    (folder / "a").mkdir(parents=True)
+    _, paths = _files(images)
+    (folder / "a" / "good.png").write_bytes(paths[0].read_bytes())
+    (folder / "a" / "notes.jpg").write_text("a text file with an image's name")
+    (folder / "b").mkdir()
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "b" / "good.png").write_bytes(paths[4].read_bytes())
+    expected = exported.embed([str(paths[0]), str(paths[4])])
+    for batch_size in ("1", "3"):  # a bad file alone in its batch, or with good ones
+        out = tmp_path / f"mixed{batch_size}.npz"
+        capsys.readouterr()
+        assert cli.main(["embed", str(export_base / "cli"), str(folder), "-o", str(out),
+                         "--batch-size", batch_size]) == 0
+        err = capsys.readouterr().err.splitlines()
+        skipped = [line for line in err if line.startswith("tfdnc embed: skipped ")]
+        assert [line.split()[3].rstrip(":") for line in skipped[:2]] == [str(folder / "a" / "notes.jpg"),
+                                                                          str(folder / "b" / "broken.png")]
+        assert skipped[0].endswith("(32 bytes) is not a JPEG/PNG/GIF/BMP/WebP image")  # why, without graph nodes
+        assert skipped[1].endswith(": Invalid PNG. Failed to initialize decoder.")
+        assert skipped[2] == "tfdnc embed: skipped 2 of 4 image files the model cannot read"
+        with np.load(out) as data:  # ids and vectors still line up
+            assert list(data["ids"]) == ["a/good.png", "b/good.png"]
+            np.testing.assert_allclose(data["embeddings"], expected, atol=1e-6)
+    (folder / "a" / "good.png").unlink()
+    (folder / "b" / "good.png").unlink()
+    assert cli.main(["embed", str(export_base / "cli"), str(folder)]) == 2
+    assert "tfdnc embed: error: none of the 2 image files could be read" in capsys.readouterr().err
+
+
+def test_bad_arguments_of_embed_are_named(export_base, images, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
     _, paths = _files(images)
     (folder / "good.png").write_bytes(paths[0].read_bytes())
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    assert cli.main(["embed", str(export_base / "cli"), str(folder)]) == 2
-    err = capsys.readouterr().err
-    assert "broken.png" in err and "tfdnc embed: error" in err
     assert cli.main(["embed", str(export_base / "cli"), str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     assert cli.main(["embed", str(export_base / "cli"), str(folder), "-o", str(tmp_path / "x.txt")]) == 2

@@ -74,6 +74,25 @@ def test_export_gives_the_same_results(run_dir, tmp_path):
         assert export_report["results"]["test"][key] == pytest.approx(value, abs=2e-3), key
 
 
+def test_an_export_evaluates_on_its_runs_benchmark_and_writes_beside_itself(run_dir, tmp_path, monkeypatch, capsys):
+    from tfdnc.exporting import export_model, export_run, load_keras_model
+
+    version = export_run(run_dir, str(tmp_path / "exports"), "dnc", warmup=False)
+    monkeypatch.chdir(tmp_path / "exports")  # nothing may land in the working directory
+    report = main(["dnc", "--no-progress"])  # no --dataset: the run's config.json says digits
+    written = os.path.join(version + ".evaluation_digits.json")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {written}"
+    assert report["dataset"] == "digits" and json.load(open(written))["results"] == report["results"]
+    assert sorted(os.listdir(tmp_path / "exports")) == ["dnc"]
+    assert sorted(os.listdir(tmp_path / "exports" / "dnc")) == ["1", "1.evaluation_digits.json"]
+
+    # A model exported without a run to read (a .keras file alone) still needs --dataset, and says so.
+    export_model(load_keras_model(os.path.join(run_dir, "model.keras")), str(tmp_path / "exports"), "alone",
+                 image_size=16, warmup=False)
+    with pytest.raises(ValueError, match="--dataset is required for the export 'alone'"):  # a UserInputError
+        main(["alone", "--no-progress"])
+
+
 def test_bad_arguments(run_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main([str(tmp_path / "nothing")])

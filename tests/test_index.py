@@ -459,3 +459,26 @@ def test_a_killed_index_writer_leaves_its_working_copy_only_until_the_next_write
         assert sorted(os.listdir(home)) == [".lock"] + [str(v) for v in range(1, saved_version + 1)]
     assert os.listdir(temp) == []  # nothing in the system temp folder
     assert len(open_index(home)) == 12
+
+
+def test_an_id_map_saved_without_absolute_paths_resolves_them_from_the_working_directory(tmp_path, monkeypatch):
+    from tfdnc.index.idmap import IdMap
+
+    monkeypatch.chdir(tmp_path)
+    ids = IdMap()
+    ids.add(["g/cat/1.png", "g/dog/2.png"], ["cat", "dog"])
+    ids.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:  # as an id map was written before absolute paths were kept
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "absolute_paths"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("new.npz", "old.npz"):
+        monkeypatch.chdir(tmp_path)
+        loaded = IdMap.load(tmp_path / name)
+        assert list(loaded.ids_of_paths([str(tmp_path / "g/dog/2.png"), "./g/cat/1.png"])) == [1, 0]
+        monkeypatch.chdir(elsewhere)  # only the new map knows where its relative paths were
+        if name == "new.npz":
+            assert list(loaded.ids_of_paths([str(tmp_path / "g/dog/2.png")])) == [1]
+        else:
+            with pytest.raises(KeyError, match="is not in the index"):
+                loaded.ids_of_paths([str(tmp_path / "g/dog/2.png")])

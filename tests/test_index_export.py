@@ -136,6 +136,61 @@ def test_build_add_remove_search_versions(exports, images, model, backend, tmp_p
     assert info["export"]["version"] == 1 and info["export"]["model"] == "dnc"
 
 
+def test_remove_takes_the_relative_or_absolute_path_from_any_directory(exports, images, tmp_path, monkeypatch,
+                                                                        capsys):
+    _, ours, _ = exports
+    export = tmp_path / "dnc"
+    shutil.copytree(ours, export / "1")
+    shutil.copytree(images["gallery"], tmp_path / "gallery")
+    monkeypatch.chdir(tmp_path)
+    assert cli("build", export, "gallery") == 0  # kept as gallery/horizontal/...
+    indexed = sorted((tmp_path / "gallery").rglob("*.png"))
+    first, second, third = (p.relative_to(tmp_path).as_posix() for p in indexed[:3])
+    assert cli("remove", export, "--paths", tmp_path / first) == 0
+    assert cli("remove", export, "--paths", f"./{second}") == 0
+    monkeypatch.chdir(images["queries"])  # elsewhere: the absolute path still names it
+    assert cli("remove", export, "--paths", tmp_path / third) == 0
+    left = {r["path"] for r in search_records(tmp_path, export, images["queries"])}
+    assert left and not left & {first, second, third}
+    assert len(open_index(export)) == 12 - 3
+    capsys.readouterr()
+    assert cli("remove", export, "--paths", tmp_path / first) == 2  # gone already: named, nothing removed
+    assert f"image {str(tmp_path / first)!r} is not in the index" in capsys.readouterr().err
+
+
+def test_build_and_add_skip_and_name_the_files_they_cannot_read(exports, images, model, tmp_path, capsys):
+    _, ours, _ = exports
+    export = tmp_path / "dnc"
+    shutil.copytree(ours, export / "1")
+    gallery = tmp_path / "gallery"
+    shutil.copytree(images["gallery"], gallery)
+    (gallery / "horizontal" / "notes.png").write_text("not an image")
+    (gallery / "vertical" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    capsys.readouterr()
+    assert cli("build", export, gallery, "--batch-size", 4) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"tfdnc index build: skipped {gallery / 'horizontal' / 'notes.png'}: ")
+    assert err[0].endswith("is not a JPEG/PNG/GIF/BMP/WebP image")
+    assert err[1] == (f"tfdnc index build: skipped {gallery / 'vertical' / 'cut.png'}: "
+                      "Invalid PNG. Failed to initialize decoder.")
+    assert err[2] == "tfdnc index build: skipped 2 of 14 image files the model cannot read"
+    # The rest is indexed with its own path and label: each query finds itself.
+    good = files(images["gallery"])
+    records = search_records(tmp_path, export, images["gallery"])  # the same images, elsewhere
+    top = {r["query"]: (r["path"], r["label"]) for r in records if r["rank"] == 1}
+    assert len(top) == 12
+    assert all(path == str(gallery / os.path.relpath(query, images["gallery"])) for query, (path, _) in top.items())
+    assert all(label == os.path.basename(os.path.dirname(path)) for path, label in top.values())
+    assert len(open_index(export)) == len(good)
+
+    extra = tmp_path / "extra"
+    shutil.copytree(images["extra"], extra)
+    (extra / "vertical" / "empty.png").write_bytes(b"")
+    assert cli("add", export, extra) == 0
+    assert f"tfdnc index add: skipped {extra / 'vertical' / 'empty.png'}: " in capsys.readouterr().err
+    assert len(open_index(export)) == len(good) + 4
+
+
 def test_calibrate_then_search_answers_no_match_below(exports, images, model, tmp_path, capsys):
     export = tmp_path / "dnc"
     shutil.copytree(exports[1], export / "1")

@@ -33,12 +33,12 @@ import numpy as np
 
 from tfdnc.config import ArgumentParser, positive_int
 from tfdnc.exporting import contract
-from tfdnc.serving.files import embed_files, name_bad_image, read_files
+from tfdnc.serving.files import embed_files, embed_files_skipping, name_bad_image, read_files, report_skipped
 from tfdnc.utils.errors import run_reporting_errors
 from tfdnc.utils.records import write_records
 from tfdnc.utils.startup import import_tensorflow_quietly
 
-OUTPUT_FORMATS = (".npy", ".json", ".csv")
+OUTPUT_FORMATS = (".npy", ".npz", ".json", ".csv")
 
 # command -> (module with build_parser() and main(argv), one line of help). The
 # modules import TensorFlow only inside main, after their arguments parsed.
@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("export", help="export folder: BASE/NAME (latest version) or BASE/NAME/VERSION")
     embed.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     embed.add_argument("--output", "-o", default=None,
-                       help="write .npy (+ .ids.txt beside it), .json or .csv; default: CSV on stdout")
-    embed.add_argument("--batch-size", type=positive_int, default=32)
+                       help="write .npy (+ .ids.txt beside it), .npz (embeddings, ids, paths, labels: "
+                       "a --gallery for `tfdnc search`), .json or .csv; default: CSV on stdout")
+    embed.add_argument("--batch-size", type=positive_int, default=32,
+                       help="images per request to the model (default: 32)")
     embed.add_argument("--learners", action="store_true",
                        help="per-learner embeddings (embed_learners signature) instead of the full one")
 
@@ -71,12 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("export", help="export folder: BASE/NAME or BASE/NAME/VERSION")
     search.add_argument("queries", nargs="+", help="query image files and/or folders")
     search.add_argument("--gallery", default=None,
-                        help="folder of images or .npz (embeddings, ids) to search; "
+                        help="folder of images, .npz (`embeddings`, `ids`: what `tfdnc embed -o x.npz` writes) "
+                        "or .npy of embeddings (ids: its .ids.txt beside it, else row numbers) to search; "
                         "default: the gallery built into the export (`search` signature)")
     search.add_argument("-k", type=positive_int, default=5,
                         help="hits per query (default 5; with the export's gallery: up to its --max-k)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: table on stdout")
-    search.add_argument("--batch-size", type=positive_int, default=32)
+    search.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per request to the model (default: 32)")
 
     from tfdnc.index import cli as index_cli
 
@@ -151,9 +155,9 @@ def _embed(args) -> int:
                          f"(it has {model.signature_names})")
     entries = collect_images(args.images)
     output = contract.LEARNER_EMBEDDINGS if args.learners else contract.EMBEDDINGS
-    embeddings = embed_with_progress(model, entries, signature, output, args.batch_size)
+    embeddings, entries = embed_skipping(model, entries, signature, output, args.batch_size, "tfdnc embed")
     ids = [image_id for image_id, _ in entries]
-    _write_embeddings(args.output, ids, embeddings, model.path)
+    _write_embeddings(args.output, ids, embeddings, model.path, entries)
     if args.output:
         print(f"{len(ids)} embeddings of shape {embeddings.shape[1:]} -> {args.output}", file=sys.stderr)
     return 0
@@ -174,6 +178,12 @@ def collect_images(items: Sequence[str]) -> list[tuple[str, str]]:
     return entries
 
 
+def image_labels(entries: Sequence[tuple[str, str]]) -> list[str | None]:
+    """The class of each (id, path) entry from a folder: the subfolder of its id (None at the top or for a file)."""
+    return [image_id.rsplit("/", 1)[0] if "/" in image_id and image_id != path else None
+            for image_id, path in entries]
+
+
 def embed_with_progress(model, entries, signature, output, batch_size: int, what: str = "images") -> np.ndarray:
     """`embed_files` batch by batch, with a progress bar on a terminal (none when output is piped)."""
     from tqdm import tqdm
@@ -189,7 +199,33 @@ def embed_with_progress(model, entries, signature, output, batch_size: int, what
     return np.concatenate(parts)
 
 
-def _write_embeddings(output, ids, embeddings, source) -> None:
+def embed_skipping(model, entries, signature, output, batch_size: int, prog: str,
+                   what: str = "images") -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Embeds the files it can read, as training does: each file left out is named on stderr, with why.
+
+    Returns (embeddings, the entries embedded), row for row.
+    """
+    from tqdm import tqdm
+
+    if not entries:
+        raise ValueError("no image files to embed")
+    parts, kept, skipped = [], [], []
+    with tqdm(total=len(entries), desc=f"embedding {what}", unit="img", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(entries), batch_size):
+            batch = entries[start : start + batch_size]
+            vectors, batch_kept, batch_skipped = embed_files_skipping(model, batch, signature, output, batch_size)
+            if vectors is not None:
+                parts.append(vectors)
+            kept.extend(batch_kept)
+            skipped.extend(batch_skipped)
+            bar.update(len(batch))
+    report_skipped(prog, skipped, len(entries))
+    if not kept:
+        raise ValueError(f"none of the {len(entries)} image files could be read (each is named above)")
+    return np.concatenate(parts), kept
+
+
+def _write_embeddings(output, ids, embeddings, source, entries) -> None:
     if output is None:
         writer = csv.writer(sys.stdout)
         for image_id, row in zip(ids, embeddings.reshape(len(ids), -1)):
@@ -201,6 +237,12 @@ def _write_embeddings(output, ids, embeddings, source) -> None:
         np.save(output, embeddings)
         with open(os.path.splitext(output)[0] + ".ids.txt", "w") as f:
             f.writelines(f"{image_id}\n" for image_id in ids)
+    elif suffix == ".npz":
+        # What `search --gallery` and `Gallery.from_npz` read; strings, not objects, so no pickle is needed.
+        labels = [label or "" for label in image_labels(entries)]
+        np.savez(output, embeddings=embeddings, ids=np.array(ids, dtype=np.str_),
+                 paths=np.array([path for _, path in entries], dtype=np.str_),
+                 **({"labels": np.array(labels, dtype=np.str_)} if any(labels) else {}))
     elif suffix == ".json":
         with open(output, "w") as f:
             json.dump({"export": source, "ids": ids, "embeddings": embeddings.tolist()}, f)
@@ -259,13 +301,32 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
 def _load_gallery(model, gallery, batch_size):
     if os.path.isdir(gallery):
         entries = collect_images([gallery])
-        embeddings = embed_with_progress(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size,
-                                         what="gallery")
+        embeddings, entries = embed_skipping(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+                                             batch_size, "tfdnc search", what="gallery")
         return np.array([i for i, _ in entries], dtype=object), embeddings
     from tfdnc.exporting.gallery import Gallery
 
-    loaded = Gallery.from_npz(gallery)
+    if os.path.splitext(gallery)[1].lower() == ".npy":
+        loaded = Gallery(*_read_npy_gallery(gallery))
+    else:
+        loaded = Gallery.from_npz(gallery)
     return loaded.ids, loaded.embeddings
+
+
+def _read_npy_gallery(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, ids) of a .npy `tfdnc embed` wrote: ids from the .ids.txt beside it, else row numbers."""
+    try:
+        embeddings = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read gallery file {path!r}: {exc}") from exc
+    ids_file = os.path.splitext(path)[0] + ".ids.txt"
+    if not os.path.isfile(ids_file):
+        return embeddings, np.arange(len(embeddings))
+    with open(ids_file) as f:
+        ids = f.read().splitlines()
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{ids_file!r} has {len(ids)} ids for the {len(embeddings)} rows of {path!r}")
+    return embeddings, np.array(ids, dtype=object)
 
 
 def search_embeddings(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int):

@@ -508,6 +508,39 @@ _HELP = {
     "run_dir": "output folder of the run",
     "cache_dir": "decode the training images once into this folder and train from it",
     "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
+    "image_size": "side in pixels of the square crop the network sees (training and evaluation)",
+    "resize_size": "evaluation: shorter side in pixels before the centre crop; none: --image-size",
+    "crop_scale": "training crops: range of the area fraction of a random resized crop (the papers: 0.08 1)",
+    "crop_ratio": "training crops: range of the aspect ratio of a random resized crop",
+    "flip": "random horizontal flips of the training images (on for photos; off for digits)",
+    "use_boxes": "crop CUB / CARS images to their bounding boxes",
+    "pixel_mode": "pixel normalisation before the backbone: caffe, torch, tf, scale or none; "
+                  "default: what the backbone's pretrained weights expect",
+    "freeze_batchnorm": "keep the backbone's BatchNorm statistics fixed (gamma and beta still train), as the papers",
+    "batchnorm_epsilon": "backbone BatchNorm epsilon; none: the backbone's default (small_cnn: 1e-5, torch's)",
+    "embedding_dim": "size of the full embedding, split among the K learners by the masks",
+    "mask_loss_weight": "lambda: weight of the masks' orthogonality loss (learnable masks only)",
+    "mask_learning_rate": "Adam learning rate of the masks, for --mask-mode learnable only "
+                          "(the papers: 100x the network's)",
+    "final_k1_epochs": "CVPR: the last N epochs train one learner on all the data (K = 1)",
+    "freeze_backbone_after_recluster": "train only the embedding head, not the backbone, after the first "
+                                       "re-clustering",
+    "cluster_features": "what k-means clusters the training images by: penultimate (backbone features) or "
+                        "embedding",
+    "kmeans_iters": "most Lloyd iterations of each k-means re-clustering",
+    "epochs": "training epochs in all",
+    "learning_rate": "Adam learning rate of the network (backbone and head)",
+    "weight_decay": "L2 weight decay of the network (see --weight-decay-mode)",
+    "mask_weight_decay": "coupled L2 weight decay of the masks (default: none = the network's --weight-decay)",
+    "loss_learning_rate": "Adam learning rate of the loss's own parameters, e.g. the margin loss's beta "
+                          "(default: none = the network's --learning-rate)",
+    "seed": "random seed of weights, sampling, augmentation and k-means",
+    "recall_ks": "the K of the Recall@K reported at each evaluation",
+    "eval_every": "evaluate on the test split every N epochs (and after the last)",
+    "jit_compile": "compile the training step with XLA",
+    "mixed_precision": "Keras mixed precision policy: mixed_float16 or mixed_bfloat16; none: float32",
+    "strategy": "tf.distribute strategy: default (one device), mirrored (all local GPUs) or multi-worker "
+                "(TF_CONFIG)",
 }
 
 
@@ -556,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
         text = _HELP.get(f.name, f.name.replace("_", " "))
         # SUPPRESS: a flag not given leaves no attribute, so "none" can set None.
         unset = argparse.SUPPRESS
-        if f.name != "dataset":  # its default depends on --data-dir (said in its help)
+        if f.name != "dataset" and "(default:" not in text:  # dataset's depends on --data-dir (said in its help)
             text += f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if len(flags) > 1:
             text += f"; {', '.join(flags[1:])}: deprecated name"

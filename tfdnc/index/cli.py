@@ -28,6 +28,7 @@ from tfdnc.utils.records import write_records
 
 BACKENDS = ("faiss", "milvus")
 INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "hnsw")
+BATCH_HELP = "images per request to the model (default: 32)"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,22 +61,25 @@ def _fill(parser: argparse.ArgumentParser) -> None:
 
     images_help = "image folders (labels: class subfolders), CSV files (path[,label]) or image files"
     build = command("build", "embed images with the export and build a new index", images_help)
-    build.add_argument("--backend", choices=BACKENDS, default="faiss")
+    build.add_argument("--backend", choices=BACKENDS, default="faiss",
+                       help="faiss (an index file) or milvus (Milvus Lite file, or a server with --uri); "
+                       "default: faiss")
     build.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                        help="auto: exact below 100k images, HNSW above (ivf_pq: faiss only)")
     build.add_argument("--max-k", type=int, default=100, help="largest k a search may ask for")
     build.add_argument("--uri", default=None,
                        help="milvus: server URL (http://host:19530); default: a Milvus Lite file in the index folder")
     build.add_argument("--collection", default="tfdnc_gallery", help="milvus collection name")
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     add = command("add", "embed images and add them to the index (a new index version)", images_help)
-    add.add_argument("--batch-size", type=int, default=32)
+    add.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     remove = command("remove", "remove images by id or path (a new index version)")
     which = remove.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ids", type=int, nargs="+")
-    which.add_argument("--paths", nargs="+")
+    which.add_argument("--ids", type=int, nargs="+", help="index ids of the images (as `search` lists them)")
+    which.add_argument("--paths", nargs="+",
+                       help="image paths: as indexed (relative to where build/add ran) or absolute")
 
     search = command("search", "nearest indexed images of query images",
                      "query image folders, CSV files or image files")
@@ -85,21 +89,22 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--grpc", default=None, help="embed through TF Serving's gRPC API at host:port")
     search.add_argument("--model", default=None, help="model name on the server (default: the export's)")
     search.add_argument("--output", "-o", default=None, help="write .json or .csv; default: a table on stdout")
-    search.add_argument("--batch-size", type=int, default=32)
+    search.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     command("info", "print the index metadata")
 
     calibrate = command("calibrate", "pick the match threshold reaching a precision on labelled images",
                         "labelled validation images: class folders or CSV with a label column")
     calibrate.add_argument("--precision", type=float, default=0.95, help="target precision (default 0.95)")
-    calibrate.add_argument("--batch-size", type=int, default=32)
+    calibrate.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
     evaluate = command("evaluate", "Recall@K through the index next to exact search",
                        "labelled query images: class folders or CSV with a label column")
-    evaluate.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
+    evaluate.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8],
+                          help="the K of the Recall@K reported (default: 1 2 4 8)")
     evaluate.add_argument("--exclude-self", action="store_true",
                           help="the queries are the indexed gallery: skip each query's own hit")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
 def _build(args) -> int:
     from tfdnc.index.faiss_index import FaissIndex
     from tfdnc.index.milvus_index import MilvusIndex
-    from tfdnc.index.sources import collect_images, embed_images, load_exported_model
+    from tfdnc.index.sources import collect_images, load_exported_model
     from tfdnc.index.store import export_record, index_home, save_index
 
     if args.backend == "milvus" and args.index_type == "ivf_pq":
@@ -136,7 +141,7 @@ def _build(args) -> int:
     model = load_exported_model(args.export)
     export_info = export_record(model.path)
     home = args.index or index_home(export_info["path"])
-    embeddings = embed_images(model, images.paths, args.batch_size)
+    images, embeddings = _embed_readable(model, images, args.batch_size, "build")
     dim = embeddings.shape[1]
     if args.backend == "faiss":
         index = FaissIndex(dim, args.index_type, max_k=args.max_k)
@@ -154,13 +159,13 @@ def _build(args) -> int:
 
 
 def _add(args) -> int:
-    from tfdnc.index.sources import collect_images, embed_images, load_exported_model
+    from tfdnc.index.sources import collect_images, load_exported_model
     from tfdnc.index.store import update_index
 
     export, target = _target(args)
     images = collect_images(args.images)
     # Embedding, the slow part, runs before taking the index's lock.
-    embeddings = embed_images(load_exported_model(export), images.paths, args.batch_size)
+    images, embeddings = _embed_readable(load_exported_model(export), images, args.batch_size, "add")
     with update_index(target, export=export) as index:
         index.add(embeddings, images.paths, images.labels)
     index.discard()
@@ -263,6 +268,21 @@ def _target(args) -> tuple[str, str]:
     index_dir = find_index_dir(target)
     check_export(read_metadata(index_dir), index_dir, export)
     return export, target
+
+
+def _embed_readable(model, images, batch_size: int, command: str):
+    """(the images the model can read, their embeddings): each file left out is named on stderr, as training does."""
+    from tfdnc.exporting import contract
+    from tfdnc.index.sources import ImageList
+    from tfdnc.serving.files import embed_files_skipping, report_skipped
+
+    entries = [(label, path) for path, label in zip(images.paths, images.labels)]
+    embeddings, kept, skipped = embed_files_skipping(model, entries, contract.SERVING_DEFAULT, contract.EMBEDDINGS,
+                                                     batch_size)
+    report_skipped(f"tfdnc index {command}", skipped, len(entries))
+    if embeddings is None:
+        raise ValueError(f"none of the {len(entries)} image files could be read (each is named above)")
+    return ImageList([path for _, path in kept], [label for label, _ in kept]), embeddings
 
 
 def _labelled_embeddings(args, model, command: str):

@@ -14,7 +14,9 @@ class IdMap:
     """Int64 ids of indexed vectors, with the image path and label of each.
 
     Ids are handed out in increasing order and never reused, so a removed id
-    cannot come back as another image.
+    cannot come back as another image. Each path is kept as it was given (what
+    search answers) and as an absolute path, so an image can be named either
+    way later, from any working directory (`ids_of_paths`).
 
     Example:
     >>> ids = IdMap()
@@ -26,6 +28,7 @@ class IdMap:
 
     def __init__(self):
         self._rows: dict[int, tuple[str, str]] = {}
+        self._absolute: dict[int, str] = {}  # id -> absolute path when added (maps saved before: none)
         self.next_id = 0
 
     def __len__(self) -> int:
@@ -47,6 +50,7 @@ class IdMap:
         ids = np.arange(self.next_id, self.next_id + len(paths), dtype=np.int64)
         for image_id, path, label in zip(ids, paths, labels):
             self._rows[int(image_id)] = (path, NO_LABEL if label is None else str(label))
+            self._absolute[int(image_id)] = _absolute(path)
         self.next_id += len(paths)
         return ids
 
@@ -58,19 +62,30 @@ class IdMap:
             raise KeyError(f"id(s) {unknown[:5]} are not in the index")
         for image_id in ids:
             del self._rows[int(image_id)]
+            self._absolute.pop(int(image_id), None)
         return ids
 
     def ids_of_paths(self, paths: Iterable[str]) -> np.ndarray:
-        """Ids of images by path; a `KeyError` names a path that is not indexed."""
+        """Ids of images by path; a `KeyError` names a path that is not indexed.
+
+        A path matches the path an image was indexed under, or its absolute
+        path: `gallery/cat/3.jpg` (as `tfdnc index build ... gallery/` keeps it)
+        and `/data/gallery/cat/3.jpg` name the same image. Images of a map saved
+        without absolute paths resolve theirs from the working directory.
+        """
         by_path: dict[str, list[int]] = {}
+        by_absolute: dict[str, list[int]] = {}
         for image_id, (path, _) in self._rows.items():
             by_path.setdefault(path, []).append(image_id)
+            absolute = self._absolute.get(image_id) or _absolute(path)
+            by_absolute.setdefault(absolute, []).append(image_id)
         found = []
         for path in paths:
             path = os.fspath(path)
-            if path not in by_path:
+            matches = by_path.get(path) or by_absolute.get(_absolute(path))
+            if not matches:
                 raise KeyError(f"image {path!r} is not in the index")
-            found.extend(by_path[path])
+            found.extend(matches)
         return np.asarray(found, dtype=np.int64)
 
     def paths(self, ids: Iterable[int]) -> list[str | None]:
@@ -94,6 +109,7 @@ class IdMap:
             ids=ids,
             paths=np.array([r[0] for r in rows], dtype=np.str_),
             labels=np.array([r[1] for r in rows], dtype=np.str_),
+            absolute_paths=np.array([self._absolute.get(int(i), "") for i in ids], dtype=np.str_),
             next_id=np.int64(self.next_id),
         )
 
@@ -102,6 +118,7 @@ class IdMap:
         try:
             with np.load(path, allow_pickle=False) as data:
                 ids, paths, labels = data["ids"], data["paths"], data["labels"]
+                absolute = data["absolute_paths"] if "absolute_paths" in data.files else [""] * len(ids)
                 next_id = int(data["next_id"])
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"cannot read id map {os.fspath(path)!r}: {exc}") from exc
@@ -110,5 +127,11 @@ class IdMap:
                              f"{len(ids)} ids, {len(paths)} paths, {len(labels)} labels")
         loaded = cls()
         loaded._rows = {int(i): (str(p), str(label)) for i, p, label in zip(ids, paths, labels)}
+        loaded._absolute = {int(i): str(a) for i, a in zip(ids, absolute) if str(a)}
         loaded.next_id = max(next_id, int(ids.max()) + 1 if len(ids) else 0)
         return loaded
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute from the working directory, normalised (`a/./b` is `a/b`); links kept."""
+    return os.path.normpath(os.path.abspath(path))

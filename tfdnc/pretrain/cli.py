@@ -50,38 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
                            "crop per frame (default: round(0.85 * frame side))")
     task.add_argument("--no-jitter", action="store_true", help="always crop cell centres")
     task.add_argument("--no-tile-norm", action="store_true", help="skip per-tile normalisation")
-    task.add_argument("--num-permutations", type=int, default=100)
+    task.add_argument("--num-permutations", type=int, default=100,
+                      help="size N of the permutation set the network tells apart (default: 100)")
     task.add_argument("--permutation-selection", choices=("max_min", "max_mean"), default="max_min",
                       help="greedy rule for the permutation set: 'max_min' (default) maximises the "
                            "smallest Hamming distance to the set, 'max_mean' the mean one (Noroozi & "
                            "Favaro's / Brattoli's rule)")
     net = p.add_argument_group("network")
-    net.add_argument("--backbone", default="small_cnn")
+    net.add_argument("--backbone", default="small_cnn",
+                     help="backbone to pretrain, as tfdnc train --backbone (default: small_cnn)")
     net.add_argument("--width", type=int, default=32, help="small_cnn width (must match tfdnc train --width)")
-    net.add_argument("--pixel-mode", default=None)
-    net.add_argument("--item-units", type=int, default=128)
-    net.add_argument("--hidden-units", type=int, default=256)
-    net.add_argument("--dropout", type=float, default=0.3)
+    net.add_argument("--pixel-mode", default=None,
+                     help="pixel normalisation: caffe, torch, tf, scale or none (default: the backbone's)")
+    net.add_argument("--item-units", type=int, default=128,
+                     help="width of the dense layer applied to each tile's features (default: 128)")
+    net.add_argument("--hidden-units", type=int, default=256,
+                     help="width of the order-prediction head's hidden layer (default: 256)")
+    net.add_argument("--dropout", type=float, default=0.3,
+                     help="dropout rate before the head's last layer (default: 0.3)")
     net.add_argument("--batchnorm-momentum", "--bn-momentum", type=float, default=0.9,
                      help="BatchNorm momentum, Keras convention (--bn-momentum: deprecated name)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=4)
+    opt.add_argument("--epochs", type=int, default=4, help="pretraining epochs in all (default: 4)")
     opt.add_argument("--steps-per-epoch", type=int, default=None,
                      help="default: one pass over the training images")
-    opt.add_argument("--batch-size", type=int, default=64)
+    opt.add_argument("--batch-size", type=int, default=64, help="images per training step (default: 64)")
     opt.add_argument("--learning-rate", "--lr", type=float, default=1e-3, help="Adam learning rate (--lr: deprecated name)")
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--seed", type=int, default=0,
+                     help="random seed of weights, permutations and sampling (default: 0)")
     pol = p.add_argument_group("sampling policy")
     pol.add_argument("--sampling", choices=SAMPLING, default="policy",
                      help="'uniform': the fixed baseline; 'policy': REINFORCE-learned sampling")
     pol.add_argument("--block-steps", type=int, default=50, help="training steps per policy block")
     pol.add_argument("--policy-learning-rate", "--policy-lr", type=float, default=1e-2,
                      help="Adam learning rate of the policy (--policy-lr: deprecated name)")
-    pol.add_argument("--policy-hidden", type=int, default=32)
-    pol.add_argument("--entropy-weight", type=float, default=1e-2)
+    pol.add_argument("--policy-hidden", type=int, default=32,
+                     help="width of the policy network's hidden layer (default: 32)")
+    pol.add_argument("--entropy-weight", type=float, default=1e-2,
+                     help="weight of the entropy bonus that keeps the policy from collapsing (default: 0.01)")
     pol.add_argument("--uniform-mix", type=float, default=0.1,
                      help="share of uniform draws mixed into the policy's distribution")
-    pol.add_argument("--baseline-momentum", type=float, default=0.9)
+    pol.add_argument("--baseline-momentum", type=float, default=0.9,
+                     help="momentum of the moving average of the reward, REINFORCE's baseline (default: 0.9)")
     pol.add_argument("--advantage-clip", type=float, default=5.0,
                      help="bound on the normalised advantage of one policy update")
     out = p.add_argument_group("output")
@@ -91,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     out.add_argument("--no-recalibrate-bn", action="store_true",
                      help="keep the tile-level BatchNorm statistics in the exported weights")
-    out.add_argument("--verbose", type=int, default=2)
+    out.add_argument("--verbose", type=int, default=2,
+                     help="0 silent, 1 progress bars, 2 one line per epoch (default: 2)")
     return p
 
 

@@ -23,10 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map-classes", type=int, default=20, help="classes drawn on the map")
     parser.add_argument("--num-queries", type=int, default=6, help="retrieval examples (rows)")
     parser.add_argument("--top-k", type=int, default=5, help="neighbours shown per query")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="test images embedded per step (default: 128)")
     parser.add_argument("--inline", action="store_true", help="embed the PNGs in the HTML (one file)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random choice: map classes, queries, k-means, t-SNE (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
