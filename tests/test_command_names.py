@@ -47,7 +47,7 @@ def test_startup_notices_are_dropped_and_real_errors_kept(tmp_path):
         "    if name in ('keras', 'tensorflow') and not said:\n"
         "        said.append(name)\n"
         "        os.write(2, b'I0000 00:00:1 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
-        "        os.write(2, b'E0000 00:00:2 cuda_executor.cc:1] failed call to cuInit: INTERNAL\\n')\n"
+        "        os.write(2, b'E0000 00:00:2 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n')\n"
         "        os.write(2, b'a real problem\\n')\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = noisy\n"

@@ -23,7 +23,7 @@ import tempfile
 # Start-up notices of a CPU machine (no GPU, no CUDA driver) and of the oneDNN / CPU-feature banners.
 STARTUP_NOTICES = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc"
-    r"|failed call to cuInit|cuda_executor\.cc|cuda_diagnostics|cpu_feature_guard\.cc"
+    r"|failed call to cuInit|cuda_executor\.cc|cuda_platform\.cc|cuda_diagnostics|cpu_feature_guard\.cc"
     r"|To enable the following instructions|rebuild TensorFlow with the appropriate compiler flags"
     r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
 )
@@ -48,7 +48,10 @@ def import_tensorflow_quietly() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            # The CUDA platform is probed (cuInit) when the devices are first listed, not at import.
+            tensorflow.config.list_physical_devices()
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
