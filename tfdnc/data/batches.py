@@ -100,10 +100,18 @@ class ClusterBatches:
         return self.steps_per_epoch
 
     def dataset(self) -> tf.data.Dataset:
-        """The training dataset (pass `steps_per_epoch=self.steps_per_epoch` to `fit`)."""
-        return make_train_dataset(self.image_set, self.sampler, self.steps_per_epoch, self.image_size,
-                                  labels=self.labels, crop_scale=self.crop_scale, crop_ratio=self.crop_ratio,
-                                  flip=self.flip, first_epoch_timeout=self.first_epoch_timeout)
+        """The training dataset (pass `steps_per_epoch=self.steps_per_epoch` to `fit`).
+
+        It needs the `DivideAndConquerSchedule` built on `sampler` among
+        `fit`'s callbacks (`DivideAndConquerModel.fit` refuses it without
+        one, naming it); `model.fit(batches)` adds that schedule itself.
+        """
+        dataset = make_train_dataset(self.image_set, self.sampler, self.steps_per_epoch, self.image_size,
+                                     labels=self.labels, crop_scale=self.crop_scale, crop_ratio=self.crop_ratio,
+                                     flip=self.flip, first_epoch_timeout=self.first_epoch_timeout)
+        # Lets `fit` check, before the first step, that the sampler's schedule is in its callbacks.
+        dataset._tfdnc_sampler = self.sampler
+        return dataset
 
 
 def as_image_set(source, name: str = "train") -> ImageSet:
