@@ -107,6 +107,8 @@ def test_model_index_lookup_match_and_the_index_travels_with_save_load_and_expor
     retrieval = model.evaluate_retrieval(images, labels, ks=(1,))
     assert retrieval["recall@1"] == 1.0  # every image finds itself
     assert set(model.evaluate_classification(images, labels)) == {"optimal"}
+    assert model.index_records(2) == [{"id": 0, "label": 0, "data": "img0.png"},
+                                      {"id": 1, "label": 0, "data": "img1.png"}]
 
     model.save(str(tmp_path / "m.keras"))
     loaded = tfdnc.load_model(str(tmp_path / "m.keras"))

@@ -530,6 +530,19 @@ class DivideAndConquerModel(keras.Model):
     def index_size(self) -> int:
         return 0 if self._gallery is None else len(self._gallery)
 
+    def to_data_frame(self, num_items: int = 0):
+        """The gallery's items (`id`, `label`, `data`) as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("DivideAndConquerModel.to_data_frame needs pandas (pip install pandas); "
+                              "model.index_records() gives the same rows as dicts") from None
+        return pandas.DataFrame(self.index_records(num_items))
+
+    def index_records(self, num_items: int = 0) -> list:
+        """The gallery's items in id order as dicts `id`, `label`, `data` (`num_items` > 0: the first ones)."""
+        return [] if self._gallery is None else self._gallery.records(num_items)
+
     def reset_index(self) -> None:
         """Empties the gallery and forgets its calibration."""
         if self._gallery is not None:

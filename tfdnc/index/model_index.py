@@ -112,6 +112,14 @@ class ModelIndex:
         keys = np.array(data, dtype=object) if all(data) else ids
         return self.index.vectors(ids), keys
 
+    def records(self, num_items: int = 0) -> list[dict]:
+        """One dict per item in id order: `id`, `label`, `data` (`num_items` > 0: only the first ones)."""
+        ids = np.sort(self.index.id_map.ids)
+        if num_items > 0:
+            ids = ids[:num_items]
+        return [{"id": int(i), "label": _typed(label), "data": data or None}
+                for i, label, data in zip(ids, self.index.id_map.labels(ids), self.index.id_map.paths(ids))]
+
     # --- queries ------------------------------------------------------------------
     def lookup(self, embeddings, k: int = 5) -> list[list[Lookup]]:
         """The k nearest gallery items of each query, nearest first."""

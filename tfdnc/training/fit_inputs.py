@@ -70,6 +70,7 @@ def prepare_fit(model, x, y, fit_kwargs: dict, *, images_per_class: int | None =
     callbacks = list(kwargs.get("callbacks") or [])
     if is_cluster_dataset(x):
         _check_schedule_given(x, callbacks)
+        kwargs.setdefault("shuffle", False)  # batches are planned at random; Keras warns on its default
         return x, y, kwargs
     if isinstance(x, ClusterBatches):
         if y is not None:
