@@ -80,8 +80,12 @@ def test_cluster_batches_take_arrays_and_give_per_cluster_class_balanced_batches
     assert (batches.batch_size, batches.steps_per_epoch, batches.image_size, batches.num_classes) == (8, 5, 16, 10)
     batches.sampler.set_clusters((labels >= 35).astype(np.int64), k=2)
     batches.sampler.publish(0)
-    x, y = next(iter(batches.dataset()))
+    iterator = iter(batches.dataset())
+    x, y = next(iterator)
+    # As the pipeline documents: close the sampler before dropping the iterator, whose
+    # planner may be waiting for the next epoch (dropping it first can wait forever).
     batches.sampler.close()
+    del iterator
     assert x["images"].shape == (8, 16, 16, 1)
     counts = np.unique(y.numpy(), return_counts=True)[1]
     assert len(counts) == 2 and set(counts) == {4}

@@ -443,7 +443,16 @@ class DivideAndConquerModel(keras.Model):
                              "(the loss defaults to tfdnc.losses.MarginLoss())")
         x, y, kwargs = prepare_fit(self, x, y, kwargs, images_per_class=images_per_class,
                                    recluster_every=recluster_every)
+        from tfdnc.training.fit_inputs import is_cluster_dataset
+
+        strategy = getattr(self, "_distribute_strategy", None)
         try:
+            if strategy is not None and is_cluster_dataset(x):
+                # A model built under a strategy makes Keras pull a batch before
+                # the schedule publishes the first epoch; fit_mirrored avoids it.
+                from tfdnc.distributed.driver import fit_mirrored
+
+                return fit_mirrored(self, strategy, x, **kwargs)
             return super().fit(x, y, **kwargs)
         except BaseException:
             # Keras skips on_train_end when fit raises: end the batch planner
