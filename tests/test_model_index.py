@@ -38,6 +38,7 @@ def test_calibrate_meets_its_precision_recall_and_f1_targets_on_held_out_queries
         return (matched & correct).sum() / max(matched.sum(), 1), (matched & correct).sum() / correct.sum()
 
     result = index.calibrate(calibration, calibration_labels, metric="precision", target=0.9)
+    assert result["matched"] > 1000  # enough matches that held-out precision is close (measured 0.898-0.91)
     precision, _ = precision_recall(result["threshold"])
     assert result["precision"] >= 0.9 and precision >= 0.9 - 0.04, precision
     result = index.calibrate(calibration, calibration_labels, metric="recall", target=0.8)
@@ -47,7 +48,6 @@ def test_calibrate_meets_its_precision_recall_and_f1_targets_on_held_out_queries
     curve = result["curve"]
     assert result["f1"] == pytest.approx(max(curve["f1"]))
     assert len(curve["threshold"]) == len(curve["precision"]) == len(curve["recall"]) > 100
-    assert result["matched"] > 1000  # on held-out data the targets above hold within 0.04 (measured 0.898-0.91)
     assert index.threshold("optimal") == result["threshold"]
 
 

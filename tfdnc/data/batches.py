@@ -47,6 +47,7 @@ class ClusterBatches:
     Example:
     >>> train = keras.utils.image_dataset_from_directory("photos/", image_size=(64, 64))
     >>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
+    >>> model.fit(batches, epochs=8)  # the model adds the schedule; or give your own:
     >>> schedule = DivideAndConquerSchedule(batches.sampler, batches.image_set, k_final=4,
     ...                                     image_size=batches.image_size)
     >>> model.fit(batches.dataset(), steps_per_epoch=batches.steps_per_epoch, epochs=8,
