@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -12,6 +14,8 @@ from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
 from tfdnc.losses import MarginLoss, MetricLoss  # also registers every loss, for load_model
 from tfdnc.losses.base import LossParameters
+
+GALLERY_ASSET = "gallery"  # the index's folder inside the .keras file's assets
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -57,15 +61,29 @@ class DivideAndConquerModel(keras.Model):
     trained and saved with the model, and `keras.saving.load_model` (or
     `tfdnc.load_model`) restores the compiled loss.
 
-    Training data: `({"images": (B, H, W, C), "cluster": (B,) int}, labels)`,
-    every sample of a batch in the same cluster (`tfdnc.data.ClusterBatches`
-    makes them from a folder, a `tf.data.Dataset` or arrays).
+    Training data: what Keras takes: `fit(x, y)` with arrays, `fit(dataset)`
+    with a finite `tf.data.Dataset` of `(image, label)` (batched or not, e.g.
+    `keras.utils.image_dataset_from_directory`), or a
+    `tfdnc.data.ClusterBatches`. `fit` reads such data into per-cluster
+    batches and adds the `DivideAndConquerSchedule` that re-clusters it (see
+    `fit`). Batches already made for a schedule,
+    `({"images": (B, H, W, C), "cluster": (B,) int}, labels)`, pass through.
+
+    Queries, as tensorflow-similarity's `SimilarityModel`: `index(x, y,
+    data)` builds a gallery; `lookup`, `single_lookup`, `match`,
+    `calibrate`, `evaluate_retrieval`, `evaluate_classification`,
+    `index_summary`, `save_index` / `load_index`, `reset_index` use it. The
+    gallery saves with `model.save` (inside the `.keras` file) and becomes
+    the export's `search` / `search_k` gallery.
 
     Example:
     >>> backbone = build_backbone("small_cnn", (28, 28, 1))
     >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
+    >>> model.fit(images, labels, epochs=4)
     >>> embeddings = model(images)  # (batch, 64), unit norm
+    >>> model.index(gallery_images, gallery_labels)
+    >>> model.match(query_images, cutpoint=0.8)  # labels, -1 below the similarity 0.8
     """
 
     def __init__(
@@ -128,6 +146,7 @@ class DivideAndConquerModel(keras.Model):
         self.mask_loss_tracker = keras.metrics.Mean(name="mask_loss")
         self.active_tracker = keras.metrics.Mean(name="active_fraction")
         self.k_tracker = keras.metrics.Mean(name="K")
+        self._gallery = None  # the ModelIndex built by `index`, saved with the model
         self.built = True
 
     # --- inference ------------------------------------------------------------
@@ -379,6 +398,216 @@ class DivideAndConquerModel(keras.Model):
         self.active_tracker.update_state(stats.get("active_fraction", 0.0))
         self.k_tracker.update_state(ops.cast(self.masks.num_active_var, "float32"))
         return {m.name: m.result() for m in self.metrics}
+
+    # --- Keras fit as Keras users call it ----------------------------------------------
+    def fit(self, x=None, y=None, *, images_per_class: int | None = None, recluster_every: int | None = None,
+            **kwargs):
+        """Keras's `fit`, on the data Keras users have; Divide & Conquer's batches and schedule built here.
+
+        `x, y` may be arrays (images with values in [0, 255], one class label
+        each), a finite `tf.data.Dataset` of `(image, label)` (batched or not;
+        what `keras.utils.image_dataset_from_directory` gives; one-hot labels
+        are fine) or a `tfdnc.data.ClusterBatches`. The data is read once into
+        a `ClusterBatches` of P x M batches (`batch_size` // `images_per_class`
+        classes, `images_per_class` (default 4) images each; `batch_size`
+        default 32), each batch from one cluster, and a
+        `DivideAndConquerSchedule` is put first among the callbacks: it
+        clusters the training set's embeddings and re-clusters every
+        `recluster_every` epochs, doubling K up to the model's `k_final`
+        (default T: `epochs // (log2(k_final) + 1)`, so every K trains as long).
+        Pass your own schedule in `callbacks` to choose its other settings.
+        With `keras.callbacks.BackupAndRestore` the cluster state is saved
+        beside its backup, so a resumed `fit` continues with its clusters.
+
+        `epochs`, `initial_epoch`, `callbacks`, `validation_data`,
+        `validation_split` (arrays), `steps_per_epoch` and `verbose` mean what
+        they mean in Keras. `shuffle` is not needed (batches are drawn at
+        random); `sample_weight` / `class_weight` are refused. Batches made
+        by `ClusterBatches.dataset()` or `tfdnc.data.pipeline` pass through
+        unchanged, and need their schedule in `callbacks`.
+
+        Raises:
+            ValueError / TypeError: one line naming what to pass instead
+            (an infinite dataset, no labels, one class, cluster batches
+            without their schedule).
+
+        Example:
+        >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+        >>> model.fit(x_train, y_train, epochs=6, validation_data=(x_val, y_val))
+        """
+        from tfdnc.training.fit_inputs import prepare_fit
+
+        if getattr(self, "optimizer", None) is None:
+            # As Keras, which refuses fit before compile; the default loss is the margin loss.
+            raise ValueError("DivideAndConquerModel.fit: call model.compile(optimizer, loss=...) first "
+                             "(the loss defaults to tfdnc.losses.MarginLoss())")
+        x, y, kwargs = prepare_fit(self, x, y, kwargs, images_per_class=images_per_class,
+                                   recluster_every=recluster_every)
+        from tfdnc.training.fit_inputs import is_cluster_dataset
+
+        strategy = getattr(self, "_distribute_strategy", None)
+        try:
+            if strategy is not None and is_cluster_dataset(x):
+                # A model built under a strategy makes Keras pull a batch before
+                # the schedule publishes the first epoch; fit_mirrored avoids it.
+                from tfdnc.distributed.driver import fit_mirrored
+
+                return fit_mirrored(self, strategy, x, **kwargs)
+            return super().fit(x, y, **kwargs)
+        except BaseException:
+            # Keras skips on_train_end when fit raises: end the batch planner
+            # (the schedule would), or freeing the dataset's iterator waits for it forever.
+            sampler = getattr(x, "_tfdnc_sampler", None)
+            if sampler is not None:
+                sampler.close()
+            raise
+
+    # --- the model as a search engine (tensorflow-similarity's SimilarityModel methods) ----
+    def embed_with_labels(self, dataset, batch_size: int = 32) -> tuple:
+        """(embeddings, labels) of an `(image, label)` dataset in one pass, each row beside its own label.
+
+        A dataset that shuffles (`image_dataset_from_directory` does by
+        default) gives another order on every pass, so `predict(ds)` and
+        the labels read in a second pass do not line up; this reads both at once.
+        """
+        return self._embed(dataset, None, batch_size)
+
+    def create_index(self, index_type: str = "flat", max_k: int = 100) -> None:
+        """Starts an empty gallery index: a `tfdnc.index.FaissIndex` of `index_type` ("flat": exact)."""
+        from tfdnc.index.model_index import ModelIndex
+
+        self._gallery = ModelIndex(self.embedding_dim, index_type=index_type, max_k=max_k)
+
+    def index(self, x, y=None, data=None, batch_size: int = 32) -> np.ndarray:
+        """Embeds `x` and adds it to the gallery with labels `y` and `data` (strings); returns their ids.
+
+        `x`: images (arrays with values in [0, 255]) or an `(image, label)`
+        dataset (its labels are `y`).
+        """
+        embeddings, labels = self._embed(x, y, batch_size)
+        if self._gallery is None:
+            self.create_index()
+        return self._gallery.add(embeddings, labels, data)
+
+    def index_single(self, x, y=None, data=None) -> int:
+        """Adds one image (H, W, C) with its label and data; returns its id."""
+        return int(self.index(np.asarray(x)[None], None if y is None else [y],
+                              None if data is None else [data])[0])
+
+    def lookup(self, x, k: int = 5, batch_size: int = 32) -> list:
+        """The k nearest gallery items of each image: lists of `Lookup` (rank, id, label, data, similarity)."""
+        return self._index_or_raise("lookup").lookup(self._embed(x, None, batch_size)[0], k)
+
+    def single_lookup(self, x, k: int = 5) -> list:
+        """The k nearest gallery items of one image (H, W, C)."""
+        return self.lookup(np.asarray(x)[None], k)[0]
+
+    def match(self, x, cutpoint="optimal", no_match_label=-1, batch_size: int = 32) -> np.ndarray:
+        """The label of each image's nearest gallery item; `no_match_label` below the cutpoint's similarity.
+
+        `cutpoint`: "optimal" (the best F1 found by `calibrate`), the name of
+        another calibrated cutpoint, or a cosine similarity.
+        """
+        return self._index_or_raise("match").match(self._embed(x, None, batch_size)[0], cutpoint, no_match_label)
+
+    def calibrate(self, x, y=None, metric: str = "f1", target: float | None = None, batch_size: int = 32) -> dict:
+        """Chooses the match threshold on labelled held-out images for an F1, precision or recall target.
+
+        Returns the chosen threshold with its precision, recall and F1, the
+        whole curve (`"curve"`: one entry per candidate threshold) and the
+        cutpoints `match` can use (see `tfdnc.index.model_index.ModelIndex.calibrate`).
+        """
+        embeddings, labels = self._embed(x, y, batch_size, need_labels="calibrate")
+        return self._index_or_raise("calibrate").calibrate(embeddings, labels, metric=metric, target=target)
+
+    def evaluate_retrieval(self, x, y=None, ks=(1, 2, 4, 8), batch_size: int = 32) -> dict:
+        """Recall@K and precision@K of labelled images answered from the gallery."""
+        embeddings, labels = self._embed(x, y, batch_size, need_labels="evaluate_retrieval")
+        return self._index_or_raise("evaluate_retrieval").evaluate_retrieval(embeddings, labels, ks)
+
+    def evaluate_classification(self, x, y=None, batch_size: int = 32) -> dict:
+        """Precision, recall, F1 and accuracy of `match` at each calibrated cutpoint."""
+        embeddings, labels = self._embed(x, y, batch_size, need_labels="evaluate_classification")
+        return self._index_or_raise("evaluate_classification").evaluate_classification(embeddings, labels)
+
+    def index_summary(self) -> dict:
+        """Prints and returns the gallery's size, dimension, index type, threshold and cutpoints."""
+        summary = self._index_or_raise("index_summary").summary()
+        print("\n".join(f"{key}: {value}" for key, value in summary.items()))
+        return summary
+
+    def index_size(self) -> int:
+        return 0 if self._gallery is None else len(self._gallery)
+
+    def to_data_frame(self, num_items: int = 0):
+        """The gallery's items (`id`, `label`, `data`) as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("DivideAndConquerModel.to_data_frame needs pandas (pip install pandas); "
+                              "model.index_records() gives the same rows as dicts") from None
+        return pandas.DataFrame(self.index_records(num_items))
+
+    def index_records(self, num_items: int = 0) -> list:
+        """The gallery's items in id order as dicts `id`, `label`, `data` (`num_items` > 0: the first ones)."""
+        return [] if self._gallery is None else self._gallery.records(num_items)
+
+    def reset_index(self) -> None:
+        """Empties the gallery and forgets its calibration."""
+        if self._gallery is not None:
+            self._gallery.reset()
+
+    def save_index(self, path: str) -> str:
+        """Saves the gallery as a new index version under `path` (`tfdnc index` reads it); returns its folder."""
+        return self._index_or_raise("save_index").save(path)
+
+    def load_index(self, path: str) -> None:
+        """Loads a gallery saved by `save_index` (the latest version under `path`), checksums checked."""
+        from tfdnc.index.model_index import ModelIndex
+
+        self._gallery = ModelIndex.load(path, dim=self.embedding_dim)
+
+    def index_gallery(self):
+        """(embeddings, ids) of the gallery for an export's `search` signatures; None without one."""
+        if self._gallery is None or not len(self._gallery):
+            return None
+        return self._gallery.gallery()
+
+    # Keras calls these on `model.save` / `load_model`: the gallery lives in the .keras file's assets.
+    def save_assets(self, dir_path: str) -> None:
+        if self._gallery is not None and len(self._gallery):
+            self._gallery.save(os.path.join(dir_path, GALLERY_ASSET))
+
+    def load_assets(self, dir_path: str) -> None:
+        folder = os.path.join(dir_path, GALLERY_ASSET)
+        if os.path.isdir(folder):
+            self.load_index(folder)
+
+    def _index_or_raise(self, what: str):
+        if self._gallery is None or not len(self._gallery):
+            raise ValueError(f"DivideAndConquerModel.{what}: the gallery is empty; add images with "
+                             "model.index(x, y) first (or model.load_index(path))")
+        return self._gallery
+
+    def _embed(self, x, y, batch_size: int, need_labels: str | None = None) -> tuple:
+        """(embeddings, labels): arrays embedded in order; a labelled dataset in one pass."""
+        if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple):
+            if y is not None:
+                raise ValueError("the dataset holds the labels; leave `y` out")
+            if x.element_spec[0].shape.rank == len(self.image_shape):
+                x = x.batch(batch_size)
+            chunks, labels = [], []
+            for images, batch_labels in x:
+                chunks.append(np.asarray(self.predict_on_batch(images)))
+                labels.append(np.asarray(batch_labels))
+            if not chunks:
+                raise ValueError("the dataset is empty")
+            return np.concatenate(chunks), np.concatenate(labels)
+        if need_labels and y is None:
+            raise ValueError(f"DivideAndConquerModel.{need_labels}: give the labels `y` of the images")
+        if isinstance(x, tf.data.Dataset):
+            return np.asarray(self.predict(x, verbose=0)), y
+        return np.asarray(self.predict(np.asarray(x), batch_size=batch_size, verbose=0)), y
 
     # --- serialisation ------------------------------------------------------------
     def get_config(self):

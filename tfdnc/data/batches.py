@@ -47,6 +47,7 @@ class ClusterBatches:
     Example:
     >>> train = keras.utils.image_dataset_from_directory("photos/", image_size=(64, 64))
     >>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
+    >>> model.fit(batches, epochs=8)  # the model adds the schedule; or give your own:
     >>> schedule = DivideAndConquerSchedule(batches.sampler, batches.image_set, k_final=4,
     ...                                     image_size=batches.image_size)
     >>> model.fit(batches.dataset(), steps_per_epoch=batches.steps_per_epoch, epochs=8,
@@ -100,10 +101,18 @@ class ClusterBatches:
         return self.steps_per_epoch
 
     def dataset(self) -> tf.data.Dataset:
-        """The training dataset (pass `steps_per_epoch=self.steps_per_epoch` to `fit`)."""
-        return make_train_dataset(self.image_set, self.sampler, self.steps_per_epoch, self.image_size,
-                                  labels=self.labels, crop_scale=self.crop_scale, crop_ratio=self.crop_ratio,
-                                  flip=self.flip, first_epoch_timeout=self.first_epoch_timeout)
+        """The training dataset (pass `steps_per_epoch=self.steps_per_epoch` to `fit`).
+
+        It needs the `DivideAndConquerSchedule` built on `sampler` among
+        `fit`'s callbacks (`DivideAndConquerModel.fit` refuses it without
+        one, naming it); `model.fit(batches)` adds that schedule itself.
+        """
+        dataset = make_train_dataset(self.image_set, self.sampler, self.steps_per_epoch, self.image_size,
+                                     labels=self.labels, crop_scale=self.crop_scale, crop_ratio=self.crop_ratio,
+                                     flip=self.flip, first_epoch_timeout=self.first_epoch_timeout)
+        # Lets `fit` check, before the first step, that the sampler's schedule is in its callbacks.
+        dataset._tfdnc_sampler = self.sampler
+        return dataset
 
 
 def as_image_set(source, name: str = "train") -> ImageSet:

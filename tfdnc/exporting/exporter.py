@@ -62,7 +62,8 @@ def export_model(
             version is never overwritten.
         gallery: None, a `Gallery`, an .npz file (`embeddings`, `ids`), a
             folder of images (ids: relative paths) or (embeddings, ids);
-            adds the `search` signature.
+            adds the `search` signature. None: the model's own index, if
+            it holds one (`DivideAndConquerModel.index`).
         top_k: how many gallery hits `search` returns (clipped to its size).
         max_k: the largest k a `search_k` request may ask for (default
             `top_k`; clipped to the gallery size); larger requests fail
@@ -98,6 +99,10 @@ def export_model(
     started = time.perf_counter()
     embed_bytes = _eager_embedder(graphs)
     gallery_obj = None
+    if gallery is None:
+        # A model that holds an index (`model.index(x, y)`) exports it as its search gallery.
+        index_gallery = getattr(model, "index_gallery", None)
+        gallery = index_gallery() if callable(index_gallery) else None
     if gallery is not None:
         gallery_obj = Gallery.load(gallery, embed_bytes)
         dim = int(embed_bytes([encode_png(np.zeros(graphs.image_shape, np.uint8))]).shape[-1])

@@ -1,39 +1,39 @@
-"""Choosing the match threshold: the lowest similarity that keeps a target precision.
+"""Choosing the match threshold: the similarity that meets a target F1, precision or recall.
 
 As tensorflow-similarity's `calibrate` does: every labelled validation image
-queries the index, its nearest hit is a true match when the labels agree, and
-the threshold is the smallest similarity at which the nearest hits at or
-above it are correct with at least the target precision. Lower thresholds
-would answer more queries; this is the lowest one that still keeps the
-precision.
+queries the index, its nearest hit is a true match when the labels agree,
+and a query "matches" when that hit's similarity is at or above the
+threshold. At each candidate threshold (each distinct similarity):
+
+- precision = correct matches / matches,
+- recall = correct matches / queries whose nearest hit is correct,
+- F1 = their harmonic mean.
+
+`threshold_curve` gives the whole curve; `calibrate_threshold` picks a point
+of it for a target.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+METRICS = ("precision", "recall", "f1")
 
-def calibrate_threshold(similarities, correct, target_precision: float) -> dict:
-    """The threshold reaching `target_precision` on (similarity, correct) pairs.
+
+def threshold_curve(similarities, correct) -> dict:
+    """Precision, recall, F1 and matches at every distinct similarity, highest threshold first.
 
     Args:
         similarities: (N,) similarity of each validation query's nearest hit.
         correct: (N,) whether that hit has the query's label.
-        target_precision: in (0, 1].
 
     Returns:
-        {"threshold", "precision", "recall", "matched", "queries",
-         "target_precision"}: precision among queries at or above the
-        threshold, recall = correct matches / all correct nearest hits,
-        matched = queries at or above it.
-
-    Raises:
-        ValueError: when no threshold reaches the target (the message gives
-            the best precision there is).
+        {"threshold", "precision", "recall", "f1", "matched"}: (T,) arrays,
+        one entry per distinct similarity, in decreasing threshold order.
 
     Example:
-    >>> calibrate_threshold([0.9, 0.8, 0.3], [True, True, False], 0.99)["threshold"]
-    0.8
+    >>> threshold_curve([0.9, 0.8, 0.3], [True, True, False])["precision"]
+    array([1.        , 1.        , 0.66666667])
     """
     s = np.asarray(similarities, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
@@ -41,29 +41,83 @@ def calibrate_threshold(similarities, correct, target_precision: float) -> dict:
         raise ValueError(f"calibrate: need one similarity per `correct` flag, got shapes {s.shape}, {ok.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError("calibrate: `similarities` holds NaN or infinite values (queries without a hit?)")
-    if not 0.0 < float(target_precision) <= 1.0:
-        raise ValueError(f"calibrate: `target_precision` must be in (0, 1], got {target_precision}")
     order = np.argsort(-s, kind="stable")
     s, ok = s[order], ok[order]
-    # Candidate thresholds are the distinct similarities; at each, the queries
-    # at or above it are the prefix ending at its last occurrence.
+    # At each distinct similarity the queries at or above it are the prefix
+    # ending at its last occurrence.
     last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
-    hits = np.cumsum(ok)[last]
-    precision = hits / (last + 1)
-    reaching = np.flatnonzero(precision >= float(target_precision) - 1e-12)
-    if reaching.size == 0:
-        raise ValueError(
-            f"calibrate: no threshold reaches precision {target_precision} on {s.size} validation "
-            f"queries (the best is {precision.max():.4f} at similarity {s[last[precision.argmax()]]:.4f}); "
-            "lower the target or use a better model"
-        )
-    best = reaching[-1]  # the lowest threshold: the most queries answered
-    total_correct = max(int(ok.sum()), 1)
-    return {
-        "threshold": float(s[last[best]]),
-        "precision": float(precision[best]),
-        "recall": float(hits[best] / total_correct),
-        "matched": int(last[best] + 1),
-        "queries": int(s.size),
-        "target_precision": float(target_precision),
+    hits = np.cumsum(ok)[last].astype(np.float64)
+    matched = last + 1
+    precision = hits / matched
+    recall = hits / max(int(ok.sum()), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {"threshold": s[last], "precision": precision, "recall": recall, "f1": f1, "matched": matched}
+
+
+def calibrate_threshold(similarities, correct, target: float | None = 0.95, metric: str = "precision") -> dict:
+    """The threshold meeting `target` for `metric` on (similarity, correct) pairs.
+
+    Args:
+        similarities: (N,) similarity of each validation query's nearest hit.
+        correct: (N,) whether that hit has the query's label.
+        target: in (0, 1]; None: the threshold where `metric` is highest
+            (for F1, tensorflow-similarity's "optimal" cutpoint).
+        metric: "precision" (the lowest threshold keeping the precision:
+            the most queries answered), "recall" (the highest threshold
+            keeping the recall: the fewest wrong matches) or "f1" (the
+            threshold with the best F1, which must reach the target).
+
+    Returns:
+        {"threshold", "precision", "recall", "f1", "matched", "queries",
+         "metric", "target", "curve"} (`curve`: `threshold_curve` as lists);
+        with metric "precision" also "target_precision", as before.
+
+    Raises:
+        ValueError: when no threshold reaches the target (the message gives
+            the best value there is).
+
+    Example:
+    >>> calibrate_threshold([0.9, 0.8, 0.3], [True, True, False], 0.99)["threshold"]
+    0.8
+    >>> calibrate_threshold([0.9, 0.8, 0.3], [True, False, True], None, metric="f1")["threshold"]
+    0.3
+    """
+    if metric not in METRICS:
+        raise ValueError(f"calibrate: `metric` must be one of {METRICS}, got {metric!r}")
+    if target is not None and not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"calibrate: the target {metric} must be in (0, 1], got {target}")
+    curve = threshold_curve(similarities, correct)
+    values = curve[metric]
+    if target is None:
+        # Ties keep the lowest threshold (the most queries answered).
+        best = int(np.flatnonzero(values >= values.max() - 1e-12)[-1])
+    else:
+        reaching = np.flatnonzero(values >= float(target) - 1e-12)
+        if reaching.size == 0:
+            top = int(values.argmax())
+            raise ValueError(
+                f"calibrate: no threshold reaches {metric} {target} on {curve['matched'][-1]} "
+                f"validation queries (the best is {values[top]:.4f} at similarity {curve['threshold'][top]:.4f}); "
+                "lower the target or use a better model"
+            )
+        if metric == "precision":
+            best = int(reaching[-1])  # the lowest threshold: the most queries answered
+        elif metric == "recall":
+            best = int(reaching[0])  # the highest threshold: the fewest wrong matches
+        else:
+            best = int(reaching[np.flatnonzero(values[reaching] >= values[reaching].max() - 1e-12)[-1]])
+    result = {
+        "threshold": float(curve["threshold"][best]),
+        "precision": float(curve["precision"][best]),
+        "recall": float(curve["recall"][best]),
+        "f1": float(curve["f1"][best]),
+        "matched": int(curve["matched"][best]),
+        "queries": int(curve["matched"][-1]),
+        "metric": metric,
+        "target": None if target is None else float(target),
+        "curve": {name: values_.tolist() for name, values_ in curve.items()},
     }
+    if metric == "precision":
+        result["target_precision"] = result["target"]
+    return result
