@@ -50,7 +50,7 @@ from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
 from tfdnc.hub_backbones import is_hub_backbone, layer_decay_multipliers
 from tfdnc.losses import get_loss
-from tfdnc.model import DivideAndConquerModel
+from tfdnc.model import DivideAndConquerModel, load_model
 from tfdnc.optimizers import LayerDecayAdam
 from tfdnc.rundir import RunDir
 from tfdnc.training import faults
@@ -394,10 +394,32 @@ def backbone_weights(weights: str | None):
     if not (isinstance(weights, str) and weights.endswith(".keras")):
         yield weights
         return
-    from tfdnc.pretrain.handoff import backbone_weights_from_model
-
     with tempfile.TemporaryDirectory() as folder:
         yield backbone_weights_from_model(weights, os.path.join(folder, "backbone.weights.h5"))
+
+
+def backbone_weights_from_model(model_path: str, out: str) -> str:
+    """Writes the backbone of a trained tfdnc model (a run's model.keras) to `out` (`*.weights.h5`).
+
+    The emulated papers' regime (docs: "The papers' regime without ImageNet")
+    pretrains with a supervised K = 1 run on one data set and starts D&C on
+    another from its backbone: `train.py --backbone-weights RUN/model.keras`
+    calls this. Returns `out`.
+
+    Raises:
+        ValueError naming --backbone-weights when the file holds no tfdnc model with a backbone.
+    """
+    try:
+        model = load_model(model_path, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"--backbone-weights {model_path!r}: not a model.keras saved by tfdnc ({exc})") from exc
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"--backbone-weights {model_path!r}: the model has no backbone to hand over")
+    from tfdnc.pretrain.handoff import check_weights_path
+
+    backbone.save_weights(check_weights_path(out, "--backbone-weights"))
+    return out
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupDecay | None:
