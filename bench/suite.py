@@ -57,13 +57,31 @@ SEEDS = (0, 1, 2)
 # every epoch, for the last-3 mean and the final-vs-best gap. The rest is TrainConfig's defaults:
 # 10 epochs of ceil(train images / 32) steps, P x M = 4 x 8, d = 64, Adam 1e-3, K 1 -> 4.
 SUITE_DEFAULTS = {"eval_every": 1}
-# The papers' regime (issue 20 item 3): a backbone pretrained on a disjoint data set, trained on at a
-# small learning rate with the masks 100x faster (TPAMI README: --mask-lr-mult=100). The pretraining
-# step is the regime's own; until it is here, pass the pretrained weights with --set backbone_weights=PATH.
+# The papers' regime (issue 20 item 3): a backbone pretrained on a disjoint data set, fine-tuned slowly
+# with the masks 100x faster (TPAMI README: --mask-lr-mult=100) and most steps at the final K: the
+# fields of tfdnc's "papers-emulated" preset where this tfdnc has it (else the ratio alone). The
+# pretrained backbone is the user's: --set backbone_weights=PATH, where "{dataset}" in PATH is replaced
+# by each target data set's name (one backbone pretrained per target, on data disjoint from it).
 REGIMES: dict[str, dict] = {
     "scratch": {},
     "papers": {"learning_rate": 1e-5, "mask_lr_mult": 100.0},
 }
+PAPERS_PRESET = "papers-emulated"
+
+
+def regime_settings(regime: str) -> dict:
+    """The TrainConfig fields a regime sets (the preset's, without its data set, run directory and epochs)."""
+    if regime == "papers":
+        try:
+            from tfdnc.presets import PRESETS
+        except ImportError:
+            PRESETS = {}
+        preset = PRESETS.get(PAPERS_PRESET)
+        if preset is not None:
+            values = dict(preset.config)
+            if values:
+                return {k: v for k, v in values.items() if k not in ("dataset", "run_dir", "epochs", "data_dir")}
+    return dict(REGIMES[regime])
 RESULTS = os.path.join(BENCH, "results", "suite.jsonl")
 TABLE = os.path.join(ROOT, "docs", "bench", "suite.md")
 SIDE_NAMES = {
@@ -83,14 +101,17 @@ def run_key(regime: str, config: str, settings: dict) -> str:
 
 def plan(args, overrides: dict) -> list[dict]:
     """The jobs of the command, seed-major with the sides interleaved (load drift hits all alike)."""
-    regime = {**REGIMES[args.regime], **overrides}
+    regime = {**regime_settings(args.regime), **overrides}
     jobs = []
     for seed in args.seeds:
         for loss in args.losses:
             for dataset in args.datasets:
+                per_set = dict(regime)
+                if isinstance(per_set.get("backbone_weights"), str):
+                    per_set["backbone_weights"] = per_set["backbone_weights"].replace("{dataset}", dataset)
                 for config in args.settings:
                     settings = bench_peer.resolve_settings(dataset, loss, config, seed, args.epochs,
-                                                           {**SUITE_DEFAULTS, **regime})
+                                                           {**SUITE_DEFAULTS, **per_set})
                     key = run_key(args.regime, config, settings)
                     jobs.append({"key": f"{args.regime}/{dataset}/{loss}/{config}/{seed}-{key}", "id": key,
                                  "config": config, "settings": settings, "threads": args.threads,
@@ -136,15 +157,16 @@ def run(args) -> int:
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted((set(overrides) | set(REGIMES[args.regime])) - fields)
+    unknown = sorted((set(overrides) | set(regime_settings(args.regime))) - fields)
     if unknown:
         raise SystemExit(f"--set / --regime {args.regime}: {unknown} are not fields of this tfdnc's TrainConfig")
     fixed = sorted(set(overrides) & {"dataset", "loss", "seed", "run_dir"})
     if fixed:
         raise SystemExit(f"--set: {fixed} come from --datasets / --losses / --seeds, not --set")
     if args.regime == "papers" and not overrides.get("backbone_weights"):
-        raise SystemExit("--regime papers: pass the backbone pretrained on a disjoint data set with "
-                         "--set backbone_weights=PATH (see the module docstring)")
+        raise SystemExit("--regime papers: pass the backbones pretrained on data disjoint from each target with "
+                         "--set backbone_weights=PATH ('{dataset}' in PATH: the target's name), e.g. a K = 1 run's "
+                         "model.keras")
     from tfdnc.datasets import DATASETS as KNOWN
 
     missing = [d for d in args.datasets if d not in KNOWN]
@@ -348,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "its runs form rows of their own")
     r.add_argument("--regime", choices=sorted(REGIMES), default="scratch",
                    help="scratch: TrainConfig's from-scratch training; papers: a pretrained backbone "
-                        "(--set backbone_weights=PATH) at lr 1e-5 with the masks 100x")
+                        "(--set backbone_weights=PATH, '{dataset}' replaced by the target) trained slowly with "
+                        "the masks 100x (the papers-emulated preset's fields)")
     r.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
     r.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1),
                    help="intra- and inter-op threads of each run (default: all cores); --jobs x --threads "
