@@ -331,11 +331,22 @@ mean pairwise cosine of relu(m) and the share of switched-off entries of the K x
 
 ```
 # the peer's environment (torch, pytorch-metric-learning, tfdnc): docs/bench/peer.md
-.bench-venv/bin/python bench/suite.py run                      # default loss, 4 data sets x 6 settings x 3 seeds
-.bench-venv/bin/python bench/suite.py run --losses margin      # the margin-loss rows
+export OMP_WAIT_POLICY=PASSIVE
+.bench-venv/bin/python bench/suite.py run --jobs 2 --threads 1 # default loss, 4 data sets x 6 settings x 3 seeds
+.bench-venv/bin/python bench/suite.py run --jobs 2 --threads 1 --losses margin   # the margin-loss rows
 .bench-venv/bin/python bench/suite.py run --jobs 8 --threads 2 --losses multi_similarity margin  # 16 cores
+# extra TrainConfig fields form rows of their own, e.g. a learning-rate schedule for K = 1 and the default
+.bench-venv/bin/python bench/suite.py run --settings k1 dnc-learnable-symm --set lr_schedule=cosine --set warmup_epochs=1
+# the papers' regime: backbones pretrained on data disjoint from each target ({dataset}: the target's name)
+.bench-venv/bin/python bench/suite.py run --regime papers --set 'backbone_weights=runs/pretrained-{dataset}/model.keras'
 python bench/suite.py table                                    # this page, from bench/results/suite.jsonl
 ```
+
+Cost: one run takes about 60-75 s of CPU time (all threads; measured per run, `cpu_seconds` in the
+results file), so the default loss's 72 runs are about 80 CPU-minutes: about 45-60 minutes on 2
+idle cores (`--jobs 2 --threads 1`), and both losses (144 runs) about 3 CPU-hours, 15-25 minutes
+with `--jobs 8 --threads 2` on 16 cores. Rerunning a command skips the runs already in the results
+file (keyed by all their settings), so an interrupted suite continues where it stopped.
 
 Speed figures come from a 2-core machine shared with other jobs while the suite ran (load average
 recorded per run in the results file): noisy, and tfdnc and the peer ran interleaved under the same load.
