@@ -270,25 +270,31 @@ class _StepTimer:
                 record[key] = float(logs[f"val_{key}"])
         masks = getattr(self.model, "masks", None)
         if masks is not None and getattr(masks, "mode", None) == "learnable":
-            record.update(mask_statistics(masks.mask_values()))
+            values = masks.mask_values()
+            record.update(mask_statistics(values))
+            FINAL_MASKS[:] = values.tolist()
         EPOCH_RECORDS.append(record)
         super().on_epoch_end(epoch, logs)
 
 
 STEP_TIMES: list[tuple[float, int]] = []
 EPOCH_RECORDS: list[dict] = []
-# below this an effective (relu) mask entry counts as switched off
-MASK_OFF = 1e-6
+FINAL_MASKS: list[list[float]] = []  # the learnable masks (relu) after the last epoch, K x d
+# An entry is switched off below this fraction of its mask's largest entry (the rule of
+# SubspaceMasks.statistics where tfdnc has it); "mask_zero_share": entries exactly 0 after the relu.
+MASK_OFF_BELOW = 0.1
 
 
 def mask_statistics(masks) -> dict:
-    """Learnable masks (K, d) after relu: mean pairwise cosine over i < j (None for K = 1) and the share of
-    switched-off entries (<= MASK_OFF) over all K x d."""
+    """Learnable masks (K, d) after relu: mean pairwise cosine over i < j (absent for K = 1), the share of
+    switched-off entries (< MASK_OFF_BELOW x their mask's largest) and of zero entries, over all K x d."""
     import numpy as np
 
     masks = np.asarray(masks, np.float64)
     k = len(masks)
-    out = {"mask_k": k, "mask_off_share": float(np.mean(masks <= MASK_OFF))}
+    peak = masks.max(axis=1, keepdims=True)
+    out = {"mask_k": k, "mask_off_share": float(np.mean(masks < MASK_OFF_BELOW * peak)),
+           "mask_zero_share": float(np.mean(masks <= 0.0))}
     if k > 1:
         unit = masks / np.maximum(np.linalg.norm(masks, axis=1, keepdims=True), 1e-12)
         cosine = unit @ unit.T
@@ -316,7 +322,8 @@ def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
     epochs = list(STEP_TIMES) if timed else []
     return {
         "after": metrics["after"],
-        "epoch_results": list(EPOCH_RECORDS),  # per epoch: test metrics where evaluated, learnable masks' statistics
+        "epoch_results": list(EPOCH_RECORDS),
+        "masks_final": list(FINAL_MASKS) or None,  # per epoch: test metrics where evaluated, learnable masks' statistics
         "K": metrics.get("K"),
         "train_seconds": metrics.get("train_seconds"),  # all of model.fit, callbacks included
         "steps": sum(n for _, n in epochs) or None,
@@ -416,6 +423,8 @@ def epoch_summary(records: list[dict], final: dict) -> dict:
     masked = [r for r in records if "mask_off_share" in r]
     if masked:
         out["mask_off_share"] = masked[-1]["mask_off_share"]
+        if "mask_zero_share" in masked[-1]:
+            out["mask_zero_share"] = masked[-1]["mask_zero_share"]
         if "mask_cosine" in masked[-1]:
             out["mask_cosine"] = masked[-1]["mask_cosine"]
     return out

@@ -147,6 +147,7 @@ def record_of(job: dict, result: dict) -> dict:
         "full_settings": {k: v for k, v in (result.get("settings") or {}).items() if k != "run_dir"},
         "summary": result["summary"], "epoch_results": result.get("epoch_results") or [],
         "epoch_loop_seconds": result.get("epoch_loop_seconds") or [],
+        "masks_final": result.get("masks_final"),
         "loadavg_1min": [result.get("loadavg_1min_before"), result.get("loadavg_1min_after")],
     }
 
@@ -327,7 +328,9 @@ loss are pytorch-metric-learning's (docs/bench/peer.md). The test set is evaluat
 "last 3" is the mean after epochs 8-10, "final - best" the final MAP@R minus the best epoch's. Mean ±
 sample sd over seeds. s/step: the training loop's wall time per step from epoch 2 on (tfdnc: tf.data
 input included; peer: batches pre-gathered in memory). Masks: learnable D&C runs only, at the end:
-mean pairwise cosine of relu(m) and the share of switched-off entries of the K x d masks.
+mean pairwise cosine of relu(m) over the K = 4 learners and the share of the K x d entries switched off
+(below a tenth of their mask's largest entry; the results file also has the share of exact zeros and
+the masks themselves).
 
 ```
 # the peer's environment (torch, pytorch-metric-learning, tfdnc): docs/bench/peer.md

@@ -58,6 +58,10 @@ def test_mask_statistics():
     stats = bench_peer.mask_statistics([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
     assert stats["mask_cosine"] == pytest.approx(0.5)
     assert stats["mask_off_share"] == pytest.approx(4 / 8)  # two zeros in each mask
+    assert stats["mask_zero_share"] == pytest.approx(4 / 8)
+    # off: below a tenth of the mask's largest entry, whether or not the relu made it exactly 0
+    near = bench_peer.mask_statistics([[1.0, 0.05, 0.5, 1.0], [0.05, 1.0, 0.5, 1.0]])
+    assert near["mask_off_share"] == pytest.approx(2 / 8) and near["mask_zero_share"] == 0.0
     assert "mask_cosine" not in bench_peer.mask_statistics([[1.0, 2.0]])
 
 
