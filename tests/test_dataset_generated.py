@@ -68,9 +68,12 @@ def test_patches_train_and_test_come_from_different_regions():
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_loads_by_name_as_the_cli_does(name):
+    from tfdnc.train import build_parser, config_from_args
+
     assert name in DATASETS
-    config = TrainConfig(dataset=name)  # what --dataset NAME builds
-    splits = load_dataset(config.dataset)
+    config = config_from_args(build_parser().parse_args(["--dataset", name]))  # python train.py --dataset NAME
+    assert isinstance(config, TrainConfig) and config.dataset == name
+    splits = load_dataset(config.dataset, config.data_dir, use_boxes=config.use_boxes)  # as train.build_data
     assert splits.train.num_classes >= 100
     assert splits.train.images.shape[1:] == (32, 32, 3)
 
