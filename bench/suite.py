@@ -297,12 +297,13 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
         # what is missing of the planned grid (datasets x settings x seeds)
         missing = []
         for dataset in datasets:
-            for config in settings:
-                items = groups.get((regime, loss, variant, dataset, config)) or []
-                if len(items) < len(seeds):
-                    missing.append(f"{dataset} / {config}: {len(items)} of {len(seeds)} seeds")
+            short = [f"{config} {len(items)}/{len(seeds)}" for config in settings
+                     for items in [groups.get((regime, loss, variant, dataset, config)) or []]
+                     if len(items) < len(seeds)]
+            if short:
+                missing.append(f"{dataset}: {', '.join(short)}")
         if missing:
-            lines += ["", "Not yet measured (rows with fewer seeds or absent): " + "; ".join(missing) + "."]
+            lines += ["", f"Not yet complete (seeds measured / planned): {'; '.join(missing)}."]
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

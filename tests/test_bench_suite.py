@@ -74,5 +74,5 @@ def test_table_mean_sd_and_missing_rows(tmp_path, monkeypatch):
     row = next(line for line in text.splitlines() if line.startswith("| shapes | K = 1 |"))
     # MAP@R final: 0.24 + 0.001 * seed over seeds 0 and 2 -> 24.10 ± 0.14
     assert "| 2 | 54.00 ± 0.00 | 24.10 ± 0.14 |" in row
-    assert "shapes / k1: 2 of 3 seeds" in text and "glyphs / pml: 0 of 3 seeds" in text
+    assert "shapes: pml 0/3, k1 2/3, k1-symm 0/3" in text and "glyphs: pml 0/3" in text
     assert json.loads(open(results).readline())["config"] == "k1"
