@@ -17,7 +17,8 @@ README_SECTIONS = [
     "keras", "coming_from", "backbones", "losses", "symm", "evaluation", "datasets", "serving", "index", "scale",
     "reliability", "pretrain", "architecture",
 ]
-BENCH_SECTIONS = ["suite", "train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain"]
+BENCH_SECTIONS = ["suite", "train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain",
+                  "method"]
 
 
 def _read(path: str) -> str:

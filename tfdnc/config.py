@@ -93,6 +93,8 @@ class TrainConfig:
     mask_mode: str = "learnable"
     mask_loss_weight: float = 0.01
     mask_learning_rate: float = 1e-3
+    # masks' rate as a multiple of --learning-rate (TPAMI --mask-lr-mult); None: --mask-learning-rate
+    mask_lr_mult: float | None = None
     recluster_every: int = 2  # T
     full_embedding_epoch: int | None = 8  # None: never
     final_k1_epochs: int = 0  # CVPR: last epochs train on all data (K = 1)
@@ -115,6 +117,13 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: ceil(train images / batch)
     epochs: int = 10
     learning_rate: float = 1e-3
+    # the learning rates' curve over the run (tfdnc.training.lr): network, masks and loss alike
+    lr_schedule: str = "constant"  # "constant" (both references), "cosine" or "step"
+    warmup_epochs: int = 0  # linear warm-up over the first epochs
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of the run after which ...
+    lr_gamma: float = 0.1  # ... the rates are multiplied by this
+    ema: bool = False  # evaluate, save and export an exponential moving average of the network's weights
+    ema_momentum: float = 0.999
     weight_decay: float = 1e-4
     # "coupled": torch Adam's L2 (g + wd * w), as both reference repos train;
     # "decoupled": Keras Adam's weight_decay (w -= lr * wd * w per step)
@@ -210,10 +219,39 @@ class TrainConfig:
             bad("batchnorm_momentum", f"must be in [0, 1), got {self.batchnorm_momentum}")
         if self.batchnorm_epsilon is not None and not 0 < self.batchnorm_epsilon < float("inf"):
             bad("batchnorm_epsilon", f"must be a finite number > 0, got {self.batchnorm_epsilon}")
+        self._validate_schedule()
         if self.strategy not in STRATEGIES:
             bad("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             bad("mixed_precision", f"must be mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
+
+    def _validate_schedule(self) -> None:
+        """The learning-rate schedule's, EMA's and mask multiplier's settings."""
+        from tfdnc.training.lr import LR_SCHEDULES
+
+        def bad(arg, why):
+            raise ValueError(f"TrainConfig: --{arg.replace('_', '-')} {why}")
+
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        if not 0 <= int(self.warmup_epochs) <= int(self.epochs):
+            bad("warmup_epochs", f"must be in [0, --epochs ({self.epochs})], got {self.warmup_epochs}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            bad("lr_milestones", f"must be fractions of the run in (0, 1), got {self.lr_milestones}")
+        if not 0 < self.lr_gamma <= 1:
+            bad("lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
+        if not 0 < self.ema_momentum < 1:
+            bad("ema_momentum", f"must be in (0, 1), got {self.ema_momentum}")
+        if self.mask_lr_mult is not None and not 0 < self.mask_lr_mult < float("inf"):
+            bad("mask_lr_mult", f"must be a finite number > 0, got {self.mask_lr_mult}")
+
+    @property
+    def mask_rate(self) -> float:
+        """The masks' base learning rate: --mask-lr-mult x --learning-rate, or --mask-learning-rate."""
+        if self.mask_lr_mult is not None:
+            return self.mask_lr_mult * self.learning_rate
+        return self.mask_learning_rate
 
     def __getattr__(self, name: str):
         # Only reached for names that are not attributes: the deprecated ones.
@@ -293,6 +331,15 @@ _HELP = {
     "images_per_class": "M images per class",
     "steps_per_epoch": "batches per epoch (default: ceil(train images / batch size))",
     "weight_decay_mode": "'coupled' (torch Adam L2, the references) or 'decoupled' (Keras Adam weight_decay)",
+    "mask_lr_mult": "masks' learning rate as a multiple of --learning-rate (TPAMI --mask-lr-mult=100); "
+                    "none: --mask-learning-rate",
+    "lr_schedule": "learning-rate curve of network, masks and loss: 'constant' (the references), 'cosine' "
+                   "(to 0 at the last step) or 'step' (x --lr-gamma at each --lr-milestones fraction)",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "lr_milestones": "with --lr-schedule step: fractions of the run after which the rates drop",
+    "lr_gamma": "with --lr-schedule step: the factor of each drop",
+    "ema": "evaluate, save and export an exponential moving average of the network's weights (Keras use_ema)",
+    "ema_momentum": "momentum of --ema's average (per step)",
     "batchnorm_momentum": "backbone BatchNorm momentum, Keras convention (torch's 0.1 = 0.9 here); none: default",
     "run_dir": "output folder of the run",
     "cache_dir": "decode the training images once into this folder and train from it",

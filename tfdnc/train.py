@@ -19,10 +19,12 @@ a second process out of a run directory in use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -53,7 +55,9 @@ from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
 from tfdnc.training.cluster_state import ClusterStateStore
 from tfdnc.training.distributed import DistributedReclusterer
 from tfdnc.training.generations import GenerationStore
+from tfdnc.training.ema import AveragedAdam, SwapAverage
 from tfdnc.training.lock import RunLock, RunLockedError
+from tfdnc.training.lr import WarmupDecay, base_optimizer, follow_schedule
 from tfdnc.training.recluster import LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
@@ -248,28 +252,69 @@ def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndC
     """The compiled Divide & Conquer model, built under `strategy`'s scope."""
     with strategy.scope():
         loss = get_loss(config.loss, **loss_arguments(config, data.num_classes))
-        backbone = build_backbone(
-            config.backbone, (config.image_size, config.image_size, data.channels), weights=config.backbone_weights,
-            freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
-            batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
-        )
+        with backbone_weights(config.backbone_weights) as weights:
+            backbone = build_backbone(
+                config.backbone, (config.image_size, config.image_size, data.channels), weights=weights,
+                freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
+                batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
+            )
         # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
         coupled = config.weight_decay_mode == "coupled"
         mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
         model = DivideAndConquerModel(
             backbone, embedding_dim=config.embedding_dim, k_final=config.k_final, mask_mode=config.mask_mode,
-            initial_k=1, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_learning_rate,
+            initial_k=1, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_rate,
             weight_decay=config.weight_decay if coupled else 0.0,
             mask_weight_decay=mask_decay if coupled and config.mask_mode == "learnable" else 0.0,
             loss_learning_rate=config.loss_learning_rate,
         )
         decoupled = None if coupled else (config.weight_decay or None)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=decoupled), loss=loss,
+        schedule = learning_rate_schedule(config, data.steps)
+        model.compile(optimizer=network_optimizer(config, schedule, decoupled), loss=loss,
                       jit_compile=config.jit_compile)
+        if schedule is not None:
+            # Masks and loss follow the network's curve at their own base rates.
+            follow_schedule(model.mask_optimizer, schedule, config.mask_rate, model.optimizer)
+            if model.loss_optimizer is not None:
+                follow_schedule(model.loss_optimizer, schedule, config.loss_learning_rate or config.learning_rate,
+                                model.optimizer)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
     return model
+
+
+@contextlib.contextmanager
+def backbone_weights(weights: str | None):
+    """--backbone-weights as `build_backbone` takes it: a run's model.keras gives its backbone's weights.
+
+    That is the hand-over of the emulated papers' regime: a supervised K = 1
+    run on one data set pretrains the backbone that D&C starts from on another.
+    """
+    if not (isinstance(weights, str) and weights.endswith(".keras")):
+        yield weights
+        return
+    from tfdnc.pretrain.handoff import backbone_weights_from_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        yield backbone_weights_from_model(weights, os.path.join(folder, "backbone.weights.h5"))
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupDecay | None:
+    """The network's `WarmupDecay` over the whole run; None for a constant rate without warm-up."""
+    if config.lr_schedule == "constant" and not config.warmup_epochs:
+        return None  # a plain float rate: the optimizer state of runs from before schedules existed
+    return WarmupDecay(config.learning_rate, total_steps=config.epochs * steps_per_epoch,
+                       warmup_steps=config.warmup_epochs * steps_per_epoch, decay=config.lr_schedule,
+                       milestones=config.lr_milestones, gamma=config.lr_gamma)
+
+
+def network_optimizer(config: TrainConfig, schedule: WarmupDecay | None, weight_decay: float | None):
+    """Adam of backbone and head, at `schedule` (or the constant rate), averaging its weights with --ema."""
+    rate = schedule if schedule is not None else config.learning_rate
+    if config.ema:
+        return AveragedAdam(rate, weight_decay=weight_decay, use_ema=True, ema_momentum=config.ema_momentum)
+    return keras.optimizers.Adam(rate, weight_decay=weight_decay)
 
 
 def embed_function(model: keras.Model, config: TrainConfig):
@@ -333,7 +378,9 @@ def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, res
     with strategy.scope():  # optimizer slots built here must be the strategy's variables
         start = restore_latest(model, schedule, store, verbose=verbose if chief else 0, generation=chosen,
                                writer=chief)
-        model.optimizer.learning_rate.assign(config.learning_rate)
+        if not isinstance(base_optimizer(model.optimizer)._learning_rate, WarmupDecay):
+            model.optimizer.learning_rate.assign(config.learning_rate)  # a schedule is rebuilt from the config
+            model.mask_optimizer.learning_rate.assign(config.mask_rate)  # follows a new rate with --mask-lr-mult
     return start
 
 
@@ -366,7 +413,8 @@ def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, 
     """
     callbacks = [NonFiniteLossGuard(checkpoint_hint=nonfinite_advice(run_dir, config)), schedule]
     if chief:
-        callbacks += [evaluation, HistoryWriter(run_dir, schedule),
+        average = SwapAverage()  # --ema: the evaluation sees the averaged weights, the backup the trained ones
+        callbacks += [average.swap_in, evaluation, average.swap_out, HistoryWriter(run_dir, schedule),
                       GenerationBackup(GenerationStore(run_dir.backup), schedule),
                       AtomicModelCheckpoint(run_dir.last_checkpoint), keras.callbacks.TensorBoard(run_dir.logs)]
     return callbacks
@@ -399,6 +447,10 @@ def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embe
     metrics["after"] = evaluate_and_print("After training", data.splits, embed, verbose, result=final)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
+    metrics.update(model.masks.statistics())  # mask_cosine, mask_off_share: do the subspaces divide?
+    if model.num_learners > 1:
+        print(f"[tfdnc] the {model.num_learners} masks: mean pairwise cosine {metrics['mask_cosine']:.3f}, "
+              f"{100 * metrics['mask_off_share']:.1f}% of their entries switched off (< 0.1 x the mask's largest)")
     if export:
         from tfdnc.exporting import export_run
 

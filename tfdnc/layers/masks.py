@@ -9,6 +9,8 @@ from keras import ops
 from tfdnc.layers.normalization import l2_normalize
 
 MASK_MODES = ("learnable", "fixed")
+# A mask entry is "switched off" below this fraction of its mask's largest entry (statistics()).
+OFF_BELOW = 0.1
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")
@@ -141,6 +143,32 @@ class SubspaceMasks(keras.layers.Layer):
     def mask_values(self) -> np.ndarray:
         """The active effective masks as a NumPy array (K, d)."""
         return keras.ops.convert_to_numpy(self.mask_tensor())[: self.num_active]
+
+    def statistics(self, off_below: float = OFF_BELOW) -> dict:
+        """How far the active masks divide the embedding: {"mask_cosine", "mask_off_share"}.
+
+        - mask_cosine: mean cosine of the effective masks over pairs i < j of
+          the active K (1.0 when K = 1: one learner sees everything; 0 for
+          fixed blocks, which are disjoint).
+        - mask_off_share: the share of (learner, dimension) entries switched
+          off, i.e. below `off_below` times the largest entry of their mask
+          (0 at the start, when every mask is all ones; 1 - 1/K for fixed blocks).
+
+        Example:
+        >>> SubspaceMasks(8, 4, mode="fixed", initial_k=4).statistics()
+        {'mask_cosine': 0.0, 'mask_off_share': 0.75}
+        """
+        values = self.mask_values().astype(np.float64)
+        k = len(values)
+        peak = values.max(axis=1, keepdims=True)
+        off = float(np.mean(values < off_below * peak))
+        if k < 2:
+            return {"mask_cosine": 1.0, "mask_off_share": off}
+        norms = np.linalg.norm(values, axis=1, keepdims=True)
+        unit = values / np.maximum(norms, 1e-12)
+        cosine = unit @ unit.T
+        pairs = cosine[np.triu_indices(k, 1)]
+        return {"mask_cosine": float(pairs.mean()), "mask_off_share": off}
 
     def grow(self) -> int:
         """Doubles K; children 2c and 2c+1 copy parent c. Returns the new K."""

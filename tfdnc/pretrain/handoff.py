@@ -111,3 +111,27 @@ def export_backbone_weights(
     with open(path[: -len(WEIGHTS_SUFFIX)] + ".json", "w") as f:
         json.dump(info, f, indent=2, sort_keys=True, default=str)
     return full
+
+
+def backbone_weights_from_model(model_path: str, out: str) -> str:
+    """Writes the backbone of a trained tfdnc model (a run's model.keras) to `out` (`*.weights.h5`).
+
+    The emulated papers' regime (docs: "The papers' regime without ImageNet")
+    pretrains with a supervised K = 1 run on one data set and starts D&C on
+    another from its backbone: `train.py --backbone-weights RUN/model.keras`
+    calls this. Returns `out`.
+
+    Raises:
+        ValueError naming --backbone-weights when the file holds no tfdnc model with a backbone.
+    """
+    from tfdnc.model import load_model
+
+    try:
+        model = load_model(model_path, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"--backbone-weights {model_path!r}: not a model.keras saved by tfdnc ({exc})") from exc
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"--backbone-weights {model_path!r}: the model has no backbone to hand over")
+    backbone.save_weights(check_weights_path(out, "--backbone-weights"))
+    return out

@@ -176,7 +176,8 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         record = {"epoch": epoch, "K": self.k, "cluster_sizes": self.sampler.cluster_sizes(),
-                  "full_embedding": self.model.full_embedding, "backbone_frozen": self.model.backbone_frozen}
+                  "full_embedding": self.model.full_embedding, "backbone_frozen": self.model.backbone_frozen,
+                  **self._learning_rates(), **self._mask_statistics()}
         if self.reclusters_after(epoch, self._total_epochs()):
             start = time.perf_counter()
             self.recluster(epoch)
@@ -189,6 +190,20 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.sampler.gate.close()
+
+    def _mask_statistics(self) -> dict:
+        """How far the masks trained this epoch divide the embedding (`SubspaceMasks.statistics`)."""
+        statistics = getattr(getattr(self.model, "masks", None), "statistics", None)
+        return statistics() if callable(statistics) else {}
+
+    def _learning_rates(self) -> dict:
+        """The rates of network and masks at the epoch's end: those the next step uses (after any decay)."""
+        rates = {}
+        for key, optimizer in (("learning_rate", getattr(self.model, "optimizer", None)),
+                               ("mask_learning_rate", getattr(self.model, "mask_optimizer", None))):
+            if optimizer is not None:
+                rates[key] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        return rates
 
     def _total_epochs(self) -> int | None:
         return self.params.get("epochs") if self.params else None
@@ -269,3 +284,4 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
 
     def _save(self, valid_from: int) -> None:
         self.store.save(ClusterState(self.assignments, self.usable, self.k, valid_from, self.history))
+
