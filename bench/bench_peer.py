@@ -403,6 +403,7 @@ def summarise_run(result: dict) -> dict:
 
 
 LAST_EPOCHS = 3  # "last 3": the mean of the test metrics after the run's last three epochs
+SWING_EPOCHS = 5  # the swing: over the last five evaluated epochs (as bench/bench_method.py)
 
 
 def epoch_summary(records: list[dict], final: dict) -> dict:
@@ -416,6 +417,9 @@ def epoch_summary(records: list[dict], final: dict) -> dict:
         for key, _ in METRICS:
             if all(key in r for r in tail):
                 out[f"last3_{key}"] = sum(r[key] for r in tail) / LAST_EPOCHS
+    recent = [r["map@r"] for r in evaluated if r["epoch"] > last_epoch - SWING_EPOCHS]
+    if len(recent) == SWING_EPOCHS:  # the epoch-to-epoch swing: mean |change| of MAP@R over the last epochs
+        out["swing_map@r"] = sum(abs(b - a) for a, b in zip(recent, recent[1:])) / (SWING_EPOCHS - 1)
     if evaluated and "map@r" in final:
         best = max(evaluated, key=lambda r: r["map@r"])
         out["best_map@r"], out["best_epoch"] = best["map@r"], best["epoch"]

@@ -237,7 +237,9 @@ def group(records: list[dict]) -> dict:
         latest[(r["regime"], r["loss"], variant_of(r), r["dataset"], r["config"], r["seed"])] = r
     groups: dict[tuple, list[dict]] = {}
     for (regime, loss, variant, dataset, config, _), r in sorted(latest.items(), key=lambda kv: kv[0][-1]):
-        groups.setdefault((regime, loss, variant, dataset, config), []).append(r["summary"])
+        # the per-epoch figures recomputed from the stored epochs (records older than a new figure get it too)
+        summary = {**r["summary"], **bench_peer.epoch_summary(r.get("epoch_results") or [], r["summary"])}
+        groups.setdefault((regime, loss, variant, dataset, config), []).append(summary)
     return groups
 
 
@@ -261,7 +263,7 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
     for regime, loss, variant in sections:
         title = f"#### {loss}, {regime} regime" + (f", {variant}" if variant else "")
         head = (["data set", "setting", "seeds"] + [t for _, t in COLUMNS]
-                + ["final - best MAP@R", "s/step", "masks' cosine", "masks off %"])
+                + ["final - best MAP@R", "swing", "s/step", "masks' cosine", "masks off %"])
         lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         present = [c for c in settings if any((regime, loss, variant, d, c) in groups for d in datasets)]
         present += sorted({k[4] for k in groups if k[:3] == (regime, loss, variant)} - set(present))
@@ -273,6 +275,7 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 cells = [dataset, SIDE_NAMES.get(config, config), str(len(items))]
                 cells += [_mean_sd(_values(items, key)) for key, _ in COLUMNS]
                 cells.append(_mean_sd(_values(items, "final_minus_best_map@r")))
+                cells.append(_mean_sd(_values(items, "swing_map@r")))
                 cells.append(_mean_sd(_values(items, "steady_step_s"), 1.0, 4))
                 cells.append(_mean_sd(_values(items, "mask_cosine"), 1.0, 3))
                 cells.append(_mean_sd(_values(items, "mask_off_share"), 100.0, 1))
@@ -326,7 +329,8 @@ Every run: tfdnc's small CNN, d = 64, P x M = 4 x 8 batches, Adam 1e-3 (coupled 
 10 epochs of ceil(train images / 32) steps, no augmentation, D&C K 1 -> 4 (doubling every 2 epochs,
 full embedding from epoch 8): TrainConfig's defaults, the same for the peer, whose sampler, miner and
 loss are pytorch-metric-learning's (docs/bench/peer.md). The test set is evaluated after every epoch;
-"last 3" is the mean after epochs 8-10, "final - best" the final MAP@R minus the best epoch's. Mean ±
+"last 3" is the mean after epochs 8-10, "final - best" the final MAP@R minus the best epoch's, "swing"
+the mean absolute change of MAP@R between consecutive epochs over the last five. Mean ±
 sample sd over seeds. s/step: the training loop's wall time per step from epoch 2 on (tfdnc: tf.data
 input included; peer: batches pre-gathered in memory). Masks: learnable D&C runs only, at the end:
 mean pairwise cosine of relu(m) over the K = 4 learners and the share of the K x d entries switched off

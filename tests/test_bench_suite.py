@@ -50,6 +50,10 @@ def test_epoch_summary_last3_and_best():
     assert out["last3_map@r"] == pytest.approx(0.3)
     assert out["last3_recall@1"] == pytest.approx(0.4)
     assert out["best_epoch"] == 2 and out["final_minus_best_map@r"] == pytest.approx(-0.1)
+    assert "swing_map@r" not in out  # fewer than five evaluated epochs
+    five = records + [{"epoch": 5, "recall@1": 0.4, "map@r": 0.4}]
+    # |0.4-0.1| + |0.2-0.4| + |0.3-0.2| + |0.4-0.3| over 4 changes
+    assert bench_peer.epoch_summary(five, {"map@r": 0.4})["swing_map@r"] == pytest.approx(0.7 / 4)
     # the last epochs not all evaluated: no last-3 figure rather than a wrong one
     assert "last3_map@r" not in bench_peer.epoch_summary(records[:2] + [{"epoch": 3}, records[3]], {"map@r": 0.3})
 
