@@ -356,14 +356,28 @@ idle cores (`--jobs 2 --threads 1`), and both losses (144 runs) about 3 CPU-hour
 with `--jobs 8 --threads 2` on 16 cores. Rerunning a command skips the runs already in the results
 file (keyed by all their settings), so an interrupted suite continues where it stopped.
 
-Speed figures come from a 2-core machine shared with other jobs while the suite ran (load average
-recorded per run in the results file): noisy, and tfdnc and the peer ran interleaved under the same load.
+Speed figures are only as good as the machine's quiet: the line below gives the cores and the load
+average the runs met (each run's is in the results file). Under load they are noisy; tfdnc and the
+peer ran interleaved, so both met the same load.
 """
+
+
+def provenance(records: list[dict]) -> str:
+    """When, on how many cores and under what load the recorded runs ran."""
+    times = sorted(r["time"] for r in records if r.get("time"))
+    loads = [r["loadavg_1min"][0] for r in records if (r.get("loadavg_1min") or [None])[0] is not None]
+    cores = sorted({r.get("cpu_count") for r in records if r.get("cpu_count")})
+    jobs = sorted({r.get("threads") for r in records if r.get("threads")})
+    text = (f"{len(records)} run(s), finished {times[0]} - {times[-1]} UTC on {'/'.join(map(str, cores))} core(s), "
+            f"{'/'.join(map(str, jobs))} thread(s) per run")
+    if loads:
+        text += f"; 1-minute load average at their starts {min(loads):.1f} - {max(loads):.1f}"
+    return text + "."
 
 
 def table(args) -> int:
     records = read_results(args.results)
-    text = TABLE_HEAD + "\n" + (markdown(records) if records else "No runs recorded yet.") + "\n"
+    text = TABLE_HEAD + "\n" + (provenance(records) + "\n\n" + markdown(records) if records else "No runs recorded yet.") + "\n"
     if args.out == "-":
         sys.stdout.write(text)
     else:
