@@ -18,7 +18,8 @@ suite's average across data sets, never by one data set.
 
 Every finished run is appended to a JSON-lines file (`--results`), keyed by
 its full settings; rerunning the same command skips the runs done, so the
-table may grow run by run and an interrupted suite continues where it stopped.
+table may grow run by run and an interrupted suite continues where it stopped. Several suite
+processes may share one results file (e.g. one per data set): each skips what another finished.
 
     # the default loss, every data set and setting, 3 seeds (about an hour of 2 idle cores)
     .bench-venv/bin/python bench/suite.py run
@@ -194,6 +195,12 @@ def run(args) -> int:
     def one(index_job):
         index, job = index_job
         t0 = time.perf_counter()
+        with lock:
+            if job["id"] in {r["id"] for r in read_results(args.results)}:
+                # another suite process sharing the results file did it meanwhile
+                print(f"[suite {index + 1}/{len(jobs)}] {job['key'].rsplit('-', 1)[0]}: done by another process",
+                      file=sys.stderr, flush=True)
+                return
         result = bench_peer.run_job(job, log_dir)
         with lock:  # one writer appends whole lines
             if "error" in result:

@@ -38,6 +38,25 @@ def test_rerun_skips_done_runs_and_new_settings_run(tmp_path, monkeypatch):
     assert len(suite.read_results(results)) == 8
 
 
+def test_runs_another_process_finished_meanwhile_are_skipped(tmp_path, monkeypatch):
+    results = str(tmp_path / "r.jsonl")
+    argv = ["run", "--datasets", "shapes", "--settings", "k1", "--seeds", "0", "1", "--results", results,
+            "--run-root", str(tmp_path), "--threads", "1"]
+    calls = []
+
+    def run_job(job, log_dir):
+        calls.append(job["key"])
+        if len(calls) == 1:  # while the first run trains, another process records the second one
+            other = suite.plan(suite.build_parser().parse_args(argv), {})[1]
+            with open(results, "a") as f:
+                f.write(json.dumps({**suite.record_of(other, {"summary": {}}), "id": other["id"]}) + "\n")
+        return _fake_result(job)
+
+    monkeypatch.setattr(bench_peer, "run_job", run_job)
+    assert suite.main(argv) == 0
+    assert len(calls) == 1 and len(suite.read_results(results)) == 2
+
+
 def test_bad_set_field_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="not_a_field"):
         suite.main(["run", "--set", "not_a_field=1", "--results", str(tmp_path / "r.jsonl")])
