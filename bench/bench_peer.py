@@ -262,10 +262,44 @@ class _StepTimer:
         if self._bench_t0 is not None:
             self._bench_epochs.append((self._bench_t1 - self._bench_t0, self._bench_n))
             STEP_TIMES[:] = self._bench_epochs
+        # the epoch's test metrics (logged by RetrievalEvaluation, which runs before this callback)
+        # and the masks at the epoch's end
+        record = {"epoch": int(epoch) + 1}
+        for key, _ in METRICS:
+            if logs and f"val_{key}" in logs:
+                record[key] = float(logs[f"val_{key}"])
+        masks = getattr(self.model, "masks", None)
+        if masks is not None and getattr(masks, "mode", None) == "learnable":
+            values = masks.mask_values()
+            record.update(mask_statistics(values))
+            FINAL_MASKS[:] = values.tolist()
+        EPOCH_RECORDS.append(record)
         super().on_epoch_end(epoch, logs)
 
 
 STEP_TIMES: list[tuple[float, int]] = []
+EPOCH_RECORDS: list[dict] = []
+FINAL_MASKS: list[list[float]] = []  # the learnable masks (relu) after the last epoch, K x d
+# An entry is switched off below this fraction of its mask's largest entry (the rule of
+# SubspaceMasks.statistics where tfdnc has it); "mask_zero_share": entries exactly 0 after the relu.
+MASK_OFF_BELOW = 0.1
+
+
+def mask_statistics(masks) -> dict:
+    """Learnable masks (K, d) after relu: mean pairwise cosine over i < j (absent for K = 1), the share of
+    switched-off entries (< MASK_OFF_BELOW x their mask's largest) and of zero entries, over all K x d."""
+    import numpy as np
+
+    masks = np.asarray(masks, np.float64)
+    k = len(masks)
+    peak = masks.max(axis=1, keepdims=True)
+    out = {"mask_k": k, "mask_off_share": float(np.mean(masks < MASK_OFF_BELOW * peak)),
+           "mask_zero_share": float(np.mean(masks <= 0.0))}
+    if k > 1:
+        unit = masks / np.maximum(np.linalg.norm(masks, axis=1, keepdims=True), 1e-12)
+        cosine = unit @ unit.T
+        out["mask_cosine"] = float(cosine[np.triu_indices(k, 1)].mean())
+    return out
 
 
 def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
@@ -288,6 +322,8 @@ def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
     epochs = list(STEP_TIMES) if timed else []
     return {
         "after": metrics["after"],
+        "epoch_results": list(EPOCH_RECORDS),
+        "masks_final": list(FINAL_MASKS) or None,  # per epoch: test metrics where evaluated, learnable masks' statistics
         "K": metrics.get("K"),
         "train_seconds": metrics.get("train_seconds"),  # all of model.fit, callbacks included
         "steps": sum(n for _, n in epochs) or None,
@@ -334,6 +370,7 @@ def worker(job: dict) -> dict:
     else:
         result = run_tfdnc(settings, splits, job["run_root"], job["keep_runs"])
     result["wall_seconds"] = time.perf_counter() - start
+    result["cpu_seconds"] = time.process_time()  # all threads of this run's process, start-up included
     return result
 
 
@@ -358,8 +395,42 @@ def summarise_run(result: dict) -> dict:
     if result.get("train_seconds") and result.get("steps"):
         out["fit_step_s"] = result["train_seconds"] / result["steps"]
     out["wall_seconds"] = result.get("wall_seconds")
+    out["cpu_seconds"] = result.get("cpu_seconds")
+    out.update(epoch_summary(result.get("epoch_results") or [], out))
     if result.get("xbm_bytes"):
         out["xbm_bytes"] = result["xbm_bytes"]
+    return out
+
+
+LAST_EPOCHS = 3  # "last 3": the mean of the test metrics after the run's last three epochs
+SWING_EPOCHS = 5  # the swing: over the last five evaluated epochs (as bench/bench_method.py)
+
+
+def epoch_summary(records: list[dict], final: dict) -> dict:
+    """From per-epoch records: the last-3-epoch means, the best epoch's MAP@R (and final minus best), and the
+    learnable masks' statistics at the end. Empty where the last epochs were not all evaluated."""
+    out = {}
+    evaluated = [r for r in records if "map@r" in r]
+    last_epoch = max((r["epoch"] for r in records), default=0)
+    tail = [r for r in evaluated if r["epoch"] > last_epoch - LAST_EPOCHS]
+    if len(tail) == LAST_EPOCHS:
+        for key, _ in METRICS:
+            if all(key in r for r in tail):
+                out[f"last3_{key}"] = sum(r[key] for r in tail) / LAST_EPOCHS
+    recent = [r["map@r"] for r in evaluated if r["epoch"] > last_epoch - SWING_EPOCHS]
+    if len(recent) == SWING_EPOCHS:  # the epoch-to-epoch swing: mean |change| of MAP@R over the last epochs
+        out["swing_map@r"] = sum(abs(b - a) for a, b in zip(recent, recent[1:])) / (SWING_EPOCHS - 1)
+    if evaluated and "map@r" in final:
+        best = max(evaluated, key=lambda r: r["map@r"])
+        out["best_map@r"], out["best_epoch"] = best["map@r"], best["epoch"]
+        out["final_minus_best_map@r"] = final["map@r"] - best["map@r"]
+    masked = [r for r in records if "mask_off_share" in r]
+    if masked:
+        out["mask_off_share"] = masked[-1]["mask_off_share"]
+        if "mask_zero_share" in masked[-1]:
+            out["mask_zero_share"] = masked[-1]["mask_zero_share"]
+        if "mask_cosine" in masked[-1]:
+            out["mask_cosine"] = masked[-1]["mask_cosine"]
     return out
 
 

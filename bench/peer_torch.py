@@ -252,7 +252,17 @@ def is_deterministic_transform(settings: dict) -> bool:
 
 # TrainConfig settings the peer replicates only at these values
 _PLAIN = {"backbone": ("small_cnn",), "backbone_weights": (None,), "pixel_mode": (None, "scale"),
-          "freeze_batchnorm": (False,), "use_boxes": (False,), "mixed_precision": (None,), "strategy": ("default",)}
+          "freeze_batchnorm": (False,), "use_boxes": (False,), "mixed_precision": (None,), "strategy": ("default",),
+          # learning-rate schedules and weight averaging (issue 20) have no replica here yet
+          "lr_schedule": ("constant",), "warmup_epochs": (0,), "ema": (False,)}
+# the per-epoch test metrics kept in "epoch_results"
+_EPOCH_KEYS = ("recall@1", "map@r", "nmi")
+
+
+def _first_result(result: dict) -> dict:
+    """The first evaluation set's metrics of a ProtocolResult dict (the test set), as summarise_run reads them."""
+    results = result["results"]
+    return results.get("test") or next(iter(results.values()))
 
 
 def seed_everything(seed: int) -> None:
@@ -273,6 +283,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     evaluation), "train_seconds" (their sum) and "settings_used".
     """
     from tfdnc.data.pipeline import image_channels, make_eval_dataset
+    from tfdnc.evaluation.callback import evaluation_due
     from tfdnc.protocols import run_protocol
 
     unsupported = {key: settings[key] for key, ok in _PLAIN.items() if key in settings and settings[key] not in ok}
@@ -314,8 +325,23 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
             train_set, np.arange(len(train_set)), np.zeros((len(train_set), 2), np.int64), settings, channels))
     rng = np.random.default_rng([seed, 2])
 
-    epoch_seconds, losses_seen = [], []
-    for epoch in range(int(settings["epochs"])):
+    size = int(settings["image_size"])
+    resize = settings.get("resize_size") or size
+
+    @torch.no_grad()
+    def embed(image_set):
+        model.eval()
+        parts = [F.normalize(model(torch.from_numpy(x.numpy())), dim=1).numpy()
+                 for x in make_eval_dataset(image_set, size, resize, batch_size=256)]
+        return np.concatenate(parts)
+
+    def evaluate() -> dict:
+        return run_protocol(splits, embed).to_dict()
+
+    epochs = int(settings["epochs"])
+    every = int(settings.get("eval_every") or epochs)
+    epoch_seconds, losses_seen, epoch_results = [], [], []
+    for epoch in range(epochs):
         order = np.fromiter(iter(sampler), dtype=np.int64)
         if fixed:
             pixels = everything[torch.from_numpy(order)]
@@ -344,20 +370,19 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         losses_seen.append(total / steps)
         if verbose:
             print(f"[peer] epoch {epoch + 1}: loss {total / steps:.4f}, {epoch_seconds[-1]:.1f} s", flush=True)
-
-    model.eval()
-    size = int(settings["image_size"])
-    resize = settings.get("resize_size") or size
-
-    @torch.no_grad()
-    def embed(image_set):
-        parts = [F.normalize(model(torch.from_numpy(x.numpy())), dim=1).numpy()
-                 for x in make_eval_dataset(image_set, size, resize, batch_size=256)]
-        return np.concatenate(parts)
+        # after the epochs tfdnc evaluates too (RetrievalEvaluation.from_protocol: no forced first epoch),
+        # outside the epoch's clock
+        if epoch + 1 < epochs and evaluation_due(epoch, every, epochs, first=False):
+            first = _first_result(evaluate())
+            epoch_results.append({"epoch": epoch + 1, **{k: first[k] for k in _EPOCH_KEYS if k in first}})
+            model.train()
 
     result = run_protocol(splits, embed)
+    first = _first_result(result.to_dict())
+    epoch_results.append({"epoch": epochs, **{k: first[k] for k in _EPOCH_KEYS if k in first}})
     return {
         "after": result.to_dict(),
+        "epoch_results": epoch_results,
         "steps": steps * int(settings["epochs"]),
         "epoch_loop_seconds": epoch_seconds,
         "train_seconds": float(sum(epoch_seconds)),

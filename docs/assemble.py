@@ -18,8 +18,8 @@ README_SECTIONS = [
     "reliability", "pretrain", "architecture",
 ]
 BENCH_SECTIONS = [
-    "train", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain", "backbones",
-    "method",
+    "train", "suite", "symm", "clustering", "recall", "peer", "losses", "serving", "index", "scale", "pretrain",
+    "backbones", "method",
 ]
 
 

@@ -11,9 +11,12 @@ from tfdnc.datasets.cub import load_cub
 from tfdnc.datasets.default import load_digits_upscaled, load_mnist_sample
 from tfdnc.datasets.errors import DatasetError
 from tfdnc.datasets.folder import load_image_folder
+from tfdnc.datasets.glyphs import load_glyphs
 from tfdnc.datasets.inshop import load_inshop
+from tfdnc.datasets.patches import load_patches
 from tfdnc.datasets.shapes import load_shapes
 from tfdnc.datasets.sop import load_sop
+from tfdnc.datasets.textures import load_textures
 from tfdnc.datasets.vehicleid import load_vehicleid
 
 # name -> loader(data_dir, **options) -> DataSplits
@@ -21,6 +24,10 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": lambda data_dir=None, **kw: load_mnist_sample(**kw),
     "digits": lambda data_dir=None, **kw: load_digits_upscaled(**kw),
     "shapes": lambda data_dir=None, **kw: load_shapes(**kw),
+    # generated from what tfdnc's dependencies ship (the benchmark suite's other sets)
+    "glyphs": lambda data_dir=None, **kw: load_glyphs(**kw),
+    "textures": lambda data_dir=None, **kw: load_textures(**kw),
+    "patches": lambda data_dir=None, **kw: load_patches(**kw),
     "cub": load_cub,
     "cars": load_cars,
     "sop": load_sop,
@@ -59,5 +66,6 @@ def load_dataset(
 
 __all__ = [
     "DATASETS", "WITH_BOXES", "DataSplits", "DatasetError", "ImageSet", "load_cars", "load_csv", "load_cub",
-    "load_dataset", "load_image_folder", "load_inshop", "load_shapes", "load_sop", "load_vehicleid",
+    "load_dataset", "load_glyphs", "load_image_folder", "load_inshop", "load_patches", "load_shapes", "load_sop",
+    "load_textures", "load_vehicleid",
 ]
