@@ -46,7 +46,8 @@ def test_masks_divide_within_40_steps_at_the_papers_mask_ratio(tmp_path):
     rate, as tfdnc trained before --mask-lr-mult); a run that drops the
     multiplier stays above 0.99 and fails here.
     """
-    history, metrics = _mask_history(tmp_path / "papers", "--learning-rate", "1e-3", "--mask-lr-mult", "100")
+    history, metrics = _mask_history(tmp_path / "papers", "--learning-rate", "1e-3", "--mask-lr-mult", "100",
+                                      "--lr-schedule", "constant", "--warmup-epochs", "0")
     assert [h["K"] for h in history] == [1, 2, 2]
     assert history[0]["mask_cosine"] == pytest.approx(1.0)
     assert history[-1]["mask_cosine"] < 0.9

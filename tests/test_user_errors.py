@@ -248,15 +248,15 @@ def test_a_new_setting_is_type_checked_without_an_edit_of_the_checks(tmp_path):
     from tfdnc.config import TrainConfig
 
     @dataclasses.dataclass
-    class WithSchedule(TrainConfig):
-        warmup_epochs: int = 0
-        lr_milestones: tuple[int, ...] = ()
+    class WithNewSettings(TrainConfig):
+        extra_epochs: int = 0
+        extra_milestones: tuple[int, ...] = ()
 
-    assert WithSchedule(warmup_epochs=2, lr_milestones=[4, 8]).warmup_epochs == 2
-    with pytest.raises(UserInputError, match=r"--warmup-epochs must be an integer, got 1.5"):
-        WithSchedule(warmup_epochs=1.5)
-    with pytest.raises(UserInputError, match=r"cfg.json: setting 'lr_milestones' must be a list of integers"):
-        WithSchedule.from_dict({"lr_milestones": "4,8"}, source="cfg.json")
+    assert WithNewSettings(extra_epochs=2, extra_milestones=[4, 8]).extra_epochs == 2
+    with pytest.raises(UserInputError, match=r"--extra-epochs must be an integer, got 1.5"):
+        WithNewSettings(extra_epochs=1.5)
+    with pytest.raises(UserInputError, match=r"cfg.json: setting 'extra_milestones' must be a list of integers"):
+        WithNewSettings.from_dict({"extra_milestones": "4,8"}, source="cfg.json")
     with pytest.raises(UserInputError, match=r"setting 'flip' must be true or false, got \"yes\""):
         TrainConfig.from_dict({"flip": "yes"}, source="cfg.json")
 
