@@ -38,6 +38,9 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
     >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
     >>> out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
     """
+    # Loaded on use, here and below: tfdnc.evaluation imports Keras, which `tfdnc index --help` does without.
+    from tfdnc.evaluation.metrics import relevant_counts
+
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"recall_through_index: `ks` must be positive integers, got {ks}")
@@ -45,9 +48,7 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
     queries = np.asarray(queries, np.float32)
     gallery_labels, query_labels = _checked_labels(index, ids, queries, query_labels, gallery_labels, exclude_self)
     found = _found_within_k(index, ids, queries, query_labels, gallery_labels, ks, exclude_self)
-    classes, counts = np.unique(gallery_labels, return_counts=True)
-    count_of = dict(zip(classes, counts))
-    valid = np.array([count_of.get(label, 0) - (1 if exclude_self else 0) > 0 for label in query_labels])
+    valid = relevant_counts(query_labels, gallery_labels, exclude_self) > 0
     if not valid.any():
         raise ValueError("recall_through_index: no query has a relevant gallery item")
     through_index = {k: float(found[valid, i].mean()) for i, k in enumerate(ks)}
