@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfdnc.backbones import build_backbone  # noqa: E402
-from tfdnc.callbacks import DivideAndConquerSchedule  # noqa: E402
+from tfdnc.training import DivideAndConquerSchedule  # noqa: E402
 from tfdnc.data.pipeline import image_channels, make_train_dataset  # noqa: E402
 from tfdnc.data.sampling import ClusterBatchSampler  # noqa: E402
 from tfdnc.datasets import load_dataset  # noqa: E402

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfdnc.backbones import build_backbone  # noqa: E402
-from tfdnc.layers.normalization import l2_normalize  # noqa: E402
+from tfdnc.utils.arrays import l2_normalize_tensor as l2_normalize  # noqa: E402
 from tfdnc.losses import MarginLoss  # noqa: E402
 from tfdnc.model import DivideAndConquerModel  # noqa: E402
 

@@ -284,7 +284,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     """
     from tfdnc.data.pipeline import image_channels, make_eval_dataset
     from tfdnc.evaluation.callback import evaluation_due
-    from tfdnc.protocols import run_protocol
+    from tfdnc.evaluation.protocols import run_protocol
 
     unsupported = {key: settings[key] for key, ok in _PLAIN.items() if key in settings and settings[key] not in ok}
     if unsupported:

@@ -25,13 +25,13 @@ LAYERS = [
     ("tfdnc.distances", "tfdnc.miners", "tfdnc.layers", "tfdnc.losses", "tfdnc.backbones", "tfdnc.distributed",
      "tfdnc.hub_backbones", "tfdnc.optimizers"),
     ("tfdnc.pretrain",),
-    ("tfdnc.evaluation", "tfdnc.protocols"),
-    ("tfdnc.training", "tfdnc.callbacks"),
+    ("tfdnc.evaluation",),
+    ("tfdnc.training",),
     ("tfdnc.config", "tfdnc.presets"),
     ("tfdnc.exporting",),
-    ("tfdnc.serving", "tfdnc.embedders", "tfdnc.index"),
+    ("tfdnc.serving", "tfdnc.loading", "tfdnc.index"),
     ("tfdnc.model",),
-    ("tfdnc.evaluate", "tfdnc.report", "tfdnc.train"),
+    ("tfdnc.evaluation_cli", "tfdnc.report", "tfdnc.train"),
     ("tfdnc.cli",),
 ]
 

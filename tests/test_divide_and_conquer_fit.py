@@ -6,7 +6,7 @@ import os
 import keras
 import numpy as np
 
-from tfdnc.callbacks import DivideAndConquerSchedule
+from tfdnc.training import DivideAndConquerSchedule
 from tfdnc.clustering import usable_mask
 from tfdnc.data.pipeline import make_eval_dataset, make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler

@@ -1,4 +1,4 @@
-"""`python -m tfdnc.evaluate` on a run directory, a .keras file and a SavedModel export."""
+"""`tfdnc evaluate` (tfdnc.evaluation_cli) on a run directory, a .keras file and a SavedModel export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tfdnc.evaluate import load_embedder, main
+from tfdnc.evaluation_cli import main
+from tfdnc.loading import load_embedder
 
 
 @pytest.fixture(scope="module")

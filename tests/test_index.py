@@ -18,7 +18,7 @@ import pytest
 
 import tfdnc
 from tfdnc.index import FaissIndex, IndexMismatchError, MilvusIndex, calibrate_threshold, open_index, save_index
-from tfdnc.index.evaluate import recall_through_index
+from tfdnc.index.recall import recall_through_index
 
 from rankings import assert_top_k  # tests/rankings.py
 

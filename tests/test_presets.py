@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tfdnc.config import TrainConfig
-from tfdnc.protocols import get_protocol
+from tfdnc.evaluation.protocols import get_protocol
 from tfdnc.presets import PRESETS, config_from_preset, get_preset, presets_table
 
 DATASETS = ("cub", "cars", "sop", "inshop", "vehicleid")

@@ -9,7 +9,7 @@ import pytest
 
 from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.datasets.vehicleid import query_gallery_split
-from tfdnc.protocols import PROTOCOLS, evaluate_embedded, get_protocol, run_protocol
+from tfdnc.evaluation.protocols import PROTOCOLS, evaluate_embedded, get_protocol, run_protocol
 
 
 def unit(x):
@@ -122,7 +122,7 @@ def test_inshop_query_gallery():
     for k in (1, 10, 20, 30, 50):
         assert metrics[f"recall@{k}"] == pytest.approx(brute_recall(q, ql, g, gl, k, False))
     assert result.sizes["query/gallery"] == (40, 30)
-    json.dumps(result.to_dict())  # serialisable as written by `tfdnc.evaluate`
+    json.dumps(result.to_dict())  # serialisable as written by `tfdnc evaluate`
 
 
 def test_inshop_needs_query_and_gallery():

@@ -94,7 +94,7 @@ def test_report_renders_every_figure_and_every_reference_resolves(run_dir):
 
 
 def test_report_evaluation_matches_the_evaluate_command(run_dir, tmp_path):
-    from tfdnc.evaluate import main as evaluate_main
+    from tfdnc.evaluation_cli import main as evaluate_main
 
     build_report(run_dir, str(tmp_path / "r"), projection="pca", progress=False, num_queries=0)
     from_report = json.load(open(tmp_path / "r" / "evaluation.json"))

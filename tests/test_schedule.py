@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfdnc.callbacks import DivideAndConquerSchedule
+from tfdnc.training import DivideAndConquerSchedule
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.datasets.base import ImageSet
 

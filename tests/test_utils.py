@@ -20,6 +20,20 @@ def test_l2_normalize_unit_rows_and_zero_rows_stay_zero():
     assert y.dtype == np.float32
 
 
+def test_l2_normalize_numpy_and_tensor_twins_agree_along_any_axis():
+    import keras
+
+    from tfdnc.utils import l2_normalize_tensor
+
+    x = np.random.default_rng(1).normal(size=(4, 6, 3)).astype(np.float32)
+    x[1, :, 0] = 0.0
+    x[2, 3] *= 1e-9  # below the epsilon floor on the squared norm: both scale it alike
+    for axis in (0, 1, -1):
+        np.testing.assert_allclose(l2_normalize(x, axis=axis),
+                                   keras.ops.convert_to_numpy(l2_normalize_tensor(x, axis=axis)),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_list_image_files_recursive_sorted_every_extension(tmp_path):
     for rel in ["b/2.PNG", "a/1.jpg", "a/deep/3.webp", "a/.hidden.jpg", "a/notes.txt", "c.bmp"]:
         path = tmp_path / rel

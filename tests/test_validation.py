@@ -265,9 +265,9 @@ def test_empty_class_folder_is_a_clear_loader_error(tmp_path):
 
 def test_bad_input_folder_dataset_validates_trains_and_evaluates(tmp_path):
     from tfdnc.backbones import build_backbone
-    from tfdnc.callbacks import DivideAndConquerSchedule
+    from tfdnc.training import DivideAndConquerSchedule
     from tfdnc.model import DivideAndConquerModel
-    from tfdnc.protocols import run_protocol
+    from tfdnc.evaluation.protocols import run_protocol
 
     expected = write_folder_dataset(tmp_path / "data")
     splits = load_dataset("folder", str(tmp_path / "data"))

@@ -16,7 +16,6 @@ else is changed: TensorFlow's start-up log lines are silenced only by the
 is unset.
 """
 
-import importlib as _importlib
 import os as _os
 import sys as _sys
 
@@ -40,9 +39,11 @@ def _check_backend() -> None:
 
 _check_backend()
 
+from tfdnc.utils.lazy import lazy_attributes as _lazy_attributes  # noqa: E402 (after the backend check)
+
 # name -> module that holds it; loaded on first access (PEP 562), so that
 # `import tfdnc` stays cheap and the package imports no layer above it.
-_LAZY_MODULES = ("backbones", "callbacks", "data", "losses", "miners", "model")
+_LAZY_MODULES = ("backbones", "data", "losses", "miners", "model")
 _LAZY_NAMES = {
     "DivideAndConquerModel": "tfdnc.model",
     "load_model": "tfdnc.model",
@@ -50,13 +51,7 @@ _LAZY_NAMES = {
     "build_backbone": "tfdnc.backbones",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY_MODULES:
-        return _importlib.import_module(f"tfdnc.{name}")
-    if name in _LAZY_NAMES:
-        return getattr(_importlib.import_module(_LAZY_NAMES[name]), name)
-    raise AttributeError(f"module 'tfdnc' has no attribute {name!r}")
+__getattr__ = _lazy_attributes(__name__, _LAZY_NAMES, modules=_LAZY_MODULES)
 
 
 def __dir__():

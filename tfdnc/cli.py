@@ -45,7 +45,7 @@ OUTPUT_FORMATS = (".npy", ".npz", ".json", ".csv")
 COMMANDS = {
     "train": ("tfdnc.config", "tfdnc.train", "train, evaluate and export a Divide & Conquer model (= python train.py)"),
     "export": ("tfdnc.exporting.cli", "tfdnc.exporting.cli", "export a run or .keras file as a SavedModel version"),
-    "evaluate": ("tfdnc.evaluate", "tfdnc.evaluate", "evaluate a run, .keras file or export on a benchmark"),
+    "evaluate": ("tfdnc.evaluation_cli", "tfdnc.evaluation_cli", "evaluate a run, .keras file or export on a benchmark"),
     "report": ("tfdnc.report.__main__", "tfdnc.report.__main__", "an HTML report of a training run"),
     "pretrain": ("tfdnc.pretrain.cli", "tfdnc.pretrain.cli", "self-supervised pretraining of a backbone"),
 }

@@ -32,8 +32,9 @@ import os
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.datasets.classsplit import split_by_class_id
 from tfdnc.datasets.errors import DatasetError
-from tfdnc.datasets.listfile import find_root, require_classes, require_dir
+from tfdnc.datasets.listfile import find_root, require_dir
 
 NUM_CLASSES = 196
 _BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
@@ -62,6 +63,20 @@ def load_cars(
     >>> splits = load_cars("/data/cars196")
     >>> splits.train.num_classes, splits.test.num_classes   # (98, 98)
     """
+    records = _read_records(data_dir)
+    files = [file for file, _, _, _ in records]
+    if check_files:
+        for file, _, _, (path, item) in records:
+            if not os.path.isfile(file):
+                raise DatasetError(f"image listed but absent: {file}", path, item=item)
+    labels = np.array([label for _, label, _, _ in records], dtype=np.int64)
+    boxes = np.array([box for _, _, box, _ in records], np.float32) if use_boxes else None
+    everything = ImageSet(labels=labels, paths=files, name="cars", boxes=boxes)
+    return split_by_class_id(everything, num_train_classes, NUM_CLASSES, "CARS196", records[0][3][0])
+
+
+def _read_records(data_dir: str | None) -> list[tuple]:
+    """(file, class, box, (annotation file, item)) per image, from either layout (see the module's docstring)."""
     subfolders = ["cars196", "CARS196", "stanford_cars", "cars"]
     require_dir(data_dir, "CARS196")
     try:
@@ -76,30 +91,7 @@ def load_cars(
                 data_dir,
             ) from missing_all_in_one
         read_records = _records_devkit
-    records = list(read_records(root))
-
-    files, labels, boxes, sources = [], [], [], []
-    for file, label, box, source in records:
-        files.append(file)
-        labels.append(label)
-        boxes.append(box)
-        sources.append(source)
-    if check_files:
-        for file, (path, item) in zip(files, sources):
-            if not os.path.isfile(file):
-                raise DatasetError(f"image listed but absent: {file}", path, item=item)
-
-    labels = np.array(labels, dtype=np.int64)
-    everything = ImageSet(labels=labels, paths=files, name="cars",
-                          boxes=np.array(boxes, np.float32) if use_boxes else None)
-    is_train = labels <= num_train_classes
-    train = everything.subset(is_train, name="cars/train")
-    test = everything.subset(~is_train, name="cars/test")
-    source = sources[0][0]
-    hint = f"CARS196 trains on classes 1-{num_train_classes} and tests on {num_train_classes + 1}-{NUM_CLASSES}"
-    require_classes(train.labels, "train", source, hint)
-    require_classes(test.labels, "test", source, hint)
-    return DataSplits(train=train, test=test, protocol="cars")
+    return list(read_records(root))
 
 
 def _records_all_in_one(root: str):

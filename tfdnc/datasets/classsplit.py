@@ -1,10 +1,29 @@
-"""Disjoint class splits for data sets that do not define their own."""
+"""Disjoint class splits: by class id for CUB / CARS196, by sorted name for data sets that define none."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from tfdnc.datasets.base import DataSplits, ImageSet
 from tfdnc.datasets.errors import DatasetError
+from tfdnc.datasets.listfile import require_classes
+
+
+def split_by_class_id(everything: ImageSet, num_train_classes: int, num_classes: int, dataset: str,
+                      source: str) -> DataSplits:
+    """Classes 1..`num_train_classes` train, the rest test (the metric-learning split of CUB and CARS196).
+
+    `everything.name` names the splits ("cub" -> "cub/train", "cub/test") and
+    their protocol; an empty split is a `DatasetError` naming `source`.
+    """
+    name = everything.name
+    is_train = everything.labels <= num_train_classes
+    train = everything.subset(is_train, name=f"{name}/train")
+    test = everything.subset(~is_train, name=f"{name}/test")
+    hint = f"{dataset} trains on classes 1-{num_train_classes} and tests on {num_train_classes + 1}-{num_classes}"
+    require_classes(train.labels, "train", source, hint)
+    require_classes(test.labels, "test", source, hint)
+    return DataSplits(train=train, test=test, protocol=name)
 
 
 def split_classes(class_names: list[str], train_fraction: float, source: str) -> tuple[set, set]:

@@ -52,6 +52,26 @@ def load_csv(
     >>> splits = load_csv("/data/products/labels.csv")
     """
     path = _csv_path(data_dir)
+    rows, files, labels, splits = _read_lines(path)
+    if check_files:
+        check_images_exist(files, rows)
+    extra = {}
+    if all(_is_int(v) for v in labels):
+        ids = np.array([int(v) for v in labels], dtype=np.int64)
+    else:
+        ids, _ = class_ids(labels)
+        extra["class_names"] = np.array(labels)
+    everything = ImageSet(labels=ids, paths=files, name="csv", extra=extra)
+    if splits[0] is None:
+        train_names, _ = split_classes(sorted(set(labels)), train_fraction, path)
+        is_train = np.array([v in train_names for v in labels])
+        return DataSplits(train=everything.subset(is_train, name="csv/train"),
+                          test=everything.subset(~is_train, name="csv/test"), protocol="default")
+    return _listed_splits(everything, np.array(splits), path)
+
+
+def _read_lines(path: str) -> tuple[list[Row], list[str], list[str], list[str | None]]:
+    """(rows, image files, labels as written, split or None) of every image line of the CSV file."""
     rows, files, labels, splits = [], [], [], []
     folder = os.path.dirname(os.path.abspath(path))
     with open(path, newline="", encoding="utf-8-sig") as f:  # tolerate a BOM (Excel)
@@ -66,7 +86,6 @@ def load_csv(
                     f"malformed line: expected 2 or 3 fields (path,label[,split]), got {len(record)}: "
                     f"{','.join(record)!r}", path, number,
                 )
-            row = Row(path, number, tuple(record))
             if splits and (len(record) == 3) != (splits[0] is not None):
                 raise DatasetError("every line must have a split column, or none", path, number)
             split = record[2].lower() if len(record) == 3 else None
@@ -74,30 +93,17 @@ def load_csv(
                 raise DatasetError(f"split must be one of {SPLITS}, got {record[2]!r}", path, number)
             if not record[0] or not record[1]:
                 raise DatasetError("empty path or label", path, number)
-            rows.append(row)
+            rows.append(Row(path, number, tuple(record)))
             files.append(record[0] if os.path.isabs(record[0]) else os.path.join(folder, record[0]))
             labels.append(record[1])
             splits.append(split)
     if not rows:
         raise DatasetError("the CSV file lists no images", path)
-    if check_files:
-        check_images_exist(files, rows)
+    return rows, files, labels, splits
 
-    extra = {}
-    if all(_is_int(v) for v in labels):
-        ids = np.array([int(v) for v in labels], dtype=np.int64)
-    else:
-        ids, _ = class_ids(labels)
-        extra["class_names"] = np.array(labels)
-    everything = ImageSet(labels=ids, paths=files, name="csv", extra=extra)
 
-    if splits[0] is None:
-        train_names, _ = split_classes(sorted(set(labels)), train_fraction, path)
-        is_train = np.array([v in train_names for v in labels])
-        return DataSplits(train=everything.subset(is_train, name="csv/train"),
-                          test=everything.subset(~is_train, name="csv/test"), protocol="default")
-
-    splits = np.array(splits)
+def _listed_splits(everything: ImageSet, splits: np.ndarray, path: str) -> DataSplits:
+    """The sets the split column names; train and an evaluation (test, or query and gallery) are required."""
     sets = {s: everything.subset(splits == s, name=f"csv/{s}") for s in SPLITS if (splits == s).any()}
     if "train" not in sets:
         raise DatasetError("the train split has no classes: no line has split 'train'", path)

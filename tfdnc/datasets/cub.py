@@ -22,10 +22,9 @@ import os
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.datasets.classsplit import split_by_class_id
 from tfdnc.datasets.errors import DatasetError
-from tfdnc.datasets.listfile import (
-    check_images_exist, check_unique, find_root, read_rows, require_classes,
-)
+from tfdnc.datasets.listfile import check_images_exist, check_unique, find_root, read_rows
 
 NUM_CLASSES = 200
 
@@ -55,18 +54,24 @@ def load_cub(
     >>> len(splits.train), splits.train.num_classes   # (5864, 100)
     """
     root = find_root(data_dir, "images.txt", ["CUB_200_2011"], "CUB-200-2011")
-    images_txt = os.path.join(root, "images.txt")
     labels_txt = os.path.join(root, "image_class_labels.txt")
-    boxes_txt = os.path.join(root, "bounding_boxes.txt")
-
-    image_rows = read_rows(images_txt, ["image_id", "image_name"], what="CUB image list")
+    image_rows = read_rows(os.path.join(root, "images.txt"), ["image_id", "image_name"], what="CUB image list")
     ids = [r.int(0, "image_id") for r in image_rows]
     check_unique(ids, image_rows, "image id")
     files = [os.path.join(root, "images", r.fields[1]) for r in image_rows]
+    labels = _read_labels(labels_txt, ids, image_rows)
+    boxes = _read_boxes(os.path.join(root, "bounding_boxes.txt"), ids, image_rows) if use_boxes else None
+    if check_files:
+        check_images_exist(files, image_rows)
+    everything = ImageSet(labels=labels, paths=files, boxes=boxes, name="cub",
+                          extra={"image_ids": np.array(ids, dtype=np.int64)})
+    return split_by_class_id(everything, num_train_classes, NUM_CLASSES, "CUB", labels_txt)
 
-    label_rows = read_rows(labels_txt, ["image_id", "class_id"], what="CUB class label list")
+
+def _read_labels(labels_txt: str, ids: list[int], image_rows: list) -> np.ndarray:
+    """The class id (1..200) of every image id, in `ids` order, from image_class_labels.txt."""
     labels_by_id = {}
-    for row in label_rows:
+    for row in read_rows(labels_txt, ["image_id", "class_id"], what="CUB class label list"):
         image_id, label = row.int(0, "image_id"), row.int(1, "class_id")
         if not 1 <= label <= NUM_CLASSES:
             raise DatasetError(f"class_id must be in 1..{NUM_CLASSES}, got {label}", row.path, row.line)
@@ -78,32 +83,19 @@ def load_cub(
             f"image id {image_id} has no class in {labels_txt} ({len(missing)} such images)",
             row.path, row.line,
         )
-    labels = np.array([labels_by_id[i] for i in ids], dtype=np.int64)
+    return np.array([labels_by_id[i] for i in ids], dtype=np.int64)
 
-    boxes = None
-    if use_boxes:
-        box_rows = read_rows(boxes_txt, ["image_id", "x", "y", "width", "height"], what="CUB box list")
-        boxes_by_id = {}
-        for row in box_rows:
-            box = [row.float(k, name) for k, name in zip(range(1, 5), ("x", "y", "width", "height"))]
-            if box[2] <= 0 or box[3] <= 0:
-                raise DatasetError(f"box width and height must be > 0, got {box[2:]}", row.path, row.line)
-            boxes_by_id[row.int(0, "image_id")] = box
-        absent = [(i, r) for i, r in zip(ids, image_rows) if i not in boxes_by_id]
-        if absent:
-            raise DatasetError(f"image id {absent[0][0]} has no box in {boxes_txt}",
-                               absent[0][1].path, absent[0][1].line)
-        boxes = np.array([boxes_by_id[i] for i in ids], dtype=np.float32)
 
-    if check_files:
-        check_images_exist(files, image_rows)
-
-    everything = ImageSet(labels=labels, paths=files, boxes=boxes, name="cub",
-                          extra={"image_ids": np.array(ids, dtype=np.int64)})
-    is_train = labels <= num_train_classes
-    train = everything.subset(is_train, name="cub/train")
-    test = everything.subset(~is_train, name="cub/test")
-    hint = f"CUB trains on classes 1-{num_train_classes} and tests on {num_train_classes + 1}-{NUM_CLASSES}"
-    require_classes(train.labels, "train", labels_txt, hint)
-    require_classes(test.labels, "test", labels_txt, hint)
-    return DataSplits(train=train, test=test, protocol="cub")
+def _read_boxes(boxes_txt: str, ids: list[int], image_rows: list) -> np.ndarray:
+    """(N, 4) float32 boxes (x, y, width, height) of every image id, in `ids` order, from bounding_boxes.txt."""
+    boxes_by_id = {}
+    for row in read_rows(boxes_txt, ["image_id", "x", "y", "width", "height"], what="CUB box list"):
+        box = [row.float(k, name) for k, name in zip(range(1, 5), ("x", "y", "width", "height"))]
+        if box[2] <= 0 or box[3] <= 0:
+            raise DatasetError(f"box width and height must be > 0, got {box[2:]}", row.path, row.line)
+        boxes_by_id[row.int(0, "image_id")] = box
+    absent = [(i, r) for i, r in zip(ids, image_rows) if i not in boxes_by_id]
+    if absent:
+        raise DatasetError(f"image id {absent[0][0]} has no box in {boxes_txt}",
+                           absent[0][1].path, absent[0][1].line)
+    return np.array([boxes_by_id[i] for i in ids], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""What the generated benchmark sets (glyphs, textures, patches) share: option checks and the class split.
+"""What the generated benchmark sets share: option checks (shapes too) and the class split (glyphs, textures, patches).
 
 Each generator draws its classes in a seeded order and keeps the first
 `round(num_classes * train_fraction)` of them for training, the rest for
@@ -30,6 +30,15 @@ def check_fraction(source: str, name: str, value, low: float = 0.0, high: float 
         raise ValueError(f"{source}: `{name}` must be a finite number, got {value!r}")
     if not low < value < high:
         raise ValueError(f"{source}: `{name}` must be in ({low}, {high}), got {value}")
+
+
+def check_image_options(source: str, images_per_class, image_size, train_fraction, noise, seed) -> None:
+    """The options every generated set takes: >= 2 images per class, >= 16 pixels, a fraction, a noise level, a seed."""
+    check_integer(source, "images_per_class", images_per_class, 2)
+    check_integer(source, "image_size", image_size, 16)
+    check_integer(source, "seed", seed, 0)
+    check_fraction(source, "train_fraction", train_fraction)
+    check_fraction(source, "noise", noise, -1e-12, 1.0)
 
 
 def split_by_class(source: str, images: np.ndarray, labels: np.ndarray, num_classes: int,

@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits
-from tfdnc.datasets.generated import check_fraction, check_integer, finish_pixels, split_by_class
+from tfdnc.datasets.generated import check_image_options, check_integer, finish_pixels, split_by_class
 
 FACES: tuple[str, ...] = tuple(
     [f"DejaVu{family}{style}.ttf" for family in ("Sans", "Serif", "SansMono")
@@ -140,11 +140,7 @@ def load_glyphs(
     source = "glyphs"
     available = glyph_classes()
     check_integer(source, "num_classes", num_classes, 4, len(available))
-    check_integer(source, "images_per_class", images_per_class, 2)
-    check_integer(source, "image_size", image_size, 16)
-    check_integer(source, "seed", seed, 0)
-    check_fraction(source, "train_fraction", train_fraction)
-    check_fraction(source, "noise", noise, -1e-12, 1.0)
+    check_image_options(source, images_per_class, image_size, train_fraction, noise, seed)
     from matplotlib.colors import hsv_to_rgb
 
     rng = np.random.default_rng(seed)

@@ -28,18 +28,18 @@ class Row:
 
     def int(self, index: int, what: str) -> int:
         """Field `index` as an integer; DatasetError naming `what` otherwise."""
-        value = self.fields[index]
-        try:
-            return int(value)
-        except ValueError:
-            raise DatasetError(f"{what} must be an integer, got {value!r}", self.path, self.line) from None
+        return self._convert(index, what, int, "an integer")
 
     def float(self, index: int, what: str) -> float:
+        """Field `index` as a number; DatasetError naming `what` otherwise."""
+        return self._convert(index, what, float, "a number")
+
+    def _convert(self, index: int, what: str, kind, kind_name: str):
         value = self.fields[index]
         try:
-            return float(value)
+            return kind(value)
         except ValueError:
-            raise DatasetError(f"{what} must be a number, got {value!r}", self.path, self.line) from None
+            raise DatasetError(f"{what} must be {kind_name}, got {value!r}", self.path, self.line) from None
 
 
 def require_file(path: str, what: str) -> str:
@@ -79,37 +79,46 @@ def read_rows(
     rows = []
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()
-    number = skip
-    if header is not None:
-        while number < len(lines) and not lines[number].strip():
-            number += 1
-        if number >= len(lines):
-            raise DatasetError(f"the header line {' '.join(header)!r} is missing (empty file)", path)
-        found = [w.lower() for w in lines[number].split()]
-        if found != [w.lower() for w in header]:
-            raise DatasetError(
-                f"expected the header {' '.join(header)!r}, got {lines[number].strip()!r}",
-                path, number + 1,
-            )
-        number += 1
+    number = skip if header is None else _after_header(lines, skip, header, path)
     for index in range(number, len(lines)):
         text = lines[index].strip()
         if not text:
             continue
         fields = tuple(text.split())
         if not low <= len(fields) <= len(columns):
-            expected = " ".join(columns[:low]) if low == len(columns) else (
-                f"{' '.join(columns[:low])} [{' '.join(columns[low:])}]"
-            )
-            raise DatasetError(
-                f"malformed line: expected {low if low == len(columns) else f'{low}-{len(columns)}'} "
-                f"fields ({expected}), got {len(fields)}: {text!r}",
-                path, index + 1,
-            )
+            raise _malformed(text, len(fields), columns, low, path, index + 1)
         rows.append(Row(path, index + 1, fields))
     if not rows:
         raise DatasetError(f"{what} lists no images", path)
     return rows
+
+
+def _after_header(lines: list[str], start: int, header: Sequence[str], path: str) -> int:
+    """The index of the line after the header, the first non-blank line from `start`, checked to be `header`."""
+    number = start
+    while number < len(lines) and not lines[number].strip():
+        number += 1
+    if number >= len(lines):
+        raise DatasetError(f"the header line {' '.join(header)!r} is missing (empty file)", path)
+    found = [w.lower() for w in lines[number].split()]
+    if found != [w.lower() for w in header]:
+        raise DatasetError(
+            f"expected the header {' '.join(header)!r}, got {lines[number].strip()!r}",
+            path, number + 1,
+        )
+    return number + 1
+
+
+def _malformed(text: str, count: int, columns: Sequence[str], low: int, path: str, line: int) -> DatasetError:
+    """The error for a line of `count` fields where `low`..`len(columns)` were expected."""
+    expected = " ".join(columns[:low]) if low == len(columns) else (
+        f"{' '.join(columns[:low])} [{' '.join(columns[low:])}]"
+    )
+    return DatasetError(
+        f"malformed line: expected {low if low == len(columns) else f'{low}-{len(columns)}'} "
+        f"fields ({expected}), got {count}: {text!r}",
+        path, line,
+    )
 
 
 def check_images_exist(files: Sequence[str], rows: Sequence[Row]) -> None:

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits
-from tfdnc.datasets.generated import check_fraction, check_integer, finish_pixels, split_by_class
+from tfdnc.datasets.generated import check_image_options, check_integer, finish_pixels, split_by_class
 
 _MIN_STD = 0.08  # a place whose centred crop varies less than this (intensity in [0, 1]) is dropped
 
@@ -104,12 +104,8 @@ def load_patches(
         ("patches/test") sets, protocol "default".
     """
     source = "patches"
-    check_integer(source, "images_per_class", images_per_class, 2)
     check_integer(source, "cell", cell, 16, 128)
-    check_integer(source, "image_size", image_size, 16)
-    check_integer(source, "seed", seed, 0)
-    check_fraction(source, "train_fraction", train_fraction)
-    check_fraction(source, "noise", noise, -1e-12, 1.0)
+    check_image_options(source, images_per_class, image_size, train_fraction, noise, seed)
     places, n_train = _places(cell, train_fraction)
     num_classes = len(places)
     rng = np.random.default_rng(seed)

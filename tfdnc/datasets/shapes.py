@@ -61,6 +61,7 @@ import numbers
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits, ImageSet
+from tfdnc.datasets.generated import check_integer
 
 FAMILIES: tuple[str, ...] = ("shape", "texture", "colour", "layout")
 
@@ -160,6 +161,20 @@ def load_shapes(
         ("shapes/test") sets, protocol "default".
     """
     _validate(num_classes, images_per_class, num_families, image_size, train_fraction, noise, jitter, seed)
+    images, labels, families = _draw(num_classes, images_per_class, num_families, image_size, noise, jitter, seed)
+    n_train = int(round(num_classes * train_fraction))
+    is_train = labels < n_train
+
+    def subset(mask: np.ndarray, split: str) -> ImageSet:
+        return ImageSet(labels=labels[mask], images=images[mask], name=f"shapes/{split}",
+                        extra={"super_labels": families[mask]})
+
+    return DataSplits(train=subset(is_train, "train"), test=subset(~is_train, "test"), protocol="default")
+
+
+def _draw(num_classes: int, images_per_class: int, num_families: int, image_size: int, noise: float,
+          jitter: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 (N, S, S, 3), labels, family of each image): class c in family c % num_families."""
     class_seq, image_seq = np.random.SeedSequence(seed).spawn(2)
     class_rng = np.random.default_rng(class_seq)
     family_seqs = image_seq.spawn(num_families)
@@ -180,40 +195,26 @@ def load_shapes(
             chunk = {k: v[part] for k, v in params.items()}
             pixels = _RENDER[FAMILIES[f]](chunk, image_size)
             images[rows[part]] = _finish(pixels, chunk, noise, rng)
-
-    n_train = int(round(num_classes * train_fraction))
-    is_train = labels < n_train
-
-    def subset(mask: np.ndarray, split: str) -> ImageSet:
-        return ImageSet(labels=labels[mask], images=images[mask], name=f"shapes/{split}",
-                        extra={"super_labels": families[mask]})
-
-    return DataSplits(train=subset(is_train, "train"), test=subset(~is_train, "test"), protocol="default")
+    return images, labels, families
 
 
 def _validate(
     num_classes: int, images_per_class: int, num_families: int, image_size: int,
     train_fraction: float, noise: float, jitter: float, seed: int,
 ) -> None:
-    def integer(name: str, value, low: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"shapes: `{name}` must be an integer, got {value!r}")
-        if value < low:
-            raise ValueError(f"shapes: `{name}` must be >= {low}, got {value}")
-
     def real(name: str, value) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"shapes: `{name}` must be a finite number, got {value!r}")
 
-    integer("num_families", num_families, 1)
+    check_integer("shapes", "num_families", num_families, 1)
     if num_families > len(FAMILIES):
         raise ValueError(
             f"shapes: `num_families` must be at most {len(FAMILIES)} ({', '.join(FAMILIES)}), got {num_families}"
         )
-    integer("num_classes", num_classes, 2 * num_families)
-    integer("images_per_class", images_per_class, 2)
-    integer("image_size", image_size, 16)
-    integer("seed", seed, 0)
+    check_integer("shapes", "num_classes", num_classes, 2 * num_families)
+    check_integer("shapes", "images_per_class", images_per_class, 2)
+    check_integer("shapes", "image_size", image_size, 16)
+    check_integer("shapes", "seed", seed, 0)
     real("train_fraction", train_fraction)
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"shapes: `train_fraction` must be in (0, 1), got {train_fraction}")

@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from tfdnc.datasets.base import DataSplits
-from tfdnc.datasets.generated import check_fraction, check_integer, finish_pixels, split_by_class
+from tfdnc.datasets.generated import check_image_options, check_integer, finish_pixels, split_by_class
 
 _CHUNK = 512  # images rendered at once (bounds the memory of the float maps)
 
@@ -113,11 +113,7 @@ def load_textures(
     """
     source = "textures"
     check_integer(source, "num_classes", num_classes, 4)
-    check_integer(source, "images_per_class", images_per_class, 2)
-    check_integer(source, "image_size", image_size, 16)
-    check_integer(source, "seed", seed, 0)
-    check_fraction(source, "train_fraction", train_fraction)
-    check_fraction(source, "noise", noise, -1e-12, 1.0)
+    check_image_options(source, images_per_class, image_size, train_fraction, noise, seed)
     class_seq, image_seq = np.random.SeedSequence(seed).spawn(2)
     recipes = _recipes(np.random.default_rng(class_seq), num_classes)
     rng = np.random.default_rng(image_seq)

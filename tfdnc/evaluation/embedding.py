@@ -1,8 +1,7 @@
 """The one way tfdnc embeds images: a function of pixel batches streamed over a `tf.data` set.
 
-Training (clustering features, the per-epoch evaluation), `python -m
-tfdnc.evaluate`, the report and the multi-worker re-clustering all embed
-through `embed_images` / `embed_image_set`, so the evaluation transform,
+Training (clustering features, the per-epoch evaluation), `tfdnc evaluate`,
+the report and the multi-worker re-clustering all embed through `embed_images` / `embed_image_set`, so the evaluation transform,
 the batching and the memory use are the same everywhere.
 
 Example:

@@ -80,8 +80,8 @@ def _setup(embeddings, labels, query_embeddings, query_labels, exclude_self):
     return q, ql, g, gl, False
 
 
-def _relevant_counts(query_labels, gallery_labels, exclude_self) -> np.ndarray:
-    """R per query: gallery items of its class (minus itself when in the gallery)."""
+def relevant_counts(query_labels, gallery_labels, exclude_self: bool) -> np.ndarray:
+    """R per query: gallery items of its class (minus itself when in the gallery); 0 leaves it out of every metric."""
     classes, counts = np.unique(gallery_labels, return_counts=True)
     pos = np.searchsorted(classes, query_labels)
     pos = np.clip(pos, 0, len(classes) - 1)
@@ -110,7 +110,7 @@ def retrieval_metrics(
     """
     q, ql, g, gl, exclude_self = _setup(embeddings, labels, query_embeddings, query_labels, exclude_self)
     ks = _check_ks(ks)
-    r = _relevant_counts(ql, gl, exclude_self)
+    r = relevant_counts(ql, gl, exclude_self)
     valid = r > 0
     if not valid.any():
         raise ValueError("no query has a relevant item: every query's class is missing from the gallery")

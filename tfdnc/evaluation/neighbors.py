@@ -71,20 +71,9 @@ def iter_topk(
     # all-vs-all: one normalised copy serves as both (saves N x D floats)
     g = q if gallery is queries else prepare(gallery, metric)
     n_q, n_g = q.shape[0], g.shape[0]
-    if exclude_self and n_q != n_g:
-        raise ValueError(f"exclude_self needs queries == gallery, got {n_q} queries and {n_g} gallery items")
-    if exclude_self:
-        exclude = np.arange(n_q)
-    elif exclude is not None:
-        exclude = np.asarray(exclude, np.int64).reshape(-1)
-        if len(exclude) != n_q:
-            raise ValueError(f"`exclude` has {len(exclude)} entries for {n_q} queries")
+    exclude = _checked_exclude(exclude_self, exclude, n_q, n_g)
     exclude_one = exclude is not None
-    if chunk_size is None:
-        chunk_size = default_chunk_size(n_g)
-    if int(chunk_size) < 1:
-        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
-    chunk_size = int(chunk_size)
+    chunk_size = _checked_chunk_size(chunk_size, n_g)
     g_t = tf.constant(g)
     sq_norms = tf.constant((g.astype(np.float64) ** 2).sum(1).astype(np.float32)) if metric == "euclidean" else None
     limit = n_g - 1 if exclude_one else n_g
@@ -96,19 +85,47 @@ def iter_topk(
         sims = tf.matmul(q[start:stop], g_t, transpose_b=True)
         if sq_norms is not None:
             sims = 2.0 * sims - sq_norms[None, :]
-        # One extra neighbour when the query itself is in the gallery: it is
-        # removed if returned, else the last one is, which leaves the top k
-        # of everything but the query under the same order.
         values, idx = tf.math.top_k(sims, k=k + 1 if exclude_one else k, sorted=True)
         values, idx = values.numpy(), idx.numpy().astype(np.int64)
         if exclude_one:
-            drop = idx == exclude[start:stop, None]
-            drop[~drop.any(1), -1] = True
-            keep = ~drop
-            idx = idx[keep].reshape(stop - start, k)
-            values = values[keep].reshape(stop - start, k)
+            idx, values = _drop_excluded(idx, values, exclude[start:stop])
         yield start, idx, values
 
+
+def _checked_exclude(exclude_self: bool, exclude, n_q: int, n_g: int) -> np.ndarray | None:
+    """The gallery index each query may not return (None: none), from `exclude_self` or `exclude`."""
+    if exclude_self and n_q != n_g:
+        raise ValueError(f"exclude_self needs queries == gallery, got {n_q} queries and {n_g} gallery items")
+    if exclude_self:
+        return np.arange(n_q)
+    if exclude is None:
+        return None
+    exclude = np.asarray(exclude, np.int64).reshape(-1)
+    if len(exclude) != n_q:
+        raise ValueError(f"`exclude` has {len(exclude)} entries for {n_q} queries")
+    return exclude
+
+
+def _checked_chunk_size(chunk_size: int | None, n_gallery: int) -> int:
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_gallery)
+    if int(chunk_size) < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
+    return int(chunk_size)
+
+
+def _drop_excluded(idx: np.ndarray, values: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top k+1 neighbours (b, k+1) -> top k, without each row's excluded item.
+
+    One extra neighbour was asked for because the query itself is in the
+    gallery: it is removed if returned, else the last one is, which leaves the
+    top k of everything but the query under the same order.
+    """
+    drop = idx == excluded[:, None]
+    drop[~drop.any(1), -1] = True
+    keep = ~drop
+    rows, k = idx.shape[0], idx.shape[1] - 1
+    return idx[keep].reshape(rows, k), values[keep].reshape(rows, k)
 
 def nearest_neighbors(
     queries,

@@ -34,7 +34,7 @@ _LAZY = {
     "IndexLockedError": "tfdnc.index.lock",
     "resolve_export": "tfdnc.index.store",
     "SearchService": "tfdnc.index.service",
-    "recall_through_index": "tfdnc.index.evaluate",
+    "recall_through_index": "tfdnc.index.recall",
 }
 
 __all__ = sorted(_LAZY)

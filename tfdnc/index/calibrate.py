@@ -88,25 +88,7 @@ def calibrate_threshold(similarities, correct, target: float | None = 0.95, metr
     if target is not None and not 0.0 < float(target) <= 1.0:
         raise ValueError(f"calibrate: the target {metric} must be in (0, 1], got {target}")
     curve = threshold_curve(similarities, correct)
-    values = curve[metric]
-    if target is None:
-        # Ties keep the lowest threshold (the most queries answered).
-        best = int(np.flatnonzero(values >= values.max() - 1e-12)[-1])
-    else:
-        reaching = np.flatnonzero(values >= float(target) - 1e-12)
-        if reaching.size == 0:
-            top = int(values.argmax())
-            raise ValueError(
-                f"calibrate: no threshold reaches {metric} {target} on {curve['matched'][-1]} "
-                f"validation queries (the best is {values[top]:.4f} at similarity {curve['threshold'][top]:.4f}); "
-                "lower the target or use a better model"
-            )
-        if metric == "precision":
-            best = int(reaching[-1])  # the lowest threshold: the most queries answered
-        elif metric == "recall":
-            best = int(reaching[0])  # the highest threshold: the fewest wrong matches
-        else:
-            best = int(reaching[np.flatnonzero(values[reaching] >= values[reaching].max() - 1e-12)[-1]])
+    best = _best_point(curve, metric, target)
     result = {
         "threshold": float(curve["threshold"][best]),
         "precision": float(curve["precision"][best]),
@@ -121,3 +103,24 @@ def calibrate_threshold(similarities, correct, target: float | None = 0.95, metr
     if metric == "precision":
         result["target_precision"] = result["target"]
     return result
+
+
+def _best_point(curve: dict, metric: str, target: float | None) -> int:
+    """Index into `curve` of the threshold `calibrate_threshold` picks (see there); ValueError if none reaches."""
+    values = curve[metric]
+    if target is None:
+        # Ties keep the lowest threshold (the most queries answered).
+        return int(np.flatnonzero(values >= values.max() - 1e-12)[-1])
+    reaching = np.flatnonzero(values >= float(target) - 1e-12)
+    if reaching.size == 0:
+        top = int(values.argmax())
+        raise ValueError(
+            f"calibrate: no threshold reaches {metric} {target} on {curve['matched'][-1]} "
+            f"validation queries (the best is {values[top]:.4f} at similarity {curve['threshold'][top]:.4f}); "
+            "lower the target or use a better model"
+        )
+    if metric == "precision":
+        return int(reaching[-1])  # the lowest threshold: the most queries answered
+    if metric == "recall":
+        return int(reaching[0])  # the highest threshold: the fewest wrong matches
+    return int(reaching[np.flatnonzero(values[reaching] >= values[reaching].max() - 1e-12)[-1]])

@@ -224,7 +224,7 @@ def _calibrate(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from tfdnc.index.evaluate import recall_through_index
+    from tfdnc.index.recall import recall_through_index
 
     index, model = _open(args)
     images, queries = _labelled_embeddings(args, model, "evaluate")

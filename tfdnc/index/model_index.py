@@ -202,7 +202,7 @@ class ModelIndex:
         K nearest; precision@K: the share of the K nearest with the query's
         label. Queries whose label is not in the gallery are left out.
         """
-        from tfdnc.index.evaluate import recall_through_index
+        from tfdnc.index.recall import recall_through_index
 
         self._check_not_empty("evaluate_retrieval")
         ks = tuple(int(k) for k in ks)

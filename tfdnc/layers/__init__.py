@@ -1,7 +1,6 @@
 """Keras layers of tfdnc."""
 
 from tfdnc.layers.masks import SubspaceMasks
-from tfdnc.layers.normalization import L2Normalize, PixelNormalization, l2_normalize
-from tfdnc.layers.synthesis import SymmetricalSynthesis
+from tfdnc.layers.normalization import L2Normalize, PixelNormalization
 
-__all__ = ["L2Normalize", "PixelNormalization", "SubspaceMasks", "SymmetricalSynthesis", "l2_normalize"]
+__all__ = ["L2Normalize", "PixelNormalization", "SubspaceMasks"]

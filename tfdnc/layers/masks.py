@@ -6,7 +6,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from tfdnc.layers.normalization import l2_normalize
+from tfdnc.utils.arrays import l2_normalize_tensor
 
 MASK_MODES = ("learnable", "fixed")
 # A mask entry is "switched off" below this fraction of its mask's largest entry (statistics()).
@@ -95,13 +95,13 @@ class SubspaceMasks(keras.layers.Layer):
             return self.all_learners(inputs, normalize=normalize)
         mask = ops.take(self.mask_tensor(), ops.cast(cluster, "int32"), axis=0)
         masked = inputs * ops.cast(mask, inputs.dtype)
-        return l2_normalize(masked) if normalize else masked
+        return l2_normalize_tensor(masked) if normalize else masked
 
     def all_learners(self, inputs, normalize: bool = True):
         """Every learner's embedding at once: (batch, k_max, d)."""
         masks = ops.cast(self.mask_tensor(), inputs.dtype)
         masked = inputs[:, None, :] * masks[None, :, :]
-        return l2_normalize(masked) if normalize else masked
+        return l2_normalize_tensor(masked) if normalize else masked
 
     def full_embedding(self, inputs):
         """The full (evaluation) embedding of `inputs`, unit norm.
@@ -113,7 +113,7 @@ class SubspaceMasks(keras.layers.Layer):
         norm; the division changes no distance ranking.
         """
         if self.mode == "learnable":
-            return l2_normalize(inputs)
+            return l2_normalize_tensor(inputs)
         blocks = ops.sum(self.all_learners(inputs, normalize=True), axis=1)
         k = ops.cast(self.num_active_var, blocks.dtype)
         return blocks / ops.sqrt(k)
@@ -127,7 +127,7 @@ class SubspaceMasks(keras.layers.Layer):
         """
         if self.mode == "fixed":
             return ops.zeros((), dtype=self.compute_dtype)
-        masks = l2_normalize(ops.cast(self.mask_tensor(), "float32"))
+        masks = l2_normalize_tensor(ops.cast(self.mask_tensor(), "float32"))
         cosine = ops.matmul(masks, ops.transpose(masks))
         k = self.num_active_var
         active = ops.cast(ops.arange(self.k_max) < k, "float32")

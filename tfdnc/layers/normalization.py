@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfdnc.utils.arrays import L2_EPSILON, l2_normalize_tensor
+
 # ImageNet statistics on the 0..255 scale; "caffe" mode also swaps RGB to BGR,
 # as the original Caffe-trained ResNet weights in keras.applications expect.
 _IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -15,7 +17,7 @@ PIXEL_MODES = ("caffe", "torch", "tf", "scale", "none")
 
 @keras.saving.register_keras_serializable(package="tfdnc")
 class L2Normalize(keras.layers.Layer):
-    """Scales each vector along `axis` to unit Euclidean norm.
+    """Scales each vector along `axis` to unit Euclidean norm (`tfdnc.utils.arrays.l2_normalize_tensor`).
 
     Args:
         axis: axis to normalise over.
@@ -27,7 +29,7 @@ class L2Normalize(keras.layers.Layer):
     >>> y = layer(np.array([[3.0, 4.0]]))  # [[0.6, 0.8]]
     """
 
-    def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
+    def __init__(self, axis: int = -1, epsilon: float = L2_EPSILON, **kwargs):
         super().__init__(**kwargs)
         if epsilon <= 0:
             raise ValueError(f"L2Normalize: `epsilon` must be > 0, got {epsilon}")
@@ -36,19 +38,13 @@ class L2Normalize(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs):
-        return l2_normalize(inputs, axis=self.axis, epsilon=self.epsilon)
+        return l2_normalize_tensor(inputs, axis=self.axis, epsilon=self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
-
-
-def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
-    """Functional form of :class:`L2Normalize`, usable inside graphs and losses."""
-    square_sum = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(square_sum, epsilon))
 
 
 @keras.saving.register_keras_serializable(package="tfdnc")

@@ -28,7 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfdnc pretrain",
         description="Pretrain a backbone by classifying jigsaw (or frame-order) permutations; "
                     "write its weights for tfdnc train --backbone-weights.")
-    data = p.add_argument_group("data (labels are never used)")
+    for add_arguments in (
+        _add_data_arguments, _add_task_arguments, _add_network_arguments,
+        _add_optimisation_arguments, _add_policy_arguments, _add_output_arguments,
+    ):
+        add_arguments(p)
+    return p
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the unlabelled images (or clips) come from."""
+    data = parser.add_argument_group("data (labels are never used)")
     src = data.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="a tfdnc data set name; its train split is used (default: mnist)")
     data.add_argument("--data-dir", help="folder of images (searched recursively); with --dataset, "
@@ -41,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-images", type=int, default=None, help="use at most this many images")
     data.add_argument("--heldout", type=int, default=1000,
                       help="images kept out of training to score the pretext network (policy state)")
-    task = p.add_argument_group("pretext task")
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """The jigsaw / frame-order task and its permutation set."""
+    task = parser.add_argument_group("pretext task")
     task.add_argument("--grid", type=int, default=3, help="tiles per side")
     task.add_argument("--cell-size", type=int, default=None,
                       help="image resized to grid*cell (default: ceil(1.25 * image side / grid))")
@@ -56,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="greedy rule for the permutation set: 'max_min' (default) maximises the "
                            "smallest Hamming distance to the set, 'max_mean' the mean one (Noroozi & "
                            "Favaro's / Brattoli's rule)")
-    net = p.add_argument_group("network")
+
+
+def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The backbone and the order-prediction head."""
+    net = parser.add_argument_group("network")
     net.add_argument("--backbone", default="small_cnn",
                      help="backbone to pretrain, as tfdnc train --backbone (default: small_cnn)")
     net.add_argument("--width", type=int, default=32, help="small_cnn width (must match tfdnc train --width)")
@@ -70,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dropout rate before the head's last layer (default: 0.3)")
     net.add_argument("--batchnorm-momentum", "--bn-momentum", type=float, default=0.9,
                      help="BatchNorm momentum, Keras convention (--bn-momentum: deprecated name)")
-    opt = p.add_argument_group("optimisation")
+
+
+def _add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Epochs, batches, learning rate and seed."""
+    opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=4, help="pretraining epochs in all (default: 4)")
     opt.add_argument("--steps-per-epoch", type=int, default=None,
                      help="default: one pass over the training images")
@@ -78,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--learning-rate", "--lr", type=float, default=1e-3, help="Adam learning rate (--lr: deprecated name)")
     opt.add_argument("--seed", type=int, default=0,
                      help="random seed of weights, permutations and sampling (default: 0)")
-    pol = p.add_argument_group("sampling policy")
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The learned (REINFORCE) permutation-sampling policy."""
+    pol = parser.add_argument_group("sampling policy")
     pol.add_argument("--sampling", choices=SAMPLING, default="policy",
                      help="'uniform': the fixed baseline; 'policy': REINFORCE-learned sampling")
     pol.add_argument("--block-steps", type=int, default=50, help="training steps per policy block")
@@ -94,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="momentum of the moving average of the reward, REINFORCE's baseline (default: 0.9)")
     pol.add_argument("--advantage-clip", type=float, default=5.0,
                      help="bound on the normalised advantage of one policy update")
-    out = p.add_argument_group("output")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The weights file, run directory and logging."""
+    out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="backbone weights file to write (*.weights.h5)")
     out.add_argument("--run-dir", default=None,
                      help="checkpoints, history.json, logs/ (default: next to --out)")
@@ -103,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the tile-level BatchNorm statistics in the exported weights")
     out.add_argument("--verbose", type=int, default=2,
                      help="0 silent, 1 progress bars, 2 one line per epoch (default: 2)")
-    return p
 
 
 def _check_args(args, parser):

@@ -74,6 +74,16 @@ def generate_permutations(
     >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
     True
     """
+    _check_selection_size(num_permutations, num_items, selection)
+    rng = np.random.default_rng(seed)
+    candidates = _candidates(num_items, num_candidates, num_permutations, rng)
+    first = int(rng.integers(len(candidates)))
+    pick_all = _pick_max_min if selection == "max_min" else _pick_max_mean
+    chosen = pick_all(candidates, first, num_permutations, rng)
+    return candidates[chosen].astype(np.int32)
+
+
+def _check_selection_size(num_permutations: int, num_items: int, selection: str) -> None:
     if selection not in SELECTIONS:
         raise ValueError(f"generate_permutations: `selection` must be one of {SELECTIONS}, got {selection!r}")
     if num_items < 2:
@@ -84,29 +94,42 @@ def generate_permutations(
             f"generate_permutations: `num_permutations` must be in [1, {total}] "
             f"for {num_items} items, got {num_permutations}"
         )
-    rng = np.random.default_rng(seed)
-    candidates = _candidates(num_items, num_candidates, num_permutations, rng)
-    chosen = [int(rng.integers(len(candidates)))]
-    # Distance of every candidate to the chosen set (its minimum, or its sum:
-    # the sum ranks like the mean, the set size being the same for all),
-    # updated per pick.
-    dist = np.count_nonzero(candidates != candidates[chosen[0]], axis=1).astype(np.int64)
-    if selection == "max_min":
-        for _ in range(num_permutations - 1):
-            best = np.flatnonzero(dist == dist.max())
-            pick = int(best[rng.integers(len(best))])
-            chosen.append(pick)
-            np.minimum(dist, np.count_nonzero(candidates != candidates[pick], axis=1), out=dist)
-    else:
-        taken = np.zeros(len(candidates), dtype=bool)
-        taken[chosen[0]] = True
-        for _ in range(num_permutations - 1):
-            # chosen rows are out of the running (the reference deletes them)
-            pick = int(np.argmax(np.where(taken, -1, dist)))
-            chosen.append(pick)
-            taken[pick] = True
-            dist += np.count_nonzero(candidates != candidates[pick], axis=1)
-    return candidates[chosen].astype(np.int32)
+
+
+def _hamming_to(candidates: np.ndarray, row: int) -> np.ndarray:
+    """Hamming distance of every candidate to candidate `row`."""
+    return np.count_nonzero(candidates != candidates[row], axis=1)
+
+
+def _pick_max_min(candidates: np.ndarray, first: int, count: int, rng: np.random.Generator) -> list[int]:
+    """`"max_min"`: the candidate farthest (by minimum distance) from the chosen set, ties at random."""
+    chosen = [first]
+    dist = _hamming_to(candidates, first).astype(np.int64)  # minimum distance to the chosen set
+    for _ in range(count - 1):
+        best = np.flatnonzero(dist == dist.max())
+        pick = int(best[rng.integers(len(best))])
+        chosen.append(pick)
+        np.minimum(dist, _hamming_to(candidates, pick), out=dist)
+    return chosen
+
+
+def _pick_max_mean(candidates: np.ndarray, first: int, count: int, rng: np.random.Generator) -> list[int]:
+    """`"max_mean"`: the candidate farthest (by mean distance) from the chosen set, the first on ties.
+
+    The sum of distances ranks like the mean (the set size is the same for
+    all candidates); `rng` is unused (the authors' rule breaks no tie at random).
+    """
+    chosen = [first]
+    dist = _hamming_to(candidates, first).astype(np.int64)
+    taken = np.zeros(len(candidates), dtype=bool)
+    taken[first] = True
+    for _ in range(count - 1):
+        # chosen rows are out of the running (the reference deletes them)
+        pick = int(np.argmax(np.where(taken, -1, dist)))
+        chosen.append(pick)
+        taken[pick] = True
+        dist += _hamming_to(candidates, pick)
+    return chosen
 
 
 def _candidates(num_items, num_candidates, num_permutations, rng) -> np.ndarray:

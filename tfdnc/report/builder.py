@@ -224,7 +224,7 @@ def _load_model(info: RunInfo):
         return None, "the run directory has no model.keras"
     if info.config is None:
         return None, "config.json is missing or unreadable (image sizes unknown)"
-    from tfdnc.embedders import load_embedder
+    from tfdnc.loading import load_embedder
 
     return load_embedder(info.run_dir), None
 

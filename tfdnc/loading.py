@@ -1,8 +1,11 @@
-"""A trained model, loaded for embedding: a run directory, a `.keras` file or a SavedModel export.
+"""Loading what training or export left on disk for embedding: a run directory, `.keras` file or export.
 
-`load_embedder` is what `python -m tfdnc.evaluate` and the report use to turn
-what training or export left on disk into an `Embedder`: a function of pixel
-batches plus the evaluation image sizes it expects.
+`load_embedder` is what `python -m tfdnc.evaluation_cli` (`tfdnc evaluate`)
+and the report use to turn a run directory, a `.keras` file or a SavedModel
+export into an `Embedder`: a function of pixel batches plus the evaluation
+image sizes it expects. An export is run through
+`tfdnc.serving.local.ExportedModel` (its `embed_pixels` signature), the same
+in-process client `tfdnc embed` uses.
 
 Example:
 >>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
@@ -22,7 +25,7 @@ from tfdnc.datasets.base import ImageSet
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.exporting import contract, load_keras_model, resolve_version_dir
 from tfdnc.rundir import RunDir
-from tfdnc.utils import read_json
+from tfdnc.serving.local import ExportedModel
 
 __all__ = ["Embedder", "load_embedder"]
 
@@ -48,7 +51,7 @@ class Embedder:
     source: str
     config: object | None = None
     model: object | None = None
-    handle: object | None = None  # keeps a loaded SavedModel's variables alive
+    handle: object | None = None  # the export's `ExportedModel` (keeps its variables alive)
 
     def embed(self, image_set: ImageSet, batch_size: int = 128, progress: bool = True) -> np.ndarray:
         """Embeddings (N, d) of `image_set` in order, under the evaluation transform."""
@@ -98,29 +101,23 @@ def load_embedder(path: str, image_size: int | None = None, resize_size: int | N
 
 
 def _load_export(path: str, image_size: int | None, resize_size: int | None) -> Embedder:
-    import tensorflow as tf
-
     try:
         version_dir = resolve_version_dir(path)
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"evaluate: {path!r} is neither a run directory (no model.keras) nor a SavedModel export ({exc})"
         ) from None
-    metadata_file = os.path.join(version_dir, contract.ASSETS_EXTRA, contract.METADATA_FILE)
-    metadata = read_json(metadata_file, what="evaluate") if os.path.isfile(metadata_file) else {}
+    exported = ExportedModel(version_dir)
+    metadata = exported.export_metadata
     image_size = image_size or metadata.get("image_size")
     if image_size is None:
+        metadata_file = os.path.join(version_dir, contract.ASSETS_EXTRA, contract.METADATA_FILE)
         raise ValueError(f"evaluate: {metadata_file!r} is missing; pass --image-size (and --resize-size)")
     resize_size = resize_size or metadata.get("resize_size") or image_size
-    loaded = tf.saved_model.load(version_dir)
-    if contract.EMBED_PIXELS not in loaded.signatures:
+    if not exported.has_signature(contract.EMBED_PIXELS):
         raise ValueError(
             f"evaluate: the export {version_dir!r} has no {contract.EMBED_PIXELS!r} signature "
-            f"(it has {sorted(loaded.signatures)})"
+            f"(it has {exported.signature_names})"
         )
-    signature = loaded.signatures[contract.EMBED_PIXELS]
-
-    def embed_batch(images):
-        return signature(**{contract.PIXELS: tf.convert_to_tensor(images, tf.float32)})[contract.EMBEDDINGS].numpy()
-
-    return Embedder(embed_batch, int(image_size), int(resize_size), "savedmodel", version_dir, handle=loaded)
+    return Embedder(exported.embed_pixels, int(image_size), int(resize_size), "savedmodel", version_dir,
+                    handle=exported)

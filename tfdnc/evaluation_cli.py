@@ -1,11 +1,11 @@
-"""The `python -m tfdnc.evaluate` command: a trained model under its benchmark's protocol.
+"""The `tfdnc evaluate` command (`python -m tfdnc.evaluation_cli`): a trained model under its benchmark's protocol.
 
-The library parts it strings together: `tfdnc.embedders.load_embedder`
+The library parts it strings together: `tfdnc.loading.load_embedder`
 (what is on disk -> an `Embedder`) and
 `tfdnc.evaluation.protocols.evaluate_dataset` (a named data set + an embed
 function -> a `ProtocolResult`).
 
-    python -m tfdnc.evaluate RUN_DIR_OR_EXPORT [--dataset NAME] [--data-dir DIR]
+    tfdnc evaluate RUN_DIR_OR_EXPORT [--dataset NAME] [--data-dir DIR]
 
 RUN_DIR_OR_EXPORT is one of:
 
@@ -39,21 +39,12 @@ from tfdnc.config import positive_int
 from tfdnc.utils import write_json
 from tfdnc.utils.errors import UserInputError, UserPathError, run_reporting_errors
 
-__all__ = ["Embedder", "build_parser", "load_embedder", "main"]
-
-
-def __getattr__(name: str):
-    # Handed on from tfdnc.embedders, loaded on use (it imports TensorFlow).
-    if name in ("Embedder", "load_embedder"):
-        from tfdnc import embedders
-
-        return getattr(embedders, name)
-    raise AttributeError(f"module 'tfdnc.evaluate' has no attribute {name!r}")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tfdnc.evaluate",
+        prog="tfdnc evaluate",
         description="Evaluate a run directory, .keras file or SavedModel export with its benchmark's protocol.",
     )
     parser.add_argument("model", metavar="RUN_DIR_OR_EXPORT",
@@ -83,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
     # TensorFlow is imported once the arguments are known good (`--help` stays fast).
-    from tfdnc.embedders import load_embedder
+    from tfdnc.loading import load_embedder
     from tfdnc.evaluation.protocols import evaluate_dataset
 
     started = time.perf_counter()
@@ -172,4 +163,4 @@ def check_arguments(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(run_reporting_errors("python -m tfdnc.evaluate", main, debug="--debug" in sys.argv))
+    sys.exit(run_reporting_errors("python -m tfdnc.evaluation_cli", main, debug="--debug" in sys.argv))

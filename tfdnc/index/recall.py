@@ -38,12 +38,27 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
     >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
     >>> out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
     """
-    from tfdnc.evaluation.metrics import recall_at_k
+    # Loaded on use, here and below: tfdnc.evaluation imports Keras, which `tfdnc index --help` does without.
+    from tfdnc.evaluation.metrics import relevant_counts
 
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"recall_through_index: `ks` must be positive integers, got {ks}")
     ids = np.sort(index.id_map.ids)
+    queries = np.asarray(queries, np.float32)
+    gallery_labels, query_labels = _checked_labels(index, ids, queries, query_labels, gallery_labels, exclude_self)
+    found = _found_within_k(index, ids, queries, query_labels, gallery_labels, ks, exclude_self)
+    valid = relevant_counts(query_labels, gallery_labels, exclude_self) > 0
+    if not valid.any():
+        raise ValueError("recall_through_index: no query has a relevant gallery item")
+    through_index = {k: float(found[valid, i].mean()) for i, k in enumerate(ks)}
+    exact = _exact_recall(index, ids, queries, query_labels, gallery_labels, gallery_embeddings, ks, exclude_self)
+    return {"index": through_index, "exact": exact, "num_queries": int(valid.sum()), "settings": index.settings()}
+
+
+def _checked_labels(index: VectorIndex, ids: np.ndarray, queries: np.ndarray, query_labels, gallery_labels,
+                    exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The gallery labels (default: the id map's) and query labels as strings, checked against the counts."""
     if gallery_labels is None:
         gallery_labels = index.id_map.labels(ids)
         if any(label is None for label in gallery_labels):
@@ -52,12 +67,17 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
     query_labels = np.asarray([str(q) for q in query_labels])
     if len(gallery_labels) != len(ids):
         raise ValueError(f"recall_through_index: {len(gallery_labels)} gallery labels for {len(ids)} indexed vectors")
-    queries = np.asarray(queries, np.float32)
     if len(query_labels) != len(queries):
         raise ValueError(f"recall_through_index: {len(queries)} queries but {len(query_labels)} labels")
     if exclude_self and len(queries) != len(ids):
         raise ValueError("recall_through_index: exclude_self needs the queries to be the indexed gallery, "
                          f"got {len(queries)} queries for {len(ids)} indexed vectors")
+    return gallery_labels, query_labels
+
+
+def _found_within_k(index: VectorIndex, ids: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+                    gallery_labels: np.ndarray, ks: tuple[int, ...], exclude_self: bool) -> np.ndarray:
+    """(Q, len(ks)) bool: whether the index's first relevant hit for each query ranks within each K."""
     k_needed = max(ks) + (1 if exclude_self else 0)
     k_search = min(k_needed, index.max_k, len(ids))
     if k_search < min(k_needed, len(ids)):
@@ -72,23 +92,21 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
         relevant = [gallery_labels[r] == query_labels[q] for r in rows]
         first = relevant.index(True) if True in relevant else np.iinfo(np.int64).max
         found[q] = first < np.asarray(ks)
-    classes, counts = np.unique(gallery_labels, return_counts=True)
-    count_of = dict(zip(classes, counts))
-    valid = np.array([count_of.get(label, 0) - (1 if exclude_self else 0) > 0 for label in query_labels])
-    if not valid.any():
-        raise ValueError("recall_through_index: no query has a relevant gallery item")
-    through_index = {k: float(found[valid, i].mean()) for i, k in enumerate(ks)}
+    return found
 
-    exact = None
+
+def _exact_recall(index: VectorIndex, ids: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+                  gallery_labels: np.ndarray, gallery_embeddings, ks: tuple[int, ...],
+                  exclude_self: bool) -> dict | None:
+    """Recall@K by exact search over the gallery vectors (given, or read back); None without them."""
+    from tfdnc.evaluation.metrics import recall_at_k
+
     if gallery_embeddings is None:
         try:
             gallery_embeddings = index.vectors(ids)
         except NotImplementedError:
-            gallery_embeddings = None
-    if gallery_embeddings is not None:
-        if exclude_self:
-            exact = recall_at_k(gallery_embeddings, gallery_labels, ks, exclude_self=True)
-        else:
-            exact = recall_at_k(gallery_embeddings, gallery_labels, ks, query_embeddings=queries,
-                                query_labels=query_labels, exclude_self=False)
-    return {"index": through_index, "exact": exact, "num_queries": int(valid.sum()), "settings": index.settings()}
+            return None
+    if exclude_self:
+        return recall_at_k(gallery_embeddings, gallery_labels, ks, exclude_self=True)
+    return recall_at_k(gallery_embeddings, gallery_labels, ks, query_embeddings=queries,
+                       query_labels=query_labels, exclude_self=False)
