@@ -348,10 +348,10 @@ class TrainConfig:
         from tfdnc.losses import LOSSES, CrossBatchMemory
 
         loss_class = LOSSES[self.loss]
-        # What the loss declares it needs (tfdnc.losses.base.MetricLoss); the flag that provides it.
+        # What the loss declares it needs (its LossNeeds); the flag that provides it.
         needs = (
-            (loss_class.needs_negatives, "classes_per_batch", "negatives (images of another class)"),
-            (loss_class.needs_positives, "images_per_class", "positives (a second image of the same class)"),
+            (loss_class.NEEDS.negatives, "classes_per_batch", "negatives (images of another class)"),
+            (loss_class.NEEDS.positives, "images_per_class", "positives (a second image of the same class)"),
         )
         for needed, name, what in needs:
             value = getattr(self, name)

@@ -213,14 +213,14 @@ class DivideAndConquerModel(keras.Model):
                 "embeddings of a batch"
             )
         previous = getattr(self, "loss_weights_layer", None)
-        if previous is not None and previous is not getattr(loss, "variables_layer", None):
+        if previous is not None and previous is not loss.variables_layer:
             # A replaced loss's variables leave the model (its weights, its save file).
             self._layers = [layer for layer in self._layers if layer is not previous]
         self.metric_loss = loss
         # Keras layers created inside the loss (learnable beta, proxies, XBM
         # memory) are tracked through this attribute, so they train and save
         # with the model.
-        self.loss_weights_layer = getattr(loss, "variables_layer", None)
+        self.loss_weights_layer = loss.variables_layer
         # The loss's parameters (learnable beta) get an optimizer of their own;
         # its learning rate may default to the network's at compile.
         optimizer = None
@@ -233,7 +233,7 @@ class DivideAndConquerModel(keras.Model):
 
     def loss_variables(self) -> list:
         """The loss's own parameters (e.g. the margin loss's per-class beta)."""
-        return list(getattr(self.metric_loss, "trainable_variables", []))
+        return list(self.metric_loss.trainable_variables)
 
     def network_variables(self) -> list:
         """Variables the main optimizer updates: backbone and head."""
@@ -303,7 +303,7 @@ class DivideAndConquerModel(keras.Model):
                 self.active_tracker, self.k_tracker]
 
     def _learner_loss(self, images, labels, cluster, training):
-        normalize = getattr(self.metric_loss, "expects_normalized", True)
+        normalize = self.metric_loss.needs().normalized  # the loss's declared contract (LossNeeds)
         if training and self._backbone_frozen:
             # Only the embedding layer (and masks) learn on this epoch.
             z = self.head(ops.stop_gradient(self.backbone(images, training=False)))
@@ -316,17 +316,14 @@ class DivideAndConquerModel(keras.Model):
             embeddings = self.masks(z, cluster=cluster, normalize=normalize)
         # Under a distribution strategy the loss mines the global batch.
         embeddings, labels = all_gather_batch(embeddings, labels)
-        if getattr(self.metric_loss, "accepts_learner", False):
-            # Losses with per-learner state (XBM memories) need to know whose batch
-            # this is, and must leave that state alone outside training.
-            # With one learner (k_final = 1) the full embedding is that learner's
-            # embedding, so a full-embedding phase keeps training its state
-            # (Proxy-Anchor proxies, XBM memory) instead of starting the
-            # never-trained `None` slot. With K > 1 the full embedding has its own.
-            full = self._full_embedding and self.masks.k_max > 1
-            learner = None if full or not training else cluster
-            return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
-        return self.metric_loss.compute_loss_and_stats(labels, embeddings)
+        # Every loss is told whose batch this is (losses with per-learner state, proxies or an
+        # XBM memory, use it) and must leave its state alone outside training.
+        # With one learner (k_final = 1) the full embedding is that learner's
+        # embedding, so a full-embedding phase keeps training its state
+        # instead of starting the never-trained `None` slot. With K > 1 the full embedding has its own.
+        full = self._full_embedding and self.masks.k_max > 1
+        learner = None if full or not training else cluster
+        return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
 
     def on_clusters_changed(self) -> None:
         """Called by the schedule whenever the cluster assignment changes.
@@ -336,9 +333,7 @@ class DivideAndConquerModel(keras.Model):
         to the clusters (e.g. an XBM memory) is told here, through its own
         `on_clusters_changed`.
         """
-        notify = getattr(self.metric_loss, "on_clusters_changed", None)
-        if callable(notify):
-            notify()
+        self.metric_loss.on_clusters_changed()
 
     def train_step(self, data):
         x, labels = data[0], data[1]
