@@ -132,7 +132,7 @@ def test_resume_may_lower_the_learning_rate_and_it_is_recorded(tmp_path, capsys)
     run_dir = str(tmp_path / "run")
     prepare_run_dir(TrainConfig(run_dir=run_dir, lr=1e-3), resume=False, chief=True)
     config = config_from_args(build_parser().parse_args(
-        ["--resume", "--run-dir", run_dir, "--lr", "1e-5", "--embedding-dim", "8"]))
+        ["--resume", "--run-dir", run_dir, "--learning-rate", "1e-5", "--embedding-dim", "8"]))
     assert config.lr == 1e-5 and config.embedding_dim == TrainConfig.embedding_dim
     assert "ignoring --embedding-dim" in capsys.readouterr().out
     prepare_run_dir(config, resume=True, chief=True)
