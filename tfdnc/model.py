@@ -106,19 +106,8 @@ class DivideAndConquerModel(keras.Model):
                           DeprecationWarning, stacklevel=2)
             k_final = kwargs.pop("k_max")
         super().__init__(**kwargs)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
-        if mask_loss_weight < 0:
-            raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
-        if mask_learning_rate <= 0:
-            raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
-        for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
-            if not 0 <= value < float("inf"):  # also refuses NaN
-                raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
-        if loss_learning_rate is not None and not loss_learning_rate > 0:
-            raise ValueError(
-                f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}"
-            )
+        _check_model_arguments(backbone, mask_loss_weight, mask_learning_rate, weight_decay, mask_weight_decay,
+                               loss_learning_rate)
         if loss is not None:
             warnings.warn("DivideAndConquerModel(loss=...) is deprecated: give the loss to "
                           "model.compile(optimizer, loss=...)", DeprecationWarning, stacklevel=2)
@@ -141,11 +130,8 @@ class DivideAndConquerModel(keras.Model):
         self._set_metric_loss(MarginLoss() if loss is None else loss)
         self._full_embedding = False
         self._backbone_frozen = False
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.metric_loss_tracker = keras.metrics.Mean(name="metric_loss")
-        self.mask_loss_tracker = keras.metrics.Mean(name="mask_loss")
-        self.active_tracker = keras.metrics.Mean(name="active_fraction")
-        self.k_tracker = keras.metrics.Mean(name="K")
+        self.loss_tracker, self.metric_loss_tracker, self.mask_loss_tracker, self.active_tracker, self.k_tracker = (
+            keras.metrics.Mean(name=name) for name in ("loss", "metric_loss", "mask_loss", "active_fraction", "K"))
         self._gallery = None  # the ModelIndex built by `index`, saved with the model
         self.built = True
 
@@ -438,6 +424,10 @@ class DivideAndConquerModel(keras.Model):
                              "(the loss defaults to tfdnc.losses.MarginLoss())")
         x, y, kwargs = prepare_fit(self, x, y, kwargs, images_per_class=images_per_class,
                                    recluster_every=recluster_every)
+        return self._fit_prepared(x, y, kwargs)
+
+    def _fit_prepared(self, x, y, kwargs: dict):
+        """Keras's `fit` on data `prepare_fit` made; under a strategy, `fit_mirrored` for cluster batches."""
         from tfdnc.training.fit_inputs import is_cluster_dataset
 
         strategy = getattr(self, "_distribute_strategy", None)
@@ -633,6 +623,22 @@ class DivideAndConquerModel(keras.Model):
             model._set_metric_loss(keras.saving.deserialize_keras_object(loss))
             model._loss_from_constructor = True
         return model
+
+
+def _check_model_arguments(backbone, mask_loss_weight, mask_learning_rate, weight_decay, mask_weight_decay,
+                           loss_learning_rate) -> None:
+    """DivideAndConquerModel's arguments, checked up front (a ValueError / TypeError naming the argument)."""
+    if not isinstance(backbone, keras.Model):
+        raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
+    if mask_loss_weight < 0:
+        raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
+    if mask_learning_rate <= 0:
+        raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
+    for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
+        if not 0 <= value < float("inf"):  # also refuses NaN
+            raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
+    if loss_learning_rate is not None and not loss_learning_rate > 0:
+        raise ValueError(f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}")
 
 
 def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -> list:
