@@ -606,7 +606,7 @@ def without_removed_settings(values: dict[str, Any], source: str) -> dict[str, A
     """`values` less the settings that never had an effect (a warning each); a renamed one is an error naming it."""
     for name, what in REMOVED_SETTINGS.items():
         if name in values:
-            raise SettingError(name, f"was removed in tfdnc 0.2 ({what}): use the new name", source)
+            raise SettingError(name, f"was removed ({what}): use the new name", source)
     values = dict(values)
     for name, why in IGNORED_SETTINGS.items():
         if name in values:
