@@ -28,10 +28,9 @@ from tfdnc.data.transforms import decode_image, eval_transform  # noqa: E402
 from tfdnc.exporting import contract  # noqa: E402
 from tfdnc.exporting.warmup import read_warmup_requests  # noqa: E402
 from tfdnc.hub_backbones import layer_decay_multipliers  # noqa: E402
-from tfdnc.losses import LOSSES, get_loss  # noqa: E402
+from tfdnc.losses import LOSSES, get_loss, loss_from_config  # noqa: E402
 from tfdnc.model import DivideAndConquerModel  # noqa: E402
 from tfdnc.optimizers import LayerDecayAdam  # noqa: E402
-from tfdnc.train import loss_arguments  # noqa: E402
 
 SIZE, RESIZE, DIM = 16, 20, 8
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -144,7 +143,7 @@ def test_every_loss_trains_a_dnc_model_on_a_hub_backbone(presets, loss):
     # The run's own loss arguments, Symmetrical Synthesis on (the default) where the loss takes it.
     config = TrainConfig(loss=loss, embedding_dim=DIM, k_final=2, symmetrical=loss != "proxy_anchor")
     # Eager: the graph-mode run is the end-to-end test below; here each loss only has to train.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(loss, **loss_arguments(config, 4)),
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_from_config(config.loss_config, num_classes=4, embedding_dim=DIM, num_learners=2),
                   run_eagerly=True)
     labels = np.repeat(np.arange(4, dtype="int32"), 2)
     data = tf.data.Dataset.from_tensors(({"images": _pixels(8), "cluster": np.ones(8, "int32")}, labels))

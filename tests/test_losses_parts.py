@@ -179,7 +179,6 @@ def test_every_loss_accepts_a_learner_and_cluster_changes():
         if name == "margin":
             options = {**options, "negative_sampling": "closest_beyond_cutoff"}
         loss = get_loss(name, **options)
-        assert loss.accepts_learner
         plain = float(loss.compute_loss_and_stats(labels, x)[0])
         assert float(loss.compute_loss_and_stats(labels, x, learner=tf.constant(1))[0]) == pytest.approx(plain)
         loss.on_clusters_changed()

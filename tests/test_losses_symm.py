@@ -113,7 +113,7 @@ def np_lifted(labels, x, margin, d=None):
 def test_npair_matches_reference(layout, rule):
     labels, x = make_batch(*layout, normalize=False, scale=0.7)
     loss = NPairLoss(l2_regularization=0.01, **options(rule))
-    assert not loss.expects_normalized
+    assert not loss.needs().normalized
     value, stats = loss.compute_loss_and_stats(labels, x)
     neg = None if rule is None else np_symm_matrix(labels, x.astype(np.float64), np.dot, rule, max)
     ref, ref_active = np_npair(labels, x, 0.01, neg)
@@ -129,7 +129,7 @@ def test_npair_matches_reference(layout, rule):
 def test_angular_matches_reference(layout, rule, alpha):
     labels, x = make_batch(*layout, normalize=False, scale=0.5)
     loss = AngularLoss(alpha=alpha, l2_regularization=0.002, **options(rule))
-    assert not loss.expects_normalized
+    assert not loss.needs().normalized
     value, stats = loss.compute_loss_and_stats(labels, x)
     neg = None if rule is None else np_symm_matrix(labels, x.astype(np.float64), np.dot, rule, max)
     ref, ref_active = np_angular(labels, x, alpha, 0.002, neg)

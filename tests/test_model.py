@@ -313,16 +313,15 @@ def test_one_learner_keeps_its_loss_state_in_the_full_embedding_phase(make_tiny_
 
 def test_xbm_and_proxy_anchor_settings_reach_the_loss():
     from tfdnc.config import TrainConfig
-    from tfdnc.losses import CrossBatchMemory, ProxyAnchorLoss, get_loss
-    from tfdnc.train import loss_arguments
+    from tfdnc.losses import CrossBatchMemory, ProxyAnchorLoss, loss_from_config
 
     config = TrainConfig(loss="margin", symmetrical=False, xbm_size=64, xbm_start_step=5, xbm_batch_loss=True,
                          embedding_dim=16, k_final=2)
-    loss = get_loss(config.loss, **loss_arguments(config, num_classes=10))
+    loss = loss_from_config(config.loss_config, num_classes=10, embedding_dim=config.embedding_dim, num_learners=config.k_final)
     assert isinstance(loss, CrossBatchMemory)
     assert (loss.memory_size, loss.start_step, loss.batch_loss, loss.num_learners) == (64, 5, True, 2)
     config = TrainConfig(loss="proxy_anchor", symmetrical=False, embedding_dim=16, k_final=4)
-    loss = get_loss(config.loss, **loss_arguments(config, num_classes=10))
+    loss = loss_from_config(config.loss_config, num_classes=10, embedding_dim=config.embedding_dim, num_learners=config.k_final)
     assert isinstance(loss, ProxyAnchorLoss)
     assert (loss.num_classes, loss.embedding_dim, loss.num_learners) == (10, 16, 4)
     with pytest.raises(ValueError, match="--xbm-size"):

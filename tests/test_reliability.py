@@ -51,7 +51,7 @@ ARGS = ["--dataset", "digits", "--image-size", "16", "--embedding-dim", "16", "-
         # The margin loss draws its negatives at random (distance-weighted sampling, a Keras
         # SeedGenerator): without its state in the backup the resumed run drifts
         # (measured: epoch-2 loss 0.3323 against 0.3407, MAP@R 36.3 against 38.8).
-        "--loss", "margin", "--no-symm"]
+        "--loss", "margin", "--no-symmetrical"]
 
 
 def _train(run_dir, *extra, kill_at=None):

@@ -130,23 +130,23 @@ def test_non_finite_settings_are_refused_by_name(setting, value):
 
 def test_resume_may_lower_the_learning_rate_and_it_is_recorded(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
-    prepare_run_dir(TrainConfig(run_dir=run_dir, lr=1e-3), resume=False, chief=True)
+    prepare_run_dir(TrainConfig(run_dir=run_dir, learning_rate=1e-3), resume=False, chief=True)
     config = config_from_args(build_parser().parse_args(
-        ["--resume", "--run-dir", run_dir, "--lr", "1e-5", "--embedding-dim", "8"]))
-    assert config.lr == 1e-5 and config.embedding_dim == TrainConfig.embedding_dim
+        ["--resume", "--run-dir", run_dir, "--learning-rate", "1e-5", "--embedding-dim", "8"]))
+    assert config.learning_rate == 1e-5 and config.embedding_dim == TrainConfig.embedding_dim
     assert "ignoring --embedding-dim" in capsys.readouterr().out
     prepare_run_dir(config, resume=True, chief=True)
     # Nothing is written until the resume's generation loaded (a refused resume changes nothing).
-    assert TrainConfig.load(RunDir(run_dir).config).lr == 1e-3 and RunDir(run_dir).resumes() == []
+    assert TrainConfig.load(RunDir(run_dir).config).learning_rate == 1e-3 and RunDir(run_dir).resumes() == []
     record_resume(RunDir(run_dir), config, from_epoch=2)
-    assert TrainConfig.load(RunDir(run_dir).config).lr == 1e-5
+    assert TrainConfig.load(RunDir(run_dir).config).learning_rate == 1e-5
     assert RunDir(run_dir).resumes()[-1]["changed"] == {"learning_rate": [1e-3, 1e-5]}
     assert RunDir(run_dir).resumes()[-1]["from_epoch"] == 2
 
 
 def test_the_non_finite_loss_advice_names_only_what_exists(tmp_path):
     run_dir = RunDir(tmp_path / "run")
-    advice = nonfinite_advice(run_dir, TrainConfig(run_dir=run_dir.path, lr=1e-3))
+    advice = nonfinite_advice(run_dir, TrainConfig(run_dir=run_dir.path, learning_rate=1e-3))
     guard = NonFiniteLossGuard(checkpoint_hint=advice)
     with pytest.raises(NonFiniteLossError) as error:
         guard.on_train_batch_end(4, {"loss": float("nan")})

@@ -1,37 +1,41 @@
-"""One name per setting: the new names everywhere, the old ones still accepted as deprecated aliases."""
+"""One name per setting: removed names are refused naming the file and the setting; `recall_ks` is ignored."""
 
 import json
 
 import pytest
 
-from tfdnc.config import TrainConfig, build_parser
+from tfdnc.config import SettingError, TrainConfig, build_parser
 
 
-def test_old_config_keys_load_under_their_new_names(tmp_path):
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps({"lr": 3e-4, "mask_lr": 3e-2, "loss_lr": 1e-2, "symm": False}))
-    with pytest.warns(DeprecationWarning, match="'lr' is deprecated; it is now 'learning_rate'"):
+def test_a_renamed_setting_in_a_config_file_is_one_error_naming_the_file_and_the_setting(tmp_path):
+    for old, new in (("lr", "learning_rate"), ("mask_lr", "mask_learning_rate"), ("loss_lr", "loss_learning_rate"),
+                     ("symm", "symmetrical")):
+        path = tmp_path / f"{old}.json"
+        path.write_text(json.dumps({old: 1e-3}))
+        with pytest.raises(SettingError) as caught:
+            TrainConfig.load(str(path))
+        message = str(caught.value)
+        assert str(path) in message and repr(old) in message and repr(new) in message
+        assert "\n" not in message
+
+
+def test_recall_ks_of_an_old_config_file_is_ignored_with_a_warning(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"epochs": 3, "recall_ks": [1, 2, 4, 8]}))
+    with pytest.warns(UserWarning, match="'recall_ks' was removed and is ignored"):
         config = TrainConfig.load(str(path))
-    assert (config.learning_rate, config.mask_learning_rate, config.loss_learning_rate, config.symmetrical) == (
-        3e-4, 3e-2, 1e-2, False)
-    assert config.lr == config.learning_rate  # old attribute names still read
-    saved = config.to_dict()
-    assert "learning_rate" in saved and "lr" not in saved and "symm" not in saved
+    assert config.epochs == 3 and "recall_ks" not in config.to_dict()
 
 
-def test_an_old_and_a_new_name_together_are_refused_naming_both():
-    with pytest.raises(ValueError, match="'learning_rate'.*'lr'"):
-        TrainConfig.from_dict({"lr": 1e-3, "learning_rate": 1e-3})
-
-
-def test_old_flags_set_the_new_settings():
+def test_the_old_flags_are_gone():
     parser = build_parser()
-    old = parser.parse_args(["--lr", "0.01", "--mask-lr", "0.5", "--loss-lr", "0.2", "--no-symm"])
-    new = parser.parse_args(["--learning-rate", "0.01", "--mask-learning-rate", "0.5", "--loss-learning-rate", "0.2",
-                             "--no-symmetrical"])
-    assert vars(old) == vars(new)
+    for old in (["--lr", "0.01"], ["--mask-lr", "0.5"], ["--loss-lr", "0.2"], ["--no-symm"], ["--recall-ks", "1"],
+                ["--backup-every-steps", "10"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(old)
+    new = parser.parse_args(["--learning-rate", "0.01", "--no-symmetrical"])
     assert new.learning_rate == 0.01 and new.symmetrical is False
-    assert "--learning-rate" in parser.format_help() and "--lr: deprecated name" in parser.format_help()
+    assert "deprecated" not in parser.format_help()
 
 
 def test_the_model_takes_k_final_and_still_reads_k_max():

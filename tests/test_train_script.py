@@ -41,7 +41,7 @@ def test_flags_config_file_and_preset_layering(tmp_path):
     (["--images-per-class", "1"], "--images-per-class"),
     (["--batchnorm-momentum", "1.5"], "--batchnorm-momentum"),
     (["--weight-decay-mode", "l2"], "--weight-decay-mode"),
-    (["--lr", "nan"], "--learning-rate"),  # the deprecated name maps to the new one
+    (["--learning-rate", "nan"], "--learning-rate"),
 ])
 def test_bad_settings_name_the_flag(argv, message, capsys):
     from tfdnc import cli

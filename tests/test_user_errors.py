@@ -212,7 +212,7 @@ def test_the_declared_needs_match_what_a_one_class_batch_teaches(name):
         gradient = float(tf.norm(tape.gradient(value, x)))
         teaches = gradient > 1e-6
         one_class = len(np.unique(labels)) == 1
-        assert teaches == (not one_class or not LOSSES[name].needs_negatives), (name, labels, gradient)
+        assert teaches == (not one_class or not LOSSES[name].NEEDS.negatives), (name, labels, gradient)
 
 
 # --- --data-dir alone: your images, not the generated set (issue 21) -------------------------

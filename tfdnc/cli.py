@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfdnc.config import ArgumentParser, positive_int
+from tfdnc.config.flags import ArgumentParser, positive_int
 from tfdnc.exporting import contract
 from tfdnc.serving.files import embed_files, embed_files_skipping, name_bad_image, read_files, report_skipped
 from tfdnc.utils.errors import run_reporting_errors
@@ -43,7 +43,7 @@ OUTPUT_FORMATS = (".npy", ".npz", ".json", ".csv")
 # command -> (module with build_parser() and main(argv), one line of help). The
 # modules import TensorFlow only inside main, after their arguments parsed.
 COMMANDS = {
-    "train": ("tfdnc.config", "tfdnc.train", "train, evaluate and export a Divide & Conquer model (= python train.py)"),
+    "train": ("tfdnc.config.flags", "tfdnc.train", "train, evaluate and export a Divide & Conquer model (= python train.py)"),
     "export": ("tfdnc.exporting.cli", "tfdnc.exporting.cli", "export a run or .keras file as a SavedModel version"),
     "evaluate": ("tfdnc.evaluation_cli", "tfdnc.evaluation_cli", "evaluate a run, .keras file or export on a benchmark"),
     "report": ("tfdnc.report.__main__", "tfdnc.report.__main__", "an HTML report of a training run"),

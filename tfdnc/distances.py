@@ -8,14 +8,15 @@ Example:
 >>> x = tf.random.normal((8, 16))
 >>> d = pairwise_euclidean(x)          # (8, 8), zero diagonal
 >>> s = pairwise_cosine_similarity(x)  # (8, 8), ones on the diagonal
+>>> loss = TripletLoss(distance=CosineDistance())  # a loss built with a distance object
 """
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
-SIMILARITIES = ("dot", "cosine")
 
 
 def _as_float(x, name: str) -> tf.Tensor:
@@ -98,10 +99,133 @@ def pairwise_distance(x, y=None, metric: str = "euclidean") -> tf.Tensor:
     raise ValueError(f"`metric` must be one of {DISTANCES}, got {metric!r}")
 
 
-def pairwise_similarity(x, y=None, metric: str = "cosine") -> tf.Tensor:
-    """Similarity matrix by name: "cosine" or "dot" (unnormalised inner product)."""
-    if metric == "cosine":
+# --- distances as parts a loss is built with (pytorch-metric-learning's `distance=`) -------------
+
+
+class Distance:
+    """How a loss compares embeddings: a callable giving the (N, M) matrix of `x` (N, D) against `y` (M, D).
+
+    A loss takes one at construction (`TripletLoss(distance=CosineDistance())`
+    or by name, `distance="cosine"`), as pytorch-metric-learning's losses
+    take a `distance=` object. `is_similarity` says which way is closer:
+    True for similarities (higher = closer: the hardest negative is the
+    largest value), False for distances. `y=None` compares `x` with itself
+    (an exact zero diagonal for distances).
+
+    Subclass it for your own: implement `pairwise(x, y)`, set `name` and
+    `is_similarity`.
+
+    Example:
+    >>> d = get_distance("euclidean")
+    >>> d(tf.random.normal((4, 8))).shape
+    TensorShape([4, 4])
+    """
+
+    name: str = ""
+    is_similarity: bool = False
+
+    def __call__(self, x, y=None) -> tf.Tensor:
+        return self.pairwise(x, y)
+
+    def pairwise(self, x, y=None) -> tf.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement pairwise(x, y)")
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Distance":
+        return cls(**config)
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+_BY_NAME: dict[str, type[Distance]] = {}
+
+
+def _named(cls: type[Distance]) -> type[Distance]:
+    _BY_NAME[cls.name] = cls
+    return keras.saving.register_keras_serializable(package="tfdnc")(cls)
+
+
+@_named
+class EuclideanDistance(Distance):
+    """||x_i - y_j|| (finite gradient at coincident points)."""
+
+    name = "euclidean"
+
+    def pairwise(self, x, y=None):
+        return pairwise_euclidean(x, y)
+
+
+@_named
+class SquaredEuclideanDistance(Distance):
+    """||x_i - y_j||^2."""
+
+    name = "squared_euclidean"
+
+    def pairwise(self, x, y=None):
+        return pairwise_squared_euclidean(x, y)
+
+
+@_named
+class CosineDistance(Distance):
+    """1 - cos(x_i, y_j)."""
+
+    name = "cosine"
+
+    def pairwise(self, x, y=None):
+        return 1.0 - pairwise_cosine_similarity(x, y)
+
+
+@_named
+class CosineSimilarity(Distance):
+    """cos(x_i, y_j) (a similarity: higher is closer)."""
+
+    name = "cosine_similarity"
+    is_similarity = True
+
+    def pairwise(self, x, y=None):
         return pairwise_cosine_similarity(x, y)
-    if metric == "dot":
+
+
+@_named
+class DotProductSimilarity(Distance):
+    """x_i . y_j, unnormalised (a similarity: higher is closer)."""
+
+    name = "dot"
+    is_similarity = True
+
+    def pairwise(self, x, y=None):
         return pairwise_dot(x, y)
-    raise ValueError(f"`metric` must be one of {SIMILARITIES}, got {metric!r}")
+
+
+def get_distance(spec) -> Distance:
+    """A `Distance` from a name (see `DISTANCE_NAMES`), a Keras-serialised dict, or a `Distance` (returned)."""
+    if isinstance(spec, Distance):
+        return spec
+    if isinstance(spec, dict):
+        distance = keras.saving.deserialize_keras_object(spec)
+        if not isinstance(distance, Distance):
+            raise ValueError(f"`distance`: {spec!r} is not a tfdnc.distances.Distance")
+        return distance
+    if isinstance(spec, str) and spec in _BY_NAME:
+        return _BY_NAME[spec]()
+    raise ValueError(f"`distance` must be a tfdnc.distances.Distance or one of {DISTANCE_NAMES}, got {spec!r}")
+
+
+def serialize_distance(distance: Distance):
+    """The distance as a loss's config stores it: its name for a shipped one, else Keras's dict."""
+    if _BY_NAME.get(distance.name) is type(distance):
+        return distance.name
+    return keras.saving.serialize_keras_object(distance)
+
+
+DISTANCE_NAMES = tuple(_BY_NAME)

@@ -35,7 +35,7 @@ import argparse
 import os
 import time
 
-from tfdnc.config import positive_int
+from tfdnc.config.flags import positive_int
 from tfdnc.utils import write_json
 from tfdnc.utils.errors import UserInputError, UserPathError, run_reporting_errors
 

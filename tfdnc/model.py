@@ -106,19 +106,8 @@ class DivideAndConquerModel(keras.Model):
                           DeprecationWarning, stacklevel=2)
             k_final = kwargs.pop("k_max")
         super().__init__(**kwargs)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
-        if mask_loss_weight < 0:
-            raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
-        if mask_learning_rate <= 0:
-            raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
-        for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
-            if not 0 <= value < float("inf"):  # also refuses NaN
-                raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
-        if loss_learning_rate is not None and not loss_learning_rate > 0:
-            raise ValueError(
-                f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}"
-            )
+        _check_model_arguments(backbone, mask_loss_weight, mask_learning_rate, weight_decay, mask_weight_decay,
+                               loss_learning_rate)
         if loss is not None:
             warnings.warn("DivideAndConquerModel(loss=...) is deprecated: give the loss to "
                           "model.compile(optimizer, loss=...)", DeprecationWarning, stacklevel=2)
@@ -141,11 +130,8 @@ class DivideAndConquerModel(keras.Model):
         self._set_metric_loss(MarginLoss() if loss is None else loss)
         self._full_embedding = False
         self._backbone_frozen = False
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.metric_loss_tracker = keras.metrics.Mean(name="metric_loss")
-        self.mask_loss_tracker = keras.metrics.Mean(name="mask_loss")
-        self.active_tracker = keras.metrics.Mean(name="active_fraction")
-        self.k_tracker = keras.metrics.Mean(name="K")
+        self.loss_tracker, self.metric_loss_tracker, self.mask_loss_tracker, self.active_tracker, self.k_tracker = (
+            keras.metrics.Mean(name=name) for name in ("loss", "metric_loss", "mask_loss", "active_fraction", "K"))
         self._gallery = None  # the ModelIndex built by `index`, saved with the model
         self.built = True
 
@@ -213,14 +199,14 @@ class DivideAndConquerModel(keras.Model):
                 "embeddings of a batch"
             )
         previous = getattr(self, "loss_weights_layer", None)
-        if previous is not None and previous is not getattr(loss, "variables_layer", None):
+        if previous is not None and previous is not loss.variables_layer:
             # A replaced loss's variables leave the model (its weights, its save file).
             self._layers = [layer for layer in self._layers if layer is not previous]
         self.metric_loss = loss
         # Keras layers created inside the loss (learnable beta, proxies, XBM
         # memory) are tracked through this attribute, so they train and save
         # with the model.
-        self.loss_weights_layer = getattr(loss, "variables_layer", None)
+        self.loss_weights_layer = loss.variables_layer
         # The loss's parameters (learnable beta) get an optimizer of their own;
         # its learning rate may default to the network's at compile.
         optimizer = None
@@ -233,7 +219,7 @@ class DivideAndConquerModel(keras.Model):
 
     def loss_variables(self) -> list:
         """The loss's own parameters (e.g. the margin loss's per-class beta)."""
-        return list(getattr(self.metric_loss, "trainable_variables", []))
+        return list(self.metric_loss.trainable_variables)
 
     def network_variables(self) -> list:
         """Variables the main optimizer updates: backbone and head."""
@@ -303,7 +289,7 @@ class DivideAndConquerModel(keras.Model):
                 self.active_tracker, self.k_tracker]
 
     def _learner_loss(self, images, labels, cluster, training):
-        normalize = getattr(self.metric_loss, "expects_normalized", True)
+        normalize = self.metric_loss.needs().normalized  # the loss's declared contract (LossNeeds)
         if training and self._backbone_frozen:
             # Only the embedding layer (and masks) learn on this epoch.
             z = self.head(ops.stop_gradient(self.backbone(images, training=False)))
@@ -316,17 +302,14 @@ class DivideAndConquerModel(keras.Model):
             embeddings = self.masks(z, cluster=cluster, normalize=normalize)
         # Under a distribution strategy the loss mines the global batch.
         embeddings, labels = all_gather_batch(embeddings, labels)
-        if getattr(self.metric_loss, "accepts_learner", False):
-            # Losses with per-learner state (XBM memories) need to know whose batch
-            # this is, and must leave that state alone outside training.
-            # With one learner (k_final = 1) the full embedding is that learner's
-            # embedding, so a full-embedding phase keeps training its state
-            # (Proxy-Anchor proxies, XBM memory) instead of starting the
-            # never-trained `None` slot. With K > 1 the full embedding has its own.
-            full = self._full_embedding and self.masks.k_max > 1
-            learner = None if full or not training else cluster
-            return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
-        return self.metric_loss.compute_loss_and_stats(labels, embeddings)
+        # Every loss is told whose batch this is (losses with per-learner state, proxies or an
+        # XBM memory, use it) and must leave its state alone outside training.
+        # With one learner (k_final = 1) the full embedding is that learner's
+        # embedding, so a full-embedding phase keeps training its state
+        # instead of starting the never-trained `None` slot. With K > 1 the full embedding has its own.
+        full = self._full_embedding and self.masks.k_max > 1
+        learner = None if full or not training else cluster
+        return self.metric_loss.compute_loss_and_stats(labels, embeddings, learner=learner, training=training)
 
     def on_clusters_changed(self) -> None:
         """Called by the schedule whenever the cluster assignment changes.
@@ -336,9 +319,7 @@ class DivideAndConquerModel(keras.Model):
         to the clusters (e.g. an XBM memory) is told here, through its own
         `on_clusters_changed`.
         """
-        notify = getattr(self.metric_loss, "on_clusters_changed", None)
-        if callable(notify):
-            notify()
+        self.metric_loss.on_clusters_changed()
 
     def train_step(self, data):
         x, labels = data[0], data[1]
@@ -443,6 +424,10 @@ class DivideAndConquerModel(keras.Model):
                              "(the loss defaults to tfdnc.losses.MarginLoss())")
         x, y, kwargs = prepare_fit(self, x, y, kwargs, images_per_class=images_per_class,
                                    recluster_every=recluster_every)
+        return self._fit_prepared(x, y, kwargs)
+
+    def _fit_prepared(self, x, y, kwargs: dict):
+        """Keras's `fit` on data `prepare_fit` made; under a strategy, `fit_mirrored` for cluster batches."""
         from tfdnc.training.fit_inputs import is_cluster_dataset
 
         strategy = getattr(self, "_distribute_strategy", None)
@@ -638,6 +623,22 @@ class DivideAndConquerModel(keras.Model):
             model._set_metric_loss(keras.saving.deserialize_keras_object(loss))
             model._loss_from_constructor = True
         return model
+
+
+def _check_model_arguments(backbone, mask_loss_weight, mask_learning_rate, weight_decay, mask_weight_decay,
+                           loss_learning_rate) -> None:
+    """DivideAndConquerModel's arguments, checked up front (a ValueError / TypeError naming the argument)."""
+    if not isinstance(backbone, keras.Model):
+        raise TypeError(f"DivideAndConquerModel: `backbone` must be a keras.Model, got {type(backbone)}")
+    if mask_loss_weight < 0:
+        raise ValueError(f"DivideAndConquerModel: `mask_loss_weight` must be >= 0, got {mask_loss_weight}")
+    if mask_learning_rate <= 0:
+        raise ValueError(f"DivideAndConquerModel: `mask_learning_rate` must be > 0, got {mask_learning_rate}")
+    for arg, value in (("weight_decay", weight_decay), ("mask_weight_decay", mask_weight_decay)):
+        if not 0 <= value < float("inf"):  # also refuses NaN
+            raise ValueError(f"DivideAndConquerModel: `{arg}` must be a finite number >= 0, got {value}")
+    if loss_learning_rate is not None and not loss_learning_rate > 0:
+        raise ValueError(f"DivideAndConquerModel: `loss_learning_rate` must be > 0 or None, got {loss_learning_rate}")
 
 
 def _coupled_decay(gradients: list, variables: list, decay: float, scale=None) -> list:

@@ -65,15 +65,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# Recall@K cut-offs each benchmark's tables report.
-RECALL_KS = {
-    "cub": (1, 2, 4, 8),
-    "cars": (1, 2, 4, 8),
-    "sop": (1, 10, 100, 1000),
-    "inshop": (1, 10, 20, 30, 50),
-    "vehicleid": (1, 5),
-}
-
 _COMMON: dict[str, Any] = {
     "backbone": "resnet50",
     "backbone_weights": "imagenet",
@@ -201,7 +192,7 @@ def _presets() -> dict[str, Preset]:
     }
     presets = {}
     for dataset, (cvpr, fixed, learnable, nmi) in published.items():
-        data = {"dataset": dataset, "recall_ks": RECALL_KS[dataset]}
+        data = {"dataset": dataset}
         name = f"cvpr2019-{dataset}"
         presets[name] = Preset(
             name, {**_CVPR, **data, "run_dir": f"runs/{name}"},

@@ -12,8 +12,12 @@ together, `tfdnc.training.generations`); `--resume` continues from the newest
 complete one and repeats the uninterrupted run. A lock (RUN_DIR/.lock) keeps
 a second process out of a run directory in use.
 
-`run` is a short list of named steps (`prepare_run_dir`, `build_data`,
-`build_model`, `build_schedule`, `build_callbacks`, `fit`, `finish`).
+`run` is a short list of named steps (`prepare_run_dir`,
+`TrainingData.from_config`, `build_model`, `build_schedule`, `restore`,
+`build_callbacks`, `fit`, `finish`); each gets the section of the settings it
+uses (`TrainConfig.data_config`, `model_config`, `loss_config`, ...), the
+loss is built by `tfdnc.losses.loss_from_config` from the facts it declares
+it needs, and the worker's role is derived from the strategy once (`WorkerRole`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 from tfdnc import clustering, rundir
 from tfdnc.backbones import build_backbone, check_backbone
 from tfdnc.config import (  # the flags live with the settings
-    RESUME_OVERRIDES, SettingError, TrainConfig, build_parser, implied_dataset,
+    RESUME_OVERRIDES, DataConfig, ModelConfig, ScheduleConfig, SettingError, TrainConfig, build_parser, implied_dataset,
 )
 from tfdnc.data.cache import cache_decoded_images
 from tfdnc.data.pipeline import image_channels, make_train_dataset
@@ -49,7 +53,7 @@ from tfdnc.evaluation.callback import RetrievalEvaluation
 from tfdnc.evaluation.embedding import embed_image_set, model_function
 from tfdnc.evaluation.protocols import run_protocol
 from tfdnc.hub_backbones import is_hub_backbone, layer_decay_multipliers
-from tfdnc.losses import get_loss
+from tfdnc.losses import loss_from_config
 from tfdnc.model import DivideAndConquerModel, load_model
 from tfdnc.optimizers import LayerDecayAdam
 from tfdnc.rundir import RunDir
@@ -135,14 +139,29 @@ def _config_naming_the_file(values: dict, path: str, not_from_file: set[str]) ->
 # --- the run: a short story of named steps ------------------------------------------------
 
 
-def run(
-    config: TrainConfig,
-    resume: bool = False,
-    export: bool = True,
-    strict_images: bool = False,
-    backup_every_steps: int | None = None,
-    verbose: int = 1,
-) -> dict:
+@dataclass(frozen=True)
+class WorkerRole:
+    """What this process is in the run, derived once from the strategy.
+
+    Attributes:
+        chief: evaluates, writes files, backs up and exports (the only
+            process without several workers).
+        multi_worker: one of several workers (MultiWorkerMirroredStrategy):
+            the custom training loop, re-clustering together.
+        mirrored: the GPUs of this host (MirroredStrategy).
+    """
+
+    chief: bool
+    multi_worker: bool
+    mirrored: bool
+
+    @classmethod
+    def of(cls, strategy, strategy_name: str) -> "WorkerRole":
+        return cls(worker_info(strategy).is_chief, is_multi_worker(strategy), strategy_name == "mirrored")
+
+
+def run(config: TrainConfig, resume: bool = False, export: bool = True, strict_images: bool = False,
+        verbose: int = 1) -> dict:
     """Trains, evaluates and (optionally) exports; returns the metrics dict.
 
     Every worker of a multi-worker run calls it; only the chief evaluates,
@@ -150,48 +169,51 @@ def run(
     """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = build_strategy(config.strategy)
-    chief = worker_info(strategy).is_chief
-    if backup_every_steps:
-        print("[tfdnc] --backup-every-steps is ignored: a backup is one whole generation at each epoch's end")
+    role = WorkerRole.of(strategy, config.strategy)
+    backups = GenerationStore(RunDir(config.run_dir).backup)
     if resume:
         # Before the lock and any write: a config.json edited since the backup is refused with
         # the run directory unchanged (issue 19: it used to restart from epoch 1 over the run).
-        check_settings(GenerationStore(RunDir(config.run_dir).backup), config.to_dict(),
-                       may_differ=RESUME_OVERRIDES, config_path=RunDir(config.run_dir).config)
-    lock = RunLock(config.run_dir).acquire() if chief else None
+        check_settings(backups, config.to_dict(), may_differ=RESUME_OVERRIDES, config_path=RunDir(config.run_dir).config)
+        for generation in backups.committed():  # a backup only unpickling could read is refused before any write
+            check_random_state(generation.random)
+            check_npz(generation.clusters, what="cluster state")
+    lock = RunLock(config.run_dir).acquire() if role.chief else None
     try:
-        return _run(config, strategy, chief, resume, export, strict_images, verbose)
+        return _run(config, strategy, role, backups, resume, export, strict_images, verbose)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(config: TrainConfig, strategy, chief: bool, resume: bool, export: bool, strict_images: bool,
-         verbose: int) -> dict:
-    if resume:  # a backup that could only be read by unpickling it is refused before anything is written
-        for generation in GenerationStore(RunDir(config.run_dir).backup).committed():
-            check_random_state(generation.random)
-            check_npz(generation.clusters, what="cluster state")
+def _run(config: TrainConfig, strategy, role: WorkerRole, backups: GenerationStore, resume: bool, export: bool,
+         strict_images: bool, verbose: int) -> dict:
+    """The story of a run; each step gets the section of the settings it uses."""
+    chief = role.chief
     run_dir = prepare_run_dir(config, resume, chief)
-    data = build_data(config, run_dir, strict_images, chief)
-    model = build_model(config, strategy, data)
+    data = TrainingData.from_config(config.data_config, run_dir=run_dir, strict_images=strict_images, chief=chief,
+                                    seed=config.seed, k_final=config.k_final)
+    model = build_model(config.model_config, strategy, data,
+                        loss=loss_from_config(config.loss_config, **data.facts(config.model_config)),
+                        learning_rate=learning_rate_schedule(config.schedule_config, config.learning_rate, data.steps),
+                        jit_compile=config.jit_compile)
     schedule = build_schedule(config, strategy, data, run_dir, verbose)  # checks K against the classes
-    initial_epoch = restore(model, strategy, schedule, run_dir, config, resume, chief, verbose)
+    initial_epoch = restore(model, strategy, schedule, backups, config.model_config, resume, role, verbose)
     if resume and chief:
         record_resume(run_dir, config, initial_epoch)
-    embed = embed_function(model, config)
+    embed = embed_function(model, config.data_config)
     metrics = run_dir.metrics() if resume else {}
     if "before" not in metrics and chief:
         metrics["before"] = evaluate_and_print("Before training", data.splits, embed, verbose)
         run_dir.write_metrics(metrics)
     evaluation = RetrievalEvaluation.from_protocol(data.splits, embed, every=config.eval_every)
-    callbacks = build_callbacks(schedule, evaluation, run_dir, config, chief=chief)
+    callbacks = build_callbacks(schedule, evaluation, run_dir, config, chief=chief, backups=backups)
     start = time.perf_counter()
-    fit(model, strategy, data, callbacks, config, verbose, initial_epoch)
+    fit(model, strategy, data, callbacks, config.epochs, role, verbose, initial_epoch)
     train_seconds = time.perf_counter() - start
     if not chief:
         return {}
-    return finish(model, config, run_dir, data, embed, evaluation, metrics, train_seconds, export, verbose,
+    return finish(model, config.epochs, run_dir, data, embed, evaluation, metrics, train_seconds, export, verbose,
                   initial_epoch=initial_epoch)
 
 
@@ -236,7 +258,9 @@ def record_resume(run_dir: RunDir, config: TrainConfig, from_epoch: int) -> None
 
 @dataclass
 class TrainingData:
-    """The data of a run: the splits, the (checked, maybe cached) training set and its sampler.
+    """The data of a run: the splits, the (checked, maybe cached) training set, its sampler and augmentation.
+
+    Built by `TrainingData.from_config(data_section, ...)`.
 
     Attributes:
         splits: the data set (its test / query / gallery sets are evaluated).
@@ -246,7 +270,8 @@ class TrainingData:
         channels: image channels.
         sampler: the `ClusterBatchSampler` the schedule feeds.
         steps: batches per epoch.
-        config: the run's settings (augmentation, image size).
+        image_size, crop_scale, crop_ratio, flip: the training augmentation
+            (`tfdnc.data.pipeline.make_train_dataset`).
     """
 
     splits: object
@@ -256,34 +281,46 @@ class TrainingData:
     channels: int
     sampler: ClusterBatchSampler
     steps: int
-    config: TrainConfig
+    image_size: int
+    crop_scale: tuple
+    crop_ratio: tuple
+    flip: bool
+
+    @classmethod
+    def from_config(cls, section: DataConfig, *, run_dir: RunDir, seed: int, k_final: int,
+                    strict_images: bool = False, chief: bool = True) -> "TrainingData":
+        """Loads the data set, drops unreadable images of every split (listed in skipped.txt), caches, plans batches.
+
+        `k_final` (the model's K) is checked against the training classes
+        before any model is built; `seed` seeds the batch sampler.
+        """
+        splits = load_dataset(section.dataset, section.data_dir, use_boxes=section.use_boxes)
+        splits, report = validate_splits(splits, strict=strict_images, cache_path=run_dir.image_check)
+        train_set = splits.train
+        if report.lines():
+            if chief:
+                report.write(run_dir.skipped)
+            print(f"[tfdnc] {report.summary()}; see {run_dir.skipped}")
+        check_classes(section, k_final, train_set)
+        classes, contiguous = np.unique(train_set.labels, return_inverse=True)
+        channels = image_channels(train_set)
+        if section.cache_dir:
+            train_set = cache_decoded_images(train_set, section.cache_dir, section.cache_max_side, channels)
+        sampler = ClusterBatchSampler(contiguous, section.classes_per_batch, section.images_per_class, seed=seed)
+        steps = section.steps_per_epoch or math.ceil(len(train_set) / section.batch_size)
+        return cls(splits, train_set, contiguous, len(classes), channels, sampler, steps, section.image_size,
+                   tuple(section.crop_scale), tuple(section.crop_ratio), section.flip)
+
+    def facts(self, model: ModelConfig) -> dict:
+        """What a loss may declare it needs (`tfdnc.losses.FACTS`): classes, embedding size, learners."""
+        return {"num_classes": self.num_classes, "embedding_dim": model.embedding_dim, "num_learners": model.k_final}
 
     def dataset(self, num_shards: int = 1, shard_index: int = 0):
         """The training `tf.data` pipeline (one worker's part of each batch with `num_shards` > 1)."""
-        c = self.config
-        return make_train_dataset(self.train_set, self.sampler, self.steps, c.image_size, labels=self.labels,
-                                  crop_scale=c.crop_scale, crop_ratio=c.crop_ratio, flip=c.flip,
+        return make_train_dataset(self.train_set, self.sampler, self.steps, self.image_size, labels=self.labels,
+                                  crop_scale=self.crop_scale, crop_ratio=self.crop_ratio, flip=self.flip,
                                   num_shards=num_shards, shard_index=shard_index,
                                   first_epoch_timeout=None)  # the run's schedule publishes; CVPR clusters first
-
-
-def build_data(config: TrainConfig, run_dir: RunDir, strict_images: bool = False, chief: bool = True) -> TrainingData:
-    """Loads the data set, drops unreadable images of every split (listed in skipped.txt), caches, plans batches."""
-    splits = load_dataset(config.dataset, config.data_dir, use_boxes=config.use_boxes)
-    splits, report = validate_splits(splits, strict=strict_images, cache_path=run_dir.image_check)
-    train_set = splits.train
-    if report.lines():
-        if chief:
-            report.write(run_dir.skipped)
-        print(f"[tfdnc] {report.summary()}; see {run_dir.skipped}")
-    check_classes(config, train_set)
-    classes, contiguous = np.unique(train_set.labels, return_inverse=True)
-    channels = image_channels(train_set)
-    if config.cache_dir:
-        train_set = cache_decoded_images(train_set, config.cache_dir, config.cache_max_side, channels)
-    sampler = ClusterBatchSampler(contiguous, config.classes_per_batch, config.images_per_class, seed=config.seed)
-    steps = config.steps_per_epoch or math.ceil(len(train_set) / config.batch_size)
-    return TrainingData(splits, train_set, contiguous, len(classes), channels, sampler, steps, config)
 
 
 def check_data_location(config: TrainConfig) -> None:
@@ -297,91 +334,80 @@ def check_data_location(config: TrainConfig) -> None:
         raise UserPathError(f"--data-dir {config.data_dir!r} does not exist (--dataset {config.dataset})")
 
 
-def check_classes(config: TrainConfig, train_set: ImageSet) -> None:
+def check_classes(section: DataConfig, k_final: int, train_set: ImageSet) -> None:
     """Refuses training classes that cannot give the run its K learners, before the model is built.
 
     Every learner's cluster needs 2 classes with 2 or more images
     (`clustering.max_feasible_k`, the rule the schedule applies too).
     """
-    where = f"--dataset {config.dataset}" + (f" --data-dir {config.data_dir!r}" if config.data_dir else "")
+    where = f"--dataset {section.dataset}" + (f" --data-dir {section.data_dir!r}" if section.data_dir else "")
     _, counts = np.unique(train_set.labels, return_counts=True)
     usable = int((counts >= 2).sum())
     if usable < 2:
         raise UserInputError(f"{where}: the training split has {usable} class(es) with 2 or more readable "
                              "images; training needs 2 or more")
     feasible = clustering.max_feasible_k(train_set.labels)
-    if config.k_final > feasible:
-        raise UserInputError(f"--k-final {config.k_final} is larger than the classes allow: every cluster needs "
+    if k_final > feasible:
+        raise UserInputError(f"--k-final {k_final} is larger than the classes allow: every cluster needs "
                              f">= 2 classes with >= 2 images; the training split of {where} has {usable}, "
                              f"so K <= {feasible}")
 
 
-def loss_arguments(config: TrainConfig, num_classes: int) -> dict:
-    """The metric loss's keyword arguments: --loss-options, plus what other flags imply.
+def build_model(section: ModelConfig, strategy, data: TrainingData, *, loss, learning_rate,
+                jit_compile: bool = False) -> DivideAndConquerModel:
+    """The compiled Divide & Conquer model of the model section, built under `strategy`'s scope.
 
-    --symmetrical turns on Symmetrical Synthesis; a margin loss with a learnable
-    beta per class and Proxy-Anchor need the number of classes; Proxy-Anchor
-    and a cross-batch memory (--xbm-size) keep one set of proxies / one memory
-    per learner, so they need K and the embedding's size.
+    Args:
+        section: the model settings (backbone, embedding, masks, optimisers).
+        data: the training data (image size and channels).
+        loss: the metric loss (`tfdnc.losses.loss_from_config`).
+        learning_rate: the network's `WarmupDecay`, or None for the constant
+            `section.learning_rate` (`learning_rate_schedule`).
+        jit_compile: compile the training step with XLA.
     """
-    options = dict(config.loss_options)
-    if config.symmetrical:
-        options["symmetrical"] = True
-    if config.loss == "margin" and options.get("learnable_beta"):
-        options.setdefault("num_classes", num_classes)
-    if config.loss == "proxy_anchor":
-        options.setdefault("num_classes", num_classes)
-    if config.loss == "proxy_anchor" or config.xbm_size:
-        options.setdefault("embedding_dim", config.embedding_dim)
-        options.setdefault("num_learners", config.k_final)
-    if config.xbm_size:
-        options.update(xbm_size=config.xbm_size, start_step=config.xbm_start_step,
-                       batch_loss=config.xbm_batch_loss)
-    return options
-
-
-def build_model(config: TrainConfig, strategy, data: TrainingData) -> DivideAndConquerModel:
-    """The compiled Divide & Conquer model, built under `strategy`'s scope."""
     with strategy.scope():
-        loss = get_loss(config.loss, **loss_arguments(config, data.num_classes))
-        with backbone_weights(config.backbone_weights) as weights:
-            backbone = build_backbone(
-                config.backbone, (config.image_size, config.image_size, data.channels), weights=weights,
-                freeze_batchnorm=config.freeze_batchnorm, pixel_mode=config.pixel_mode,
-                batchnorm_momentum=config.batchnorm_momentum, batchnorm_epsilon=config.batchnorm_epsilon,
-                **_hub_options(config),
-            )
+        backbone = _backbone(section, (data.image_size, data.image_size, data.channels))
         # "coupled": torch-style L2 inside the model's step; "decoupled": Keras Adam's weight_decay.
-        coupled = config.weight_decay_mode == "coupled"
-        mask_decay = config.weight_decay if config.mask_weight_decay is None else config.mask_weight_decay
+        coupled = section.weight_decay_mode == "coupled"
+        mask_decay = section.weight_decay if section.mask_weight_decay is None else section.mask_weight_decay
         model = DivideAndConquerModel(
-            backbone, embedding_dim=config.embedding_dim, k_final=config.k_final, mask_mode=config.mask_mode,
-            initial_k=1, mask_loss_weight=config.mask_loss_weight, mask_learning_rate=config.mask_rate,
-            weight_decay=config.weight_decay if coupled else 0.0,
-            mask_weight_decay=mask_decay if coupled and config.mask_mode == "learnable" else 0.0,
-            loss_learning_rate=config.loss_learning_rate,
+            backbone, embedding_dim=section.embedding_dim, k_final=section.k_final, mask_mode=section.mask_mode,
+            initial_k=1, mask_loss_weight=section.mask_loss_weight, mask_learning_rate=section.mask_rate,
+            weight_decay=section.weight_decay if coupled else 0.0,
+            mask_weight_decay=mask_decay if coupled and section.mask_mode == "learnable" else 0.0,
+            loss_learning_rate=section.loss_learning_rate,
         )
-        decoupled = None if coupled else (config.weight_decay or None)
-        schedule = learning_rate_schedule(config, data.steps)
-        model.compile(optimizer=network_optimizer(config, schedule, decoupled, backbone), loss=loss,
-                      jit_compile=config.jit_compile)
-        if schedule is not None:
+        decoupled = None if coupled else (section.weight_decay or None)
+        model.compile(optimizer=network_optimizer(section, learning_rate, decoupled, backbone), loss=loss,
+                      jit_compile=jit_compile)
+        if learning_rate is not None:
             # Masks and loss follow the network's curve at their own base rates.
-            follow_schedule(model.mask_optimizer, schedule, config.mask_rate, model.optimizer)
+            follow_schedule(model.mask_optimizer, learning_rate, section.mask_rate, model.optimizer)
             if model.loss_optimizer is not None:
-                follow_schedule(model.loss_optimizer, schedule, config.loss_learning_rate or config.learning_rate,
-                                model.optimizer)
+                follow_schedule(model.loss_optimizer, learning_rate,
+                                section.loss_learning_rate or section.learning_rate, model.optimizer)
     if strategy.num_replicas_in_sync > 1:
         # Replicas normalise with global-batch moments, as one device would.
         synchronize_batchnorm(model)
     return model
 
 
-def _hub_options(config: TrainConfig) -> dict:
+def _backbone(section: ModelConfig, input_shape: tuple) -> keras.Model:
+    """The backbone of the model section, with its pretrained weights (a run's model.keras too)."""
+    with backbone_weights(section.backbone_weights) as weights:
+        return build_backbone(
+            section.backbone, input_shape, weights=weights,
+            freeze_batchnorm=section.freeze_batchnorm, pixel_mode=section.pixel_mode,
+            batchnorm_momentum=section.batchnorm_momentum, batchnorm_epsilon=section.batchnorm_epsilon,
+            **_hub_options(section),
+        )
+
+
+def _hub_options(section: ModelConfig) -> dict:
     """build_backbone's transformer-only arguments, given only where they apply (hub: backbones)."""
-    if not is_hub_backbone(config.backbone):
+    if not is_hub_backbone(section.backbone):
         return {}
-    return {"pooling": config.backbone_pooling, "freeze_layers": config.freeze_backbone_layers}
+    return {"pooling": section.backbone_pooling, "freeze_layers": section.freeze_backbone_layers}
 
 
 @contextlib.contextmanager
@@ -422,39 +448,39 @@ def backbone_weights_from_model(model_path: str, out: str) -> str:
     return out
 
 
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupDecay | None:
-    """The network's `WarmupDecay` over the whole run; None for a constant rate without warm-up."""
-    if config.lr_schedule == "constant" and not config.warmup_epochs:
+def learning_rate_schedule(section: ScheduleConfig, learning_rate: float, steps_per_epoch: int) -> WarmupDecay | None:
+    """The network's `WarmupDecay` at `learning_rate` over the whole run; None for a constant rate without warm-up."""
+    if section.lr_schedule == "constant" and not section.warmup_epochs:
         return None  # a plain float rate: the optimizer state of runs from before schedules existed
-    return WarmupDecay(config.learning_rate, total_steps=config.epochs * steps_per_epoch,
+    return WarmupDecay(learning_rate, total_steps=section.epochs * steps_per_epoch,
                        # a warm-up never spans the whole run (it would never reach the rate)
-                       warmup_steps=min(config.warmup_epochs, config.epochs - 1) * steps_per_epoch,
-                       decay=config.lr_schedule,
-                       milestones=config.lr_milestones, gamma=config.lr_gamma)
+                       warmup_steps=min(section.warmup_epochs, section.epochs - 1) * steps_per_epoch,
+                       decay=section.lr_schedule,
+                       milestones=section.lr_milestones, gamma=section.lr_gamma)
 
 
-def network_optimizer(config: TrainConfig, schedule: WarmupDecay | None, weight_decay: float | None,
+def network_optimizer(section: ModelConfig, schedule: WarmupDecay | None, weight_decay: float | None,
                       backbone: keras.Model):
     """Adam of backbone and head, at `schedule` (or the constant rate), averaging its weights with --ema.
 
     With --layer-decay < 1 (hub: transformers), `LayerDecayAdam` scales each
     block's rate (`TrainConfig` refuses --ema with it).
     """
-    rate = schedule if schedule is not None else config.learning_rate
-    if config.layer_decay != 1.0:
+    rate = schedule if schedule is not None else section.learning_rate
+    if section.layer_decay != 1.0:
         return LayerDecayAdam(rate, weight_decay=weight_decay,
-                              lr_multipliers=layer_decay_multipliers(backbone, config.layer_decay))
-    if config.ema:
-        return AveragedAdam(rate, weight_decay=weight_decay, use_ema=True, ema_momentum=config.ema_momentum)
+                              lr_multipliers=layer_decay_multipliers(backbone, section.layer_decay))
+    if section.ema:
+        return AveragedAdam(rate, weight_decay=weight_decay, use_ema=True, ema_momentum=section.ema_momentum)
     return keras.optimizers.Adam(rate, weight_decay=weight_decay)
 
 
-def embed_function(model: keras.Model, config: TrainConfig):
-    """ImageSet -> (N, d) embeddings under the evaluation transform (any strategy, multi-worker too)."""
+def embed_function(model: keras.Model, section: DataConfig):
+    """ImageSet -> (N, d) embeddings under the data section's evaluation transform (any strategy, multi-worker too)."""
     call = model_function(model)
 
     def embed(image_set: ImageSet) -> np.ndarray:
-        return embed_image_set(call, image_set, config.image_size, config.eval_resize, batch_size=256,
+        return embed_image_set(call, image_set, section.image_size, section.eval_resize, batch_size=256,
                                dim=model.embedding_dim)
 
     return embed
@@ -488,8 +514,8 @@ def build_schedule(config: TrainConfig, strategy, data: TrainingData, run_dir: R
     )
 
 
-def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, resume: bool, chief: bool,
-            verbose: int) -> int:
+def restore(model, strategy, schedule, store: GenerationStore, section: ModelConfig, resume: bool,
+            role: WorkerRole, verbose: int) -> int:
     """The epoch to start at: 0, or after --resume the newest complete backup generation, loaded.
 
     The generation holds the weights, the cluster state and the random
@@ -497,31 +523,32 @@ def restore(model, strategy, schedule, run_dir: RunDir, config: TrainConfig, res
     may lower it, see RESUME_OVERRIDES). Under several workers the chief
     picks the generation and every worker loads that one.
     """
-    store = GenerationStore(run_dir.backup)
+    chief = role.chief
     if not resume:
         if chief:
             store.clean()
         schedule.resume_from(None)  # never the cluster files of a run that died before its first backup
         return 0
     chosen = None
-    if is_multi_worker(strategy):
+    if role.multi_worker:
         latest = store.latest() if chief else None
         chosen = int(broadcast_from_chief(strategy, np.array([latest.generation if latest else 0]), (1,))[0])
     with strategy.scope():  # optimizer slots built here must be the strategy's variables
         start = restore_latest(model, schedule, store, verbose=verbose if chief else 0, generation=chosen,
                                writer=chief)
         if not isinstance(base_optimizer(model.optimizer)._learning_rate, WarmupDecay):
-            model.optimizer.learning_rate.assign(config.learning_rate)  # a schedule is rebuilt from the config
-            model.mask_optimizer.learning_rate.assign(config.mask_rate)  # follows a new rate with --mask-lr-mult
+            model.optimizer.learning_rate.assign(section.learning_rate)  # a schedule is rebuilt from the config
+            model.mask_optimizer.learning_rate.assign(section.mask_rate)  # follows a new rate with --mask-lr-mult
     return start
 
 
-def nonfinite_advice(run_dir: RunDir, config: TrainConfig):
+def nonfinite_advice(run_dir: RunDir, config: ModelConfig, backups: GenerationStore | None = None):
     """The advice of the non-finite loss error: a command that works, naming only what exists when it fires."""
+    backups = backups or GenerationStore(run_dir.backup)
 
     def advice() -> str:
         lower = f"{config.learning_rate / 10:g}"
-        latest = GenerationStore(run_dir.backup).latest()
+        latest = backups.latest()
         if latest is None:
             return (f"No epoch was completed (no backup generation in {run_dir.backup}), so start again with a "
                     f"lower learning rate: python train.py --run-dir {run_dir.path} ... --learning-rate {lower}, "
@@ -533,7 +560,8 @@ def nonfinite_advice(run_dir: RunDir, config: TrainConfig):
     return advice
 
 
-def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, *, chief: bool) -> list:
+def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, *, chief: bool,
+                    backups: GenerationStore | None = None) -> list:
     """The callbacks of `fit`, in the order they must run.
 
     The schedule comes before the evaluation (which must see the epoch's
@@ -545,26 +573,26 @@ def build_callbacks(schedule, evaluation, run_dir: RunDir, config: TrainConfig, 
     them one epoch old, issue 19). Every worker trains and re-clusters; the
     chief alone evaluates, writes files, backs up and checkpoints.
     """
-    callbacks = [NonFiniteLossGuard(checkpoint_hint=nonfinite_advice(run_dir, config)), schedule]
+    backups = backups or GenerationStore(run_dir.backup)
+    callbacks = [NonFiniteLossGuard(checkpoint_hint=nonfinite_advice(run_dir, config, backups)), schedule]
     if chief:
         average = SwapAverage()  # --ema: the evaluation sees the averaged weights, the backup the trained ones
         callbacks += [average.swap_in, evaluation, average.swap_out, HistoryWriter(run_dir, schedule),
                       AtomicModelCheckpoint(run_dir.last_checkpoint), FlushingTensorBoard(run_dir.logs),
-                      GenerationBackup(GenerationStore(run_dir.backup), schedule, settings=config.to_dict())]
+                      GenerationBackup(backups, schedule, settings=config.to_dict())]
     return callbacks
 
 
-def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, config: TrainConfig, verbose: int,
-        initial_epoch: int = 0) -> None:
-    """Trains with the loop the strategy needs: Keras `fit`, `fit` under MirroredStrategy, or the multi-worker loop."""
-    epochs = config.epochs
+def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, epochs: int, role: WorkerRole,
+        verbose: int, initial_epoch: int = 0) -> None:
+    """Trains with the loop the worker's role needs: Keras `fit`, `fit` under MirroredStrategy, or the multi-worker loop."""
     if initial_epoch >= epochs:
         print(f"[tfdnc] the backup has {initial_epoch} epoch(s) done of {epochs}: nothing left to train")
-    if is_multi_worker(strategy):
+    if role.multi_worker:
         fit_custom_loop(model, strategy, per_replica_dataset_fn(data.dataset, data.sampler.batch_size),
                         steps_per_epoch=data.steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
                         initial_epoch=initial_epoch)
-    elif config.strategy == "mirrored":
+    elif role.mirrored:
         fit_mirrored(model, strategy, data.dataset(), steps_per_epoch=data.steps, epochs=epochs,
                      callbacks=callbacks, verbose=verbose, shuffle=False, initial_epoch=initial_epoch)
     else:
@@ -572,7 +600,7 @@ def fit(model: keras.Model, strategy, data: TrainingData, callbacks: list, confi
                   shuffle=False, initial_epoch=initial_epoch)
 
 
-def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embed, evaluation, metrics: dict,
+def finish(model, epochs: int, run_dir: RunDir, data: TrainingData, embed, evaluation, metrics: dict,
            train_seconds: float, export: bool, verbose: int = 1, *, initial_epoch: int = 0) -> dict:
     """Saves model.keras, evaluates the trained model, exports it if asked and writes metrics.json.
 
@@ -581,10 +609,10 @@ def finish(model, config: TrainConfig, run_dir: RunDir, data: TrainingData, embe
     there by an older tfdnc left one epoch old.
     """
     save_model_atomic(model, run_dir.model)
-    if initial_epoch >= config.epochs:
+    if initial_epoch >= epochs:
         save_model_atomic(model, run_dir.last_checkpoint)
     # The last epoch's evaluation already scored these weights; reuse it.
-    final = evaluation.result if evaluation.result_epoch == config.epochs - 1 else None
+    final = evaluation.result if evaluation.result_epoch == epochs - 1 else None
     metrics["after"] = evaluate_and_print("After training", data.splits, embed, verbose, result=final)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + train_seconds
     metrics["K"] = model.num_learners
@@ -621,8 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError(str(exc)) from exc
     check_data_location(config)
     try:
-        run(config, resume=args.resume, export=args.export, strict_images=args.strict_images,
-            backup_every_steps=args.backup_every_steps, verbose=args.verbose)
+        run(config, resume=args.resume, export=args.export, strict_images=args.strict_images, verbose=args.verbose)
     except (RunLockedError, UnsafeFileError, ResumeRefusedError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

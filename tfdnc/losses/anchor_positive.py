@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_dot
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import LossNeeds, MetricLoss, safe_divide
 from tfdnc.losses.synthesis import pair_within_classes
 
 
@@ -18,12 +17,9 @@ class AnchorPositiveLoss(MetricLoss):
     Not for a reference set (XBM): the pairs are built inside the batch.
     """
 
-    expects_normalized = False
-    _higher_is_harder = True
+    NEEDS = LossNeeds(normalized=False)
+    default_distance = "dot"
     l2_regularization: float = 0.0
-
-    def _pairwise(self, x, y):
-        return pairwise_dot(x, y)
 
     def _anchor_positive_logits(self, labels, embeddings):
         """Similarities between the anchors and positives of the batch's pairs.
@@ -39,7 +35,7 @@ class AnchorPositiveLoss(MetricLoss):
         """
         partner, is_anchor, _ = pair_within_classes(labels)
         positives = tf.gather(embeddings, partner)
-        logits = pairwise_dot(embeddings, positives)
+        logits = self.distance(embeddings, positives)
         same = tf.equal(labels[:, None], labels[None, :])
         stats = {}
         if self.symmetrical:

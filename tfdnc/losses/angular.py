@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 
-import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_dot
 from tfdnc.losses.anchor_positive import AnchorPositiveLoss
-from tfdnc.losses.base import safe_divide
+from tfdnc.losses.base import Batch, register_loss, safe_divide
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("angular")
 class AngularLoss(AnchorPositiveLoss):
     """Angular loss in its N-pair form.
 
@@ -59,10 +57,11 @@ class AngularLoss(AnchorPositiveLoss):
         self.alpha = float(alpha)
         self.l2_regularization = float(l2_regularization)
 
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+    def compute(self, batch: Batch):
+        labels, embeddings, sample_weight = batch.labels, batch.embeddings, batch.sample_weight
         # logits[i, j] = a_i . p_j (negatives synthesised when symmetrical)
         an, ap, is_anchor, same, positives, stats = self._anchor_positive_logits(labels, embeddings)
-        pn = pairwise_dot(positives, positives)
+        pn = self.distance(positives, positives)
         if self.symmetrical:
             pn = tf.where(same, pn, an)  # both become the pair-vs-pair hardest value
         t2 = math.tan(math.radians(self.alpha)) ** 2

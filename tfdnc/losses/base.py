@@ -1,4 +1,4 @@
-"""Base class of the metric-learning losses, and the layer that holds their variables."""
+"""The loss contract (`MetricLoss.compute`, `LossNeeds`, `register_loss`) and the layer that holds loss variables."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from tfdnc.distances import Distance, get_distance, serialize_distance
 from tfdnc.losses.reducers import Reducer, get_reducer
 from tfdnc.losses.synthesis import SYMM_RULES, hardest_negatives
-from tfdnc.miners import label_masks, reference_masks
+from tfdnc.miners import Miner, label_masks, reference_masks
 
 
 def safe_divide(numerator, denominator):
@@ -78,23 +79,135 @@ class Reference:
     self_index: tf.Tensor
 
 
+# Constructor arguments a run supplies to a loss that declares it needs them (`LossNeeds.facts`).
+FACTS = ("num_classes", "embedding_dim", "num_learners")
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a loss needs from the model and the run: the one place a loss declares it.
+
+    A loss class sets `NEEDS = LossNeeds(...)`; the model and the run read it
+    through `loss.needs()` (instances) or `LossClass.NEEDS` (before one is built).
+
+    Attributes:
+        normalized: the model feeds L2-normalised embeddings (False: the raw
+            embedding, e.g. N-pair's norms are part of its loss).
+        positives: every batch must hold a second image of a class (the run
+            refuses --images-per-class 1 before reading data).
+        negatives: every batch must hold an image of another class
+            (--classes-per-batch 1 is refused).
+        reference: the loss can compare the batch with a reference set
+            (`Batch.reference`): a cross-batch memory can wrap it.
+        symmetrical: the loss supports Symmetrical Synthesis.
+        facts: constructor arguments the run supplies (any of `FACTS`:
+            "num_classes", "embedding_dim", "num_learners"), so that the
+            training code needs no knowledge of the loss (see
+            `tfdnc.losses.loss_from_config`).
+    """
+
+    normalized: bool = True
+    positives: bool = True
+    negatives: bool = True
+    reference: bool = False
+    symmetrical: bool = True
+    facts: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.facts) - set(FACTS))
+        if unknown:
+            raise ValueError(f"LossNeeds: `facts` {unknown} are not facts a run supplies ({', '.join(FACTS)})")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch as a loss's `compute` receives it (already checked and cast).
+
+    Attributes:
+        labels: (B,) int32 class labels.
+        embeddings: (B, D) float32 embeddings (L2-normalised when the loss's
+            `needs().normalized`).
+        sample_weight: (B,) float32 weights of the anchors, or None.
+        learner: scalar int (tensor or Python int), the Divide & Conquer
+            learner (cluster) of the batch; None for the full embedding.
+            Losses with a state per learner (proxies, a memory) use it.
+        reference: a `Reference` to compare the anchors with instead of the
+            batch (only for losses with `needs().reference`), or None.
+        miner: a miner given at the call, used instead of the loss's own; None.
+        training: False: an evaluation batch; a loss with state (a memory)
+            leaves it untouched.
+    """
+
+    labels: tf.Tensor
+    embeddings: tf.Tensor
+    sample_weight: tf.Tensor | None = None
+    learner: object = None
+    reference: Reference | None = None
+    miner: Miner | None = None
+    training: bool = True
+
+
+# name -> loss class; filled by @register_loss (`tfdnc.losses.LOSSES`).
+LOSSES: dict = {}
+
+
+def register_loss(name: str, package: str = "tfdnc"):
+    """Class decorator: the one registration of a loss.
+
+    Makes the class a Keras serialisable (so `keras.saving.load_model`
+    restores it) and puts it in `tfdnc.losses.LOSSES` under `name` (so
+    `get_loss(name)`, `--loss name` and `TrainConfig(loss=name)` find it);
+    `tfdnc.losses.__all__` lists every registered class.
+
+    Example:
+    >>> @register_loss("my_loss", package="my_project")
+    ... class MyLoss(MetricLoss):
+    ...     def compute(self, batch):
+    ...         ...
+    """
+    key = str(name).lower().replace("-", "_")
+
+    def register(cls):
+        if not (isinstance(cls, type) and issubclass(cls, MetricLoss)):
+            raise TypeError(f"register_loss({name!r}): {cls!r} is not a tfdnc.losses.MetricLoss subclass")
+        taken = LOSSES.get(key)
+        if taken is not None and taken.__qualname__ != cls.__qualname__:
+            raise ValueError(f"register_loss: the name {name!r} is taken by {taken.__module__}.{taken.__qualname__}")
+        cls = keras.saving.register_keras_serializable(package=package)(cls)
+        LOSSES[key] = cls
+        return cls
+
+    return register
+
+
 class MetricLoss(keras.losses.Loss):
-    """A loss on a batch of embeddings and their integer class labels.
+    """A loss on a batch of embeddings and their integer class labels: the contract a loss implements.
 
-    Subclasses implement :meth:`_compute` on a (B,) int32 label vector and a
-    (B, D) float32 embedding matrix, returning a scalar loss and a dict of
-    scalar statistics that includes `"active_fraction"`: the fraction of the
-    pairs / triplets the loss considers whose loss term is non-zero. The
-    per-element terms become the scalar through the loss's reducer (see
-    :mod:`tfdnc.losses.reducers`); the default reducer of each loss gives its
-    paper's formula.
+    To write a loss, subclass this and implement one method, :meth:`compute`
+    (see its docstring: a :class:`Batch` in, `(loss, stats)` out); declare
+    what it needs in `NEEDS` (a :class:`LossNeeds`); register it with
+    `@register_loss("name")`. Everything else is here: argument checks,
+    `loss(y_true, y_pred)` as a `keras.losses.Loss`, the distance, the
+    reducer, Symmetrical Synthesis, `get_config` of the base arguments.
 
-    The model feeds L2-normalised embeddings to losses with
-    `expects_normalized = True` and the raw embedding otherwise. Every loss
-    accepts `learner=` (the Divide & Conquer learner, i.e. cluster id, of the
-    batch, None for the full embedding); losses with a state per learner
-    (proxies, a memory) use it, the others ignore it. `on_clusters_changed()`
-    is called by the model when the clusters are recomputed.
+    Parts composed at construction, as in pytorch-metric-learning:
+
+    - `distance`: a :class:`tfdnc.distances.Distance` (or its name) the loss
+      compares points with, `self.distance(x, y)`; each loss has a default
+      (`default_distance`) and accepts only the same kind (a distance or a
+      similarity), since its formula reads the values one way.
+    - `reducer`: turns the per-element terms into the scalar (see
+      :mod:`tfdnc.losses.reducers`); the default of each loss gives its
+      paper's formula.
+    - a miner (losses that mine take `miner=`); a miner can also be given at
+      the call, `compute_loss_and_stats(..., miner=m)`, and reaches
+      `compute` as `batch.miner` (use `self.pick_miner(batch)`).
+
+    Divide & Conquer: every loss receives the batch's learner (cluster id;
+    None for the full embedding) as `batch.learner`; losses with a state per
+    learner (proxies, a memory) use it, the others ignore it.
+    `on_clusters_changed()` is called by the model when the clusters are
+    recomputed.
 
     Symmetrical Synthesis (`symmetrical=True`): every negative distance or
     similarity between two samples is replaced by the hardest value between
@@ -102,41 +215,29 @@ class MetricLoss(keras.losses.Loss):
     :mod:`tfdnc.losses.synthesis`); positives stay the originals.
     `symm_rule="paper"` takes the hardest of the 16 cross combinations,
     `"code"` the element-wise hardest over the authors' code's 6 set pairs.
-    Subclasses declare how they compare points: `_pairwise(x, y)` (`y=None`
-    compares `x` with itself) and
-    `_higher_is_harder` (True for similarities, False for distances).
-    `needs_positives` / `needs_negatives` say what a batch must hold for the
-    loss to be useful (both, unless proxies stand in for them).
 
     Args:
         symmetrical: apply Symmetrical Synthesis to the negatives.
         symm_rule: "paper" or "code".
         reducer: None (the loss's own formula), "mean", "avg_non_zero", "sum"
             or a :class:`tfdnc.losses.reducers.Reducer`.
+        distance: None (the loss's default), a name in
+            `tfdnc.distances.DISTANCE_NAMES` or a `tfdnc.distances.Distance`.
         name, dtype: as in `keras.losses.Loss`.
         reduction: not supported (Keras's per-sample reduction does not apply
             to a loss over pairs); must be None, use `reducer`.
     """
 
-    expects_normalized: bool = True
-    supports_symmetrical: bool = True
-    # Pair-based losses that can compare the batch with a reference set (XBM).
-    supports_reference: bool = False
-    accepts_learner: bool = True
-    # What every batch must hold for the loss to teach anything: a second image
-    # of a class (a positive) and an image of another class (a negative). A
-    # batch shape that cannot give them is refused before any data is read
-    # (TrainConfig.validate: --images-per-class / --classes-per-batch >= 2).
-    needs_positives: bool = True
-    needs_negatives: bool = True
+    NEEDS = LossNeeds()
     default_reducer: str = "mean"
-    _higher_is_harder: bool = False
+    default_distance: str = "euclidean"
 
     def __init__(
         self,
         symmetrical: bool = False,
         symm_rule: str = "paper",
         reducer: str | Reducer | None = None,
+        distance: Distance | str | dict | None = None,
         name: str | None = None,
         reduction=None,
         dtype=None,
@@ -152,12 +253,47 @@ class MetricLoss(keras.losses.Loss):
             raise ValueError(
                 f"{type(self).__name__}: `symm_rule` must be one of {SYMM_RULES}, got {symm_rule!r}"
             )
-        if symmetrical and not self.supports_symmetrical:
+        if symmetrical and not self.needs().symmetrical:
             raise ValueError(f"{type(self).__name__} does not support `symmetrical=True`")
         self.symmetrical = bool(symmetrical)
         self.symm_rule = symm_rule
         self._reducer_arg = reducer
         self.reducer = get_reducer(self.default_reducer if reducer is None else reducer)
+        self.distance = self._checked_distance(distance)
+        self.miner = None  # losses that mine set their default miner
+
+    # -- the contract: what a loss implements ------------------------------------
+
+    def compute(self, batch: Batch) -> tuple[tf.Tensor, dict]:
+        """The loss of one batch: implement this in a new loss.
+
+        Args:
+            batch: a :class:`Batch`: `labels` (B,) int32, `embeddings` (B, D)
+                float32 (unit norm when `needs().normalized`), optional
+                `sample_weight` (B,), the D&C `learner` (None: the full
+                embedding), a `reference` set (XBM; only when
+                `needs().reference`), a `miner` given at the call and
+                `training` (False: leave any state alone).
+
+        Returns:
+            `(loss, stats)`: `loss` a float32 scalar tensor (differentiable
+            w.r.t. `batch.embeddings` and the loss's own variables); `stats`
+            a dict of float32 scalar tensors that includes
+            `"active_fraction"`, the fraction of the pairs / triplets / anchors
+            the loss considers whose term is non-zero (the model logs it).
+            Graph code: no Python branching on tensor values (it runs inside
+            `tf.function` and under XLA).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute(batch)")
+
+    def needs(self) -> LossNeeds:
+        """What this loss needs from the model and the run (its class's `NEEDS`; see `LossNeeds`)."""
+        return type(self).NEEDS
+
+    @classmethod
+    def facts_needed(cls, options: dict) -> tuple[str, ...]:
+        """The facts (`FACTS`) the run must give a loss built with `options`; `NEEDS.facts` by default."""
+        return cls.NEEDS.facts
 
     # -- public API --------------------------------------------------------
 
@@ -182,9 +318,9 @@ class MetricLoss(keras.losses.Loss):
         return loss
 
     def compute_loss_and_stats(
-        self, labels, embeddings, learner=None, sample_weight=None, training: bool = True
+        self, labels, embeddings, learner=None, sample_weight=None, training: bool = True, miner=None
     ) -> tuple[tf.Tensor, dict]:
-        """Loss (float32 scalar) and statistics for one batch.
+        """Loss (float32 scalar) and statistics for one batch: checks the inputs, then `compute`.
 
         Args:
             labels: (B,) or (B, 1) integer (or integer-valued float) labels.
@@ -193,24 +329,26 @@ class MetricLoss(keras.losses.Loss):
                 in the full-embedding phase. Ignored by stateless losses.
             sample_weight: optional (B,) weights of the anchors.
             training: False leaves any state (a memory) untouched.
+            miner: a miner to use for this call instead of the loss's own.
         """
         labels, embeddings = self._standardize(labels, embeddings)
         if sample_weight is not None:
             sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        return self._compute(labels, embeddings, sample_weight=sample_weight, learner=learner)
+        return self.compute(Batch(labels, embeddings, sample_weight=sample_weight, learner=learner, miner=miner,
+                                  training=bool(training)))
 
     def compute_against_reference(
-        self, labels, embeddings, reference: Reference, sample_weight=None
+        self, labels, embeddings, reference: Reference, sample_weight=None, miner=None
     ) -> tuple[tf.Tensor, dict]:
         """Loss of the batch's anchors against `reference` instead of the batch (used by XBM).
 
-        Only for losses with `supports_reference = True` (pair- and
-        triplet-based losses); `labels` and `embeddings` as standardised by
+        Only for losses with `needs().reference` (pair- and triplet-based
+        losses); `labels` and `embeddings` as standardised by
         `compute_loss_and_stats`.
         """
-        if not self.supports_reference:
+        if not self.needs().reference:
             raise ValueError(f"{type(self).__name__} cannot compare a batch with a reference set")
-        return self._compute(labels, embeddings, sample_weight=sample_weight, reference=reference)
+        return self.compute(Batch(labels, embeddings, sample_weight=sample_weight, reference=reference, miner=miner))
 
     def on_clusters_changed(self) -> None:
         """Called when the D&C clusters are recomputed; losses with a per-learner state reset it."""
@@ -222,6 +360,7 @@ class MetricLoss(keras.losses.Loss):
             "symm_rule": self.symm_rule,
             "reducer": None if self._reducer_arg is None
             else keras.saving.serialize_keras_object(self.reducer),
+            "distance": serialize_distance(self.distance),
         }
         config.pop("reduction", None)
         return config
@@ -233,14 +372,20 @@ class MetricLoss(keras.losses.Loss):
         config.pop("reduction", None)
         return cls(**config)
 
-    # -- for subclasses ------------------------------------------------------
+    # -- helpers for subclasses ------------------------------------------------
 
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        """Returns (loss, stats). `reference`: compare with it instead of the batch (XBM)."""
-        raise NotImplementedError
+    def pick_miner(self, batch: Batch):
+        """The miner of this call: the one given at the call (`batch.miner`), else the loss's own."""
+        return self.miner if batch.miner is None else batch.miner
 
-    def _pairwise(self, x, y):
-        raise NotImplementedError
+    def _checked_distance(self, distance) -> Distance:
+        """`distance` as a `Distance`, of the kind (distance or similarity) the loss's formula reads."""
+        default = get_distance(self.default_distance)
+        chosen = default if distance is None else get_distance(distance)
+        if chosen.is_similarity != default.is_similarity:
+            kind = "similarity (higher = closer)" if default.is_similarity else "distance (lower = closer)"
+            raise ValueError(f"{type(self).__name__}: `distance` must be a {kind} like {default!r}, got {chosen!r}")
+        return chosen
 
     def _pairs(self, labels, embeddings, reference: Reference | None = None):
         """(matrix (B, N), positive (B, N), negative (B, N), stats) of the anchors vs the candidates.
@@ -253,11 +398,11 @@ class MetricLoss(keras.losses.Loss):
             matrix, stats = self._pair_matrix(labels, embeddings)
             return matrix, positive, negative, stats
         positive, negative = reference_masks(labels, reference.labels, reference.valid, reference.self_index)
-        return self._pairwise(embeddings, reference.embeddings), positive, negative, {}
+        return self.distance(embeddings, reference.embeddings), positive, negative, {}
 
     def _pair_matrix(self, labels, embeddings, positive_mask=None) -> tuple[tf.Tensor, dict]:
-        """`_pairwise(embeddings, embeddings)`, negatives synthesised if `symmetrical`."""
-        matrix = self._pairwise(embeddings, None)  # None: exact zero diagonal
+        """`distance(embeddings, embeddings)`, negatives synthesised if `symmetrical`."""
+        matrix = self.distance(embeddings, None)  # None: exact zero diagonal
         if not self.symmetrical:
             return matrix, {}
         different = tf.not_equal(labels[:, None], labels[None, :])
@@ -277,9 +422,9 @@ class MetricLoss(keras.losses.Loss):
         negative, synthetic = hardest_negatives(
             embeddings,
             labels,
-            lambda points: self._pairwise(points, None),
+            lambda points: self.distance(points, None),
             rule=self.symm_rule,
-            higher_is_harder=self._higher_is_harder,
+            higher_is_harder=self.distance.is_similarity,
         )
         same = tf.equal(labels[:, None], labels[None, :])
         counted = tf.cast(counted, tf.bool)

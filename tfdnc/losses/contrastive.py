@@ -5,12 +5,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_euclidean
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import Batch, LossNeeds, MetricLoss, register_loss, safe_divide
 from tfdnc.miners import AllPairsMiner, Miner, deserialize_miner
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("contrastive")
 class ContrastiveLoss(MetricLoss):
     """[d - pos_margin]+ on positive pairs plus [neg_margin - d]+ on negative pairs.
 
@@ -30,10 +29,8 @@ class ContrastiveLoss(MetricLoss):
     >>> value = loss(labels, l2_normalize(embeddings))
     """
 
-    expects_normalized = True
-    supports_reference = True
+    NEEDS = LossNeeds(reference=True)
     default_reducer = "avg_non_zero"
-    _higher_is_harder = False
 
     def __init__(
         self,
@@ -57,12 +54,10 @@ class ContrastiveLoss(MetricLoss):
         self._miner_arg = deserialize_miner(miner)
         self.miner = self._miner_arg or AllPairsMiner()
 
-    def _pairwise(self, x, y):
-        return pairwise_euclidean(x, y)
-
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
-        pairs = self.miner(d, pos_mask, neg_mask)
+    def compute(self, batch: Batch):
+        sample_weight = batch.sample_weight
+        d, pos_mask, neg_mask, stats = self._pairs(batch.labels, batch.embeddings, batch.reference)
+        pairs = self.pick_miner(batch)(d, pos_mask, neg_mask)
         pos = tf.cast(pairs.positive_mask, tf.float32)
         neg = tf.cast(pairs.negative_mask, tf.float32)
         pos_terms = tf.nn.relu(d - self.pos_margin) * pos

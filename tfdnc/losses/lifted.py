@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_euclidean
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import Batch, MetricLoss, register_loss, safe_divide
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("lifted")
 class LiftedStructureLoss(MetricLoss):
     """Smooth hardest-negative loss over every positive pair of the batch.
 
@@ -31,9 +29,6 @@ class LiftedStructureLoss(MetricLoss):
     >>> value = loss(labels, l2_normalize(embeddings))
     """
 
-    expects_normalized = True
-    _higher_is_harder = False
-
     def __init__(
         self,
         margin: float = 1.0,
@@ -48,11 +43,9 @@ class LiftedStructureLoss(MetricLoss):
             raise ValueError(f"LiftedStructureLoss: `margin` must be >= 0, got {margin}")
         self.margin = float(margin)
 
-    def _pairwise(self, x, y):
-        return pairwise_euclidean(x, y)
-
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings)
+    def compute(self, batch: Batch):
+        sample_weight = batch.sample_weight
+        d, pos_mask, neg_mask, stats = self._pairs(batch.labels, batch.embeddings)
         has_neg = tf.reduce_any(neg_mask, axis=1)
         neg_inf = tf.fill(tf.shape(d), tf.constant(-float("inf"), d.dtype))
         # log-sum-exp over each row's negatives; rows without any get 0 and

@@ -5,8 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_euclidean
-from tfdnc.losses.base import LossParameters, MetricLoss, safe_divide
+from tfdnc.losses.base import Batch, LossNeeds, LossParameters, MetricLoss, register_loss, safe_divide
 from tfdnc.miners import (
     ClosestBeyondCutoffMiner,
     DistanceWeightedMiner,
@@ -19,7 +18,7 @@ from tfdnc.miners import (
 NEGATIVE_SAMPLING = ("distance_weighted", "closest_beyond_cutoff")
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("margin")
 class MarginLoss(MetricLoss):
     """Margin loss on one sampled triplet per anchor-positive pair.
 
@@ -79,10 +78,8 @@ class MarginLoss(MetricLoss):
     >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), x)
     """
 
-    expects_normalized = True
-    supports_reference = True
+    NEEDS = LossNeeds(reference=True, facts=("num_classes",))
     default_reducer = "avg_non_zero"
-    _higher_is_harder = False
 
     def __init__(
         self,
@@ -103,6 +100,29 @@ class MarginLoss(MetricLoss):
         **kwargs,
     ):
         super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
+        self._check_arguments(alpha, beta, nu, cutoff, nonzero_loss_cutoff, negative_sampling, learnable_beta,
+                              num_classes)
+        self.alpha = float(alpha)
+        self.beta_init = float(beta)
+        self.learnable_beta = bool(learnable_beta)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.nu = float(nu)
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
+        self.seed = seed
+        self.negative_sampling = negative_sampling
+        self._miner_arg = deserialize_miner(miner)
+        self.miner = self._miner_arg or self._default_miner()
+        self.beta = self._beta_variable() if self.learnable_beta else None
+
+    @classmethod
+    def facts_needed(cls, options: dict) -> tuple[str, ...]:
+        """The number of classes, only for a learnable beta per class."""
+        return ("num_classes",) if options.get("learnable_beta") else ()
+
+    @staticmethod
+    def _check_arguments(alpha, beta, nu, cutoff, nonzero_loss_cutoff, negative_sampling, learnable_beta,
+                         num_classes) -> None:
         if alpha < 0:
             raise ValueError(f"MarginLoss: `alpha` must be >= 0, got {alpha}")
         if beta <= 0:
@@ -123,44 +143,33 @@ class MarginLoss(MetricLoss):
             raise ValueError(
                 f"MarginLoss: `learnable_beta=True` needs `num_classes` >= 1, got {num_classes}"
             )
-        self.alpha = float(alpha)
-        self.beta_init = float(beta)
-        self.learnable_beta = bool(learnable_beta)
-        self.num_classes = None if num_classes is None else int(num_classes)
-        self.nu = float(nu)
-        self.cutoff = float(cutoff)
-        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
-        self.seed = seed
-        self.negative_sampling = negative_sampling
-        self._miner_arg = deserialize_miner(miner)
-        if self._miner_arg is not None:
-            self.miner = self._miner_arg
-        elif negative_sampling == "closest_beyond_cutoff":
-            self.miner = ClosestBeyondCutoffMiner(cutoff)
-        else:
-            self.miner = DistanceWeightedMiner(cutoff, nonzero_loss_cutoff, seed)
-        self.beta = None
-        if self.learnable_beta:
-            self._variables_layer = LossParameters(name=f"{self.name}_parameters")
-            self.beta = self._variables_layer.add_weight(
-                shape=(self.num_classes,),
-                initializer=keras.initializers.Constant(self.beta_init),
-                trainable=True,
-                dtype="float32",
-                name="beta",
-            )
 
-    def _pairwise(self, x, y):
-        return pairwise_euclidean(x, y)
+    def _default_miner(self) -> Miner:
+        """The miner `negative_sampling` names."""
+        if self.negative_sampling == "closest_beyond_cutoff":
+            return ClosestBeyondCutoffMiner(self.cutoff)
+        return DistanceWeightedMiner(self.cutoff, self.nonzero_loss_cutoff, self.seed)
 
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
+    def _beta_variable(self):
+        """One learnable beta per class, a weight of the loss's `variables_layer`."""
+        self._variables_layer = LossParameters(name=f"{self.name}_parameters")
+        return self._variables_layer.add_weight(
+            shape=(self.num_classes,),
+            initializer=keras.initializers.Constant(self.beta_init),
+            trainable=True,
+            dtype="float32",
+            name="beta",
+        )
+
+    def compute(self, batch: Batch):
+        labels, embeddings = batch.labels, batch.embeddings
+        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, batch.reference)
         dim = embeddings.shape[-1]
         if dim is None:
             raise ValueError("MarginLoss: the embedding size (last axis of `y_pred`) must be static")
         # One negative per anchor-positive pair (a, p), chosen by the miner.
-        selection = self.miner(d, pos_mask, neg_mask, dim=dim)
-        loss, terms = self._loss_on_triplets(labels, selection, sample_weight)
+        selection = self.pick_miner(batch)(d, pos_mask, neg_mask, dim=dim)
+        loss, terms = self._loss_on_triplets(labels, selection, batch.sample_weight)
         stats = {**stats, **terms, **selection.stats}
         if self.learnable_beta:
             stats["beta_mean"] = tf.reduce_mean(tf.convert_to_tensor(self.beta))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.losses.base import LossParameters, MetricLoss, Reference, learner_slot
+from tfdnc.losses.base import Batch, LossNeeds, LossParameters, MetricLoss, Reference, learner_slot
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@keras.saving.register_keras_serializable(package="tfdnc")  # a wrapper, not a loss name: `get_loss(..., xbm_size=)`
 class CrossBatchMemory(MetricLoss):
     """Compares each batch with a FIFO memory of past embeddings, one memory per D&C learner.
 
@@ -47,7 +47,7 @@ class CrossBatchMemory(MetricLoss):
 
     Args:
         loss: the wrapped `MetricLoss` (or its serialised config); it must
-            compare a batch with a reference set (`supports_reference`:
+            compare a batch with a reference set (`needs().reference`:
             margin, triplet, contrastive, multi-similarity) and not use
             Symmetrical Synthesis.
         memory_size: entries per memory; at least the (global) batch size.
@@ -63,7 +63,7 @@ class CrossBatchMemory(MetricLoss):
     >>> loss.on_clusters_changed()   # empties all memories
     """
 
-    supports_symmetrical = False
+    NEEDS = LossNeeds(symmetrical=False, facts=("embedding_dim", "num_learners"))
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class CrossBatchMemory(MetricLoss):
             loss = keras.saving.deserialize_keras_object(loss)
         if not isinstance(loss, MetricLoss):
             raise ValueError(f"CrossBatchMemory: `loss` must be a tfdnc MetricLoss, got {loss!r}")
-        if not loss.supports_reference:
+        if not loss.needs().reference:
             raise ValueError(
                 f"CrossBatchMemory: `loss` {type(loss).__name__} is not pair-based (it cannot compare "
                 "a batch with a memory); use margin, triplet, contrastive or multi_similarity"
@@ -100,7 +100,6 @@ class CrossBatchMemory(MetricLoss):
             raise ValueError(f"CrossBatchMemory: `memory_weight` must be > 0, got {memory_weight}")
         super().__init__(name=name or f"xbm_{loss.name}", **kwargs)
         self.loss = loss
-        self.expects_normalized = loss.expects_normalized
         self.memory_size = int(memory_size)
         self.embedding_dim = int(embedding_dim)
         self.num_learners = int(num_learners)
@@ -123,8 +122,14 @@ class CrossBatchMemory(MetricLoss):
             layer.wrapped_loss_parameters = loss.variables_layer  # e.g. learnable beta
         self._variables_layer = layer
 
-    def compute_loss_and_stats(self, labels, embeddings, learner=None, sample_weight=None, training: bool = True):
-        labels, embeddings = self._standardize(labels, embeddings)
+    def needs(self) -> LossNeeds:
+        """The memory's needs, with the wrapped loss's choice of normalised embeddings and batch contents."""
+        inner = self.loss.needs()
+        return LossNeeds(normalized=inner.normalized, positives=inner.positives, negatives=inner.negatives,
+                         symmetrical=False, facts=self.NEEDS.facts)
+
+    def compute(self, batch: Batch):
+        labels, embeddings, sample_weight, miner = batch.labels, batch.embeddings, batch.sample_weight, batch.miner
         if embeddings.shape[-1] != self.embedding_dim:
             raise ValueError(
                 f"CrossBatchMemory: `y_pred` has embedding size {embeddings.shape[-1]}, the memory "
@@ -135,11 +140,9 @@ class CrossBatchMemory(MetricLoss):
                 f"CrossBatchMemory: the batch ({embeddings.shape[0]}) is larger than `memory_size` "
                 f"({self.memory_size})"
             )
-        if sample_weight is not None:
-            sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        if not training:
-            return self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight)
-        slot = learner_slot(learner, self.num_learners)
+        if not batch.training:
+            return self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight, miner=miner)
+        slot = learner_slot(batch.learner, self.num_learners)
         use_memory = tf.convert_to_tensor(self.steps) >= self.start_step
         self.steps.assign_add(1)
         positions = self._enqueue(slot, labels, embeddings, use_memory)
@@ -150,12 +153,13 @@ class CrossBatchMemory(MetricLoss):
             valid=tf.range(self.memory_size, dtype=tf.int32) < count,
             self_index=positions,
         )
-        loss, stats = self.loss.compute_against_reference(labels, embeddings, reference, sample_weight)
+        loss, stats = self.loss.compute_against_reference(labels, embeddings, reference, sample_weight, miner=miner)
         loss = self.memory_weight * loss
         if self.batch_loss or self.start_step > 0:
-            batch, batch_stats = self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight)
+            alone, batch_stats = self.loss.compute_loss_and_stats(labels, embeddings, sample_weight=sample_weight,
+                                                                  miner=miner)
             # before `start_step` the batch alone; after it the memory loss (plus the batch's)
-            loss = tf.where(use_memory, loss + batch if self.batch_loss else loss, batch)
+            loss = tf.where(use_memory, loss + alone if self.batch_loss else loss, alone)
             stats = {k: tf.where(use_memory, v, batch_stats[k]) if k in batch_stats else v for k, v in stats.items()}
         stats["memory_fill"] = tf.cast(count, tf.float32) / float(self.memory_size)
         return loss, stats
@@ -198,7 +202,7 @@ class CrossBatchMemory(MetricLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        for key in ("symmetrical", "symm_rule", "reducer"):
+        for key in ("symmetrical", "symm_rule", "reducer", "distance"):
             config.pop(key, None)
         return {
             **config,

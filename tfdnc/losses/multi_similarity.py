@@ -5,12 +5,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_cosine_similarity
-from tfdnc.losses.base import MetricLoss, log1p_sum_exp, safe_divide
+from tfdnc.losses.base import Batch, LossNeeds, MetricLoss, log1p_sum_exp, register_loss, safe_divide
 from tfdnc.miners import Miner, MultiSimilarityMiner, deserialize_miner
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("multi_similarity")
 class MultiSimilarityLoss(MetricLoss):
     """Multi-Similarity loss on cosine similarities S.
 
@@ -40,9 +39,8 @@ class MultiSimilarityLoss(MetricLoss):
     >>> value = loss(labels, l2_normalize(embeddings))
     """
 
-    expects_normalized = True
-    supports_reference = True
-    _higher_is_harder = True
+    NEEDS = LossNeeds(reference=True)
+    default_distance = "cosine_similarity"
 
     def __init__(
         self,
@@ -71,12 +69,10 @@ class MultiSimilarityLoss(MetricLoss):
         self._miner_arg = deserialize_miner(miner)
         self.miner = self._miner_arg or MultiSimilarityMiner(self.epsilon)
 
-    def _pairwise(self, x, y):
-        return pairwise_cosine_similarity(x, y)
-
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        s, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
-        pairs = self.miner(s, pos_mask, neg_mask)
+    def compute(self, batch: Batch):
+        sample_weight = batch.sample_weight
+        s, pos_mask, neg_mask, stats = self._pairs(batch.labels, batch.embeddings, batch.reference)
+        pairs = self.pick_miner(batch)(s, pos_mask, neg_mask)
         keep_pos, keep_neg = pairs.positive_mask, pairs.negative_mask
         pos_term = log1p_sum_exp(-self.alpha * (s - self.base), keep_pos) / self.alpha
         neg_term = log1p_sum_exp(self.beta * (s - self.base), keep_neg) / self.beta

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from tfdnc.losses.anchor_positive import AnchorPositiveLoss
-from tfdnc.losses.base import safe_divide
+from tfdnc.losses.base import Batch, register_loss, safe_divide
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("npair")
 class NPairLoss(AnchorPositiveLoss):
     """Softmax cross-entropy of each anchor over the positives of all pairs.
 
@@ -48,7 +47,8 @@ class NPairLoss(AnchorPositiveLoss):
             raise ValueError(f"NPairLoss: `l2_regularization` must be >= 0, got {l2_regularization}")
         self.l2_regularization = float(l2_regularization)
 
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
+    def compute(self, batch: Batch):
+        labels, embeddings, sample_weight = batch.labels, batch.embeddings, batch.sample_weight
         logits, own, is_anchor, same, positives, stats = self._anchor_positive_logits(labels, embeddings)
         cols = is_anchor[None, :]
         lowest = tf.fill(tf.shape(logits), tf.constant(-1e30, logits.dtype))

@@ -7,11 +7,12 @@ import math
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import pairwise_cosine_similarity
-from tfdnc.losses.base import LossParameters, MetricLoss, learner_slot, log1p_sum_exp, safe_divide
+from tfdnc.losses.base import (
+    Batch, LossNeeds, LossParameters, MetricLoss, learner_slot, log1p_sum_exp, register_loss, safe_divide,
+)
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("proxy_anchor")
 class ProxyAnchorLoss(MetricLoss):
     """Every proxy is an anchor: it pulls the batch's samples of its class and pushes the others.
 
@@ -50,13 +51,11 @@ class ProxyAnchorLoss(MetricLoss):
     >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=1)
     """
 
-    expects_normalized = True
-    supports_symmetrical = False
     # The proxies are the positives and every other class's proxy a negative:
     # a batch of one class, or of one image per class, still trains.
-    needs_positives = False
-    needs_negatives = False
-    _higher_is_harder = True
+    NEEDS = LossNeeds(positives=False, negatives=False, symmetrical=False,
+                      facts=("num_classes", "embedding_dim", "num_learners"))
+    default_distance = "cosine_similarity"
 
     def __init__(
         self,
@@ -67,10 +66,11 @@ class ProxyAnchorLoss(MetricLoss):
         alpha: float = 32.0,
         seed: int | None = None,
         reducer=None,
+        distance=None,
         name: str = "proxy_anchor_loss",
         **kwargs,
     ):
-        super().__init__(reducer=reducer, name=name, **kwargs)
+        super().__init__(reducer=reducer, distance=distance, name=name, **kwargs)
         for arg, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim),
                            ("num_learners", num_learners)):
             if value is None or int(value) < 1:
@@ -94,8 +94,9 @@ class ProxyAnchorLoss(MetricLoss):
             name="proxies",
         )
 
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        if sample_weight is not None:
+    def compute(self, batch: Batch):
+        labels, embeddings = batch.labels, batch.embeddings
+        if batch.sample_weight is not None:
             raise ValueError("ProxyAnchorLoss: `sample_weight` is not supported (its terms are per proxy)")
         if embeddings.shape[-1] != self.embedding_dim:
             raise ValueError(
@@ -103,10 +104,10 @@ class ProxyAnchorLoss(MetricLoss):
                 f"{self.embedding_dim} (`embedding_dim`)"
             )
         # one-hot product rather than gather: a dense gradient for the optimiser
-        slot = learner_slot(learner, self.num_learners)
+        slot = learner_slot(batch.learner, self.num_learners)
         select = tf.one_hot(slot, self.num_learners + 1, dtype=tf.float32)
         proxies = tf.tensordot(select, tf.convert_to_tensor(self.proxies), axes=1)  # (C, D)
-        s = pairwise_cosine_similarity(embeddings, proxies)  # (B, C)
+        s = self.distance(embeddings, proxies)  # (B, C)
         positive = tf.cast(tf.one_hot(labels, self.num_classes), tf.bool)
         negative = tf.logical_not(positive)
         pos_term = log1p_sum_exp(-self.alpha * (s - self.margin), positive, axis=0)  # per proxy

@@ -5,15 +5,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdnc.distances import DISTANCES, pairwise_distance
-from tfdnc.losses.base import MetricLoss, safe_divide
+from tfdnc.losses.base import Batch, LossNeeds, MetricLoss, register_loss, safe_divide
 from tfdnc.losses.reducers import get_reducer
 from tfdnc.miners import AllTripletsMiner, BatchHardMiner, Miner, SemiHardMiner, deserialize_miner
 
 MININGS = {"batch_all": AllTripletsMiner, "batch_hard": BatchHardMiner, "semi_hard": SemiHardMiner}
 
 
-@keras.saving.register_keras_serializable(package="tfdnc")
+@register_loss("triplet")
 class TripletLoss(MetricLoss):
     """[d(a, p) - d(a, n) + margin]+ over triplets chosen by a miner.
 
@@ -31,7 +30,8 @@ class TripletLoss(MetricLoss):
     Args:
         margin: the triplet margin.
         mining: "batch_all", "batch_hard" or "semi_hard".
-        distance: "euclidean", "squared_euclidean" or "cosine" (1 - cos).
+        distance: "euclidean", "squared_euclidean", "cosine" (1 - cos) or a
+            `tfdnc.distances.Distance` (a distance, not a similarity).
         soft_margin: softplus instead of the hinge.
         miner: a `tfdnc.miners` triplet miner; overrides `mining`.
         reducer: see `MetricLoss` (default: "avg_non_zero" for all triplets,
@@ -44,15 +44,13 @@ class TripletLoss(MetricLoss):
     >>> value = loss(labels, l2_normalize(embeddings))
     """
 
-    expects_normalized = True
-    supports_reference = True
-    _higher_is_harder = False
+    NEEDS = LossNeeds(reference=True)
 
     def __init__(
         self,
         margin: float = 0.2,
         mining: str = "batch_all",
-        distance: str = "euclidean",
+        distance="euclidean",
         soft_margin: bool = False,
         miner: Miner | dict | None = None,
         reducer=None,
@@ -61,18 +59,14 @@ class TripletLoss(MetricLoss):
         name: str = "triplet_loss",
         **kwargs,
     ):
-        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, name=name, **kwargs)
+        super().__init__(symmetrical=symmetrical, symm_rule=symm_rule, reducer=reducer, distance=distance, name=name,
+                         **kwargs)
         if margin < 0:
             raise ValueError(f"TripletLoss: `margin` must be >= 0, got {margin}")
         if mining not in MININGS:
             raise ValueError(f"TripletLoss: `mining` must be one of {tuple(MININGS)}, got {mining!r}")
-        if distance not in DISTANCES:
-            raise ValueError(
-                f"TripletLoss: `distance` must be one of {DISTANCES}, got {distance!r}"
-            )
         self.margin = float(margin)
         self.mining = mining
-        self.distance = distance
         self.soft_margin = bool(soft_margin)
         self._miner_arg = deserialize_miner(miner)
         self.miner = self._miner_arg or MININGS[mining]()
@@ -80,12 +74,10 @@ class TripletLoss(MetricLoss):
             all_triplets = isinstance(self.miner, AllTripletsMiner)
             self.reducer = get_reducer("avg_non_zero" if all_triplets else "mean")
 
-    def _pairwise(self, x, y):
-        return pairwise_distance(x, y, self.distance)
-
-    def _compute(self, labels, embeddings, sample_weight=None, reference=None, learner=None):
-        d, pos_mask, neg_mask, stats = self._pairs(labels, embeddings, reference)
-        selection = self.miner(d, pos_mask, neg_mask, dim=embeddings.shape[-1])
+    def compute(self, batch: Batch):
+        sample_weight = batch.sample_weight
+        d, pos_mask, neg_mask, stats = self._pairs(batch.labels, batch.embeddings, batch.reference)
+        selection = self.pick_miner(batch)(d, pos_mask, neg_mask, dim=batch.embeddings.shape[-1])
         gap = selection.positive - selection.negative
         terms = tf.math.softplus(gap) if self.soft_margin else tf.nn.relu(gap + self.margin)
         valid = tf.cast(tf.broadcast_to(selection.mask, tf.shape(terms)), tf.float32)
@@ -100,7 +92,6 @@ class TripletLoss(MetricLoss):
             **super().get_config(),
             "margin": self.margin,
             "mining": self.mining,
-            "distance": self.distance,
             "soft_margin": self.soft_margin,
             "miner": None if self._miner_arg is None else keras.saving.serialize_keras_object(self._miner_arg),
         }

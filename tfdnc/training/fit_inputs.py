@@ -84,30 +84,39 @@ def prepare_fit(model, x, y, fit_kwargs: dict, *, images_per_class: int | None =
         if kwargs.pop(name, None) is not None:
             raise ValueError(f"model.fit: `{name}` is not supported: metric losses weigh pairs within a batch, "
                              "not samples; leave it out")
+    _batch_validation_data(kwargs)
+    kwargs.pop("shuffle", None)  # the batch plan draws at random; Keras would warn about it
+    kwargs["callbacks"] = _with_schedule(model, batches, kwargs, callbacks, recluster_every)
+    if kwargs.get("steps_per_epoch") is None:
+        kwargs["steps_per_epoch"] = batches.steps_per_epoch
+    kwargs["shuffle"] = False
+    return batches.dataset(), None, kwargs
+
+
+def _batch_validation_data(kwargs: dict) -> None:
+    """Takes `batch_size` out of `fit`'s arguments; validation batches default to it, as in Keras."""
     batch_size = kwargs.pop("batch_size", None)
     validation = kwargs.get("validation_data")
     if validation is not None:
-        # As Keras: validation batches default to `batch_size`.
         validation_batch_size = kwargs.pop("validation_batch_size", None) or batch_size
         if isinstance(validation, tf.data.Dataset):
             kwargs["validation_data"] = _batched(validation, validation_batch_size)
         elif validation_batch_size is not None:
             kwargs["validation_batch_size"] = validation_batch_size
-    kwargs.pop("shuffle", None)  # the batch plan draws at random; Keras would warn about it
+
+
+def _with_schedule(model, batches, kwargs: dict, callbacks: list, recluster_every: int | None) -> list:
+    """`callbacks` with the D&C schedule of `batches` first (built unless the user gave one: then it is checked)."""
     schedule = next((cb for cb in callbacks if isinstance(cb, DivideAndConquerSchedule)), None)
     if schedule is None:
         schedule = _schedule(model, batches, kwargs, callbacks, recluster_every)
-        callbacks = [schedule, *callbacks]  # first: the checkpoints save grown masks
-    elif schedule.sampler is not batches.sampler:
+        return [schedule, *callbacks]  # first: the checkpoints save grown masks
+    if schedule.sampler is not batches.sampler:
         raise ValueError("model.fit: the DivideAndConquerSchedule in `callbacks` was built on another sampler; "
                          "build it on `batches.sampler` and `batches.image_set`")
-    elif recluster_every is not None:
+    if recluster_every is not None:
         raise ValueError("model.fit: `recluster_every` is set by the DivideAndConquerSchedule you pass")
-    if kwargs.get("steps_per_epoch") is None:
-        kwargs["steps_per_epoch"] = batches.steps_per_epoch
-    kwargs["callbacks"] = callbacks
-    kwargs["shuffle"] = False
-    return batches.dataset(), None, kwargs
+    return callbacks
 
 
 # --- checks and conversions -------------------------------------------------------
