@@ -84,15 +84,7 @@ def prepare_fit(model, x, y, fit_kwargs: dict, *, images_per_class: int | None =
         if kwargs.pop(name, None) is not None:
             raise ValueError(f"model.fit: `{name}` is not supported: metric losses weigh pairs within a batch, "
                              "not samples; leave it out")
-    batch_size = kwargs.pop("batch_size", None)
-    validation = kwargs.get("validation_data")
-    if validation is not None:
-        # As Keras: validation batches default to `batch_size`.
-        validation_batch_size = kwargs.pop("validation_batch_size", None) or batch_size
-        if isinstance(validation, tf.data.Dataset):
-            kwargs["validation_data"] = _batched(validation, validation_batch_size)
-        elif validation_batch_size is not None:
-            kwargs["validation_batch_size"] = validation_batch_size
+    _batch_validation(kwargs, kwargs.pop("batch_size", None))
     kwargs.pop("shuffle", None)  # the batch plan draws at random; Keras would warn about it
     schedule = next((cb for cb in callbacks if isinstance(cb, DivideAndConquerSchedule)), None)
     if schedule is None:
@@ -111,6 +103,18 @@ def prepare_fit(model, x, y, fit_kwargs: dict, *, images_per_class: int | None =
 
 
 # --- checks and conversions -------------------------------------------------------
+
+
+def _batch_validation(kwargs: dict, batch_size: int | None) -> None:
+    """As Keras: validation batches default to `batch_size` (a dataset is batched here, in place)."""
+    validation = kwargs.get("validation_data")
+    if validation is None:
+        return
+    validation_batch_size = kwargs.pop("validation_batch_size", None) or batch_size
+    if isinstance(validation, tf.data.Dataset):
+        kwargs["validation_data"] = _batched(validation, validation_batch_size)
+    elif validation_batch_size is not None:
+        kwargs["validation_batch_size"] = validation_batch_size
 
 
 def _check_schedule_given(dataset, callbacks) -> None:
