@@ -9,9 +9,9 @@ Production code reaches this module through one hook, `checkpoint_reached`,
 called from one callback, `tfdnc.training.backup.GenerationBackup`, which
 sees every point of an epoch that matters to a resume (a batch, the end of
 the epoch after the re-clustering, the stages of its own commit, which
-`GenerationStore.commit` reports to it). Unset (always, outside tests), the
-hook does nothing but read one environment variable. (The export's point is
-a timer started by `train.py`, `kill_point("export", delay=...)`.)
+`GenerationStore.commit` reports to it), and from `train.py` for the export.
+Unset (always, outside tests), the hook does nothing but read one
+environment variable.
 
 Points (epochs are 1-based, as printed):
     mid_epoch@E      after half of the batches of epoch E
@@ -35,6 +35,8 @@ import sys
 import threading
 
 ENV = "TFDNC_TEST_KILL_AT"
+# Points killed from a timer, seconds after they are reached (the export runs in this thread).
+DELAYS = {"export": 0.5}
 
 
 def requested(point: str, epoch: int | None = None) -> bool:
@@ -48,7 +50,7 @@ def requested(point: str, epoch: int | None = None) -> bool:
 
 def checkpoint_reached(point: str, epoch: int | None = None) -> None:
     """The hook production code calls at a named point of a run; kills the process there in a fault test."""
-    kill_point(point, epoch)
+    kill_point(point, epoch, delay=DELAYS.get(point))
 
 
 def kill_point(point: str, epoch: int | None = None, delay: float | None = None) -> None:
