@@ -298,7 +298,7 @@ class DivideAndConquerModel(keras.Model):
                 variable.assign(ops.zeros_like(variable))
 
     def grow_learners(self) -> int:
-        """Doubles K (the schedule split every cluster): children copy their parent's mask; restarts the mask optimizer."""
+        """Doubles K after a split: children copy their parent's mask, the mask optimizer restarts."""
         k = self.masks.grow()
         self.reset_mask_optimizer()
         return k
