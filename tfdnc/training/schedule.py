@@ -36,20 +36,23 @@ from tfdnc.training.recluster import LocalReclusterer, Reclusterer
 class DivideAndConquerSchedule(keras.callbacks.Callback):
     """Clusters, re-clusters, grows K and switches phases while `fit` runs.
 
-    Every `recluster_every` (T) epochs it embeds the training set under the
-    evaluation transform, clusters it (penultimate backbone features by
-    default), keeps learner identity with Hungarian matching or, while
-    K < k_final and growth is "double", splits every cluster in two and
-    doubles the masks. The new clusters go to the sampler, which the input
-    pipeline reads at the next epoch boundary, so `fit` never restarts and
-    ModelCheckpoint, TensorBoard, EarlyStopping and BackupAndRestore keep
-    working across re-clusterings.
+    Every `recluster_every` (T) epochs its reclusterer embeds the training
+    set under the evaluation transform and clusters it (penultimate backbone
+    features by default), keeping learner identity with Hungarian matching
+    or, while K < k_final and growth is "double", splitting every cluster in
+    two; the schedule then doubles the learners (`model.grow_learners()`).
+    The new clusters go to the sampler, which the input pipeline reads at the
+    next epoch boundary, so `fit` never restarts and ModelCheckpoint,
+    TensorBoard, EarlyStopping and BackupAndRestore keep working across
+    re-clusterings.
 
-    The cluster state is saved in `state_dir` at each re-clustering (with the
-    previous state kept), so a run restored by BackupAndRestore or
-    `train.py --resume` continues with the clusters its weights were trained
-    on. Put this callback *before* BackupAndRestore / ModelCheckpoint in the
-    callback list, so the weights they save already hold the grown masks.
+    The cluster state is saved in `state_dir` (its `store`) at each
+    re-clustering, with the previous state kept, so a run restored by
+    BackupAndRestore continues with the clusters its weights were trained
+    on; `train.py` gives no store and saves `cluster_state()` in its backup
+    generations instead (`resume_from` restores it). Put this callback
+    *before* BackupAndRestore / ModelCheckpoint in the callback list, so the
+    weights they save already hold the grown masks.
 
     Args:
         sampler: the `ClusterBatchSampler` behind the training dataset.
