@@ -103,7 +103,7 @@ def test_kmeans_recovers_separated_blobs():
 
 
 def test_kmeans_falls_back_to_sklearn_without_faiss(monkeypatch):
-    import tfdnc.clustering as clustering
+    import tfdnc.clustering.backends as clustering
 
     rng = np.random.default_rng(16)
     x = rng.normal(size=(120, 4))
@@ -121,7 +121,7 @@ def test_kmeans_falls_back_to_sklearn_without_faiss(monkeypatch):
 def test_missing_faiss_is_announced_once_per_process(monkeypatch):
     import sys
 
-    import tfdnc.clustering as clustering
+    import tfdnc.clustering.backends as clustering
 
     rng = np.random.default_rng(17)
     x = rng.normal(size=(90, 4))

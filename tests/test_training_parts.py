@@ -1,5 +1,6 @@
 """The parts of the Divide & Conquer loop, each on its own (tfdnc.training)."""
 
+import os
 import threading
 
 import numpy as np
@@ -12,11 +13,12 @@ from tfdnc.training import (
     ClusterState,
     ClusterStateStore,
     DivideAndConquerSchedule,
+    KStep,
     LocalReclusterer,
     PhasePolicy,
     plan_assignments,
 )
-from tfdnc.training.recluster import Assignment
+from tfdnc.training.recluster import Assignment, Reclusterer
 
 
 # --- phase policy ---------------------------------------------------------------------------
@@ -152,12 +154,11 @@ def test_epoch_gate_releases_waiters_and_close_ends_them():
 # --- the schedule wires parts it is given -------------------------------------------------------
 
 
-class _ScriptedReclusterer:
+class _ScriptedReclusterer(Reclusterer):
     """Returns features and ids chosen by the test, and records the calls."""
 
-    is_chief = True
-
-    def __init__(self, groups):
+    def __init__(self, train_set, groups):
+        self.train_set = train_set
         self.groups = groups
         self.calls = []
 
@@ -165,11 +166,10 @@ class _ScriptedReclusterer:
         self.calls.append("features")
         return np.eye(len(self.groups), 2, dtype=np.float32)
 
-    def assign(self, features, labels, current, *, current_k, target_k, seed, split):
-        self.calls.append(("assign", current_k, target_k, split))
-        k = 2 * current_k if split else target_k
-        ids = self.groups % k
-        return Assignment(ids, k, split_parents=ids // 2 if split else None)
+    def assign(self, features, current, step, *, seed):
+        self.calls.append(("assign", step.current_k, step.k, step.split))
+        ids = self.groups % step.new_k
+        return Assignment(ids, step.new_k, split_parents=ids // 2 if step.split else None)
 
 
 class _LossWithClusterState:
@@ -187,12 +187,12 @@ def test_schedule_uses_the_given_reclusterer_and_store_and_tells_the_loss(make_t
     groups = labels // 4
     train = ImageSet(labels=labels, images=np.zeros((len(labels), 16, 16, 1), np.uint8))
     sampler = ClusterBatchSampler(labels, 2, 2)
-    reclusterer = _ScriptedReclusterer(groups)
+    reclusterer = _ScriptedReclusterer(train, groups)
     store = ClusterStateStore(tmp_path)
     model = make_tiny_model(k_max=4)
     loss = _LossWithClusterState()
     model.metric_loss = loss  # the model forwards the notice to its loss
-    schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=16, recluster_every=1,
+    schedule = DivideAndConquerSchedule(sampler, k_final=4, recluster_every=1,
                                         final_k1_epochs=1, verbose=0, reclusterer=reclusterer, store=store)
     schedule.set_model(model)
     schedule.set_params({"epochs": 4})
@@ -210,3 +210,82 @@ def test_schedule_uses_the_given_reclusterer_and_store_and_tells_the_loss(make_t
     assert [s.generation for s in store.generations()] == [2, 3]
     np.testing.assert_array_equal(store.load(3).assignments, groups % 4)
     np.testing.assert_array_equal(schedule.usable, usable_mask(schedule.assignments, labels))
+
+
+# --- the K rule, the reclusterer interface, the one cluster-state store -----------------------
+
+
+def test_the_k_rule_doubles_to_k_final_or_starts_there():
+    double = PhasePolicy(k_final=4, growth="double")
+    assert double.initial_step() is None
+    steps = [double.recluster_step(k) for k in (1, 2, 4)]
+    assert [(s.k, s.split, s.new_k) for s in steps] == [(1, True, 2), (2, True, 4), (4, False, 4)]
+    fixed = PhasePolicy(k_final=4, growth="fixed")
+    assert fixed.initial_step() == KStep(current_k=1, k=4)
+    assert not fixed.recluster_step(4).split and fixed.recluster_step(4).new_k == 4
+    with pytest.raises(ValueError, match="growth"):
+        PhasePolicy(k_final=4, growth="triple")
+
+
+def test_a_reclusterer_must_implement_the_interface_and_the_schedule_refuses_a_mix():
+    class Half(Reclusterer):
+        def features(self, model):
+            return None
+
+    with pytest.raises(TypeError, match="assign"):
+        Half()
+    labels = np.repeat(np.arange(8), 2)
+    train = ImageSet(labels=labels, images=np.zeros((len(labels), 8, 8, 1), np.uint8))
+    sampler = ClusterBatchSampler(labels, 2, 2)
+    reclusterer = LocalReclusterer(train, image_size=8)
+    with pytest.raises(ValueError, match="image_size belong"):
+        DivideAndConquerSchedule(sampler, reclusterer=reclusterer, k_final=2, image_size=8)
+    with pytest.raises(ValueError, match="give `reclusterer=`"):
+        DivideAndConquerSchedule(sampler, k_final=2)
+    assert DivideAndConquerSchedule(sampler, reclusterer=reclusterer, k_final=2).reclusterer is reclusterer
+
+
+def test_the_backup_generation_is_the_store_and_clusters_npz_its_copy(make_tiny_model, tmp_path):
+    from tfdnc.rundir import RunDir
+    from tfdnc.training.backup import GenerationBackup
+    from tfdnc.training.generations import GenerationStore
+
+    labels = np.repeat(np.arange(16), 4)
+    groups = labels // 4
+    train = ImageSet(labels=labels, images=np.zeros((len(labels), 16, 16, 1), np.uint8))
+    sampler = ClusterBatchSampler(labels, 2, 2)
+    run = RunDir(tmp_path / "run")
+    schedule = DivideAndConquerSchedule(sampler, reclusterer=_ScriptedReclusterer(train, groups), k_final=4,
+                                        recluster_every=1, verbose=0)
+    model = make_tiny_model(k_max=4)
+    backup = GenerationBackup(GenerationStore(run.backup), schedule)
+    stages = []
+    backup.store.commit = _recording(backup.store.commit, stages)
+    for callback in (schedule, backup):
+        callback.set_model(model)
+        callback.set_params({"epochs": 3})
+    schedule.on_train_begin()
+    for epoch in range(2):
+        schedule.on_epoch_begin(epoch)
+        schedule.on_epoch_end(epoch, {})
+        backup.on_epoch_end(epoch, {})
+    assert not os.path.exists(run.clusters_previous)  # the schedule writes no files of its own
+    newest = GenerationStore(run.backup).latest()
+    assert newest.epoch == 2
+    copy, kept = np.load(run.clusters), np.load(newest.clusters)
+    assert int(copy["k"]) == int(kept["k"]) == 4
+    np.testing.assert_array_equal(copy["assignments"], kept["assignments"])
+    assert stages == [("backup", 1), ("committed", 1), ("backup", 2), ("committed", 2)]
+
+
+def _recording(commit, stages):
+    """`GenerationStore.commit` whose `on_stage` calls are recorded, then passed on."""
+
+    def wrapped(generation, write, info=None, on_stage=None):
+        def record(stage, number):
+            stages.append((stage, number))
+            on_stage(stage, number)
+
+        return commit(generation, write, info=info, on_stage=record)
+
+    return wrapped

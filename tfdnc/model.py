@@ -283,6 +283,16 @@ class DivideAndConquerModel(keras.Model):
             if id(variable) not in keep:
                 variable.assign(ops.zeros_like(variable))
 
+    def grow_learners(self) -> int:
+        """Doubles K after a split: children copy their parent's mask, the mask optimizer restarts."""
+        k = self.masks.grow()
+        self.reset_mask_optimizer()
+        return k
+
+    def set_num_learners(self, k: int) -> None:
+        """Sets K without growth (a fixed-K run's first clustering, a K = 1 start); masks keep their values."""
+        self.masks.set_num_active(k)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.metric_loss_tracker, self.mask_loss_tracker,

@@ -61,14 +61,12 @@ from tfdnc.training import faults
 from tfdnc.training.backup import (AtomicModelCheckpoint, FlushingTensorBoard, GenerationBackup, ResumeRefusedError,
                                    check_settings, restore_latest, save_model_atomic)
 from tfdnc.training.callbacks import HistoryWriter, NonFiniteLossGuard
-from tfdnc.training.cluster_state import ClusterStateStore
-from tfdnc.training.distributed import DistributedReclusterer
 from tfdnc.training.generations import GenerationStore
 from tfdnc.training.ema import AveragedAdam, SwapAverage
 from tfdnc.training.lock import RunLock, RunLockedError
 from tfdnc.training.random_state import check_random_state
 from tfdnc.training.lr import WarmupDecay, base_optimizer, follow_schedule
-from tfdnc.training.recluster import LocalReclusterer
+from tfdnc.training.recluster import DistributedReclusterer, LocalReclusterer
 from tfdnc.training.schedule import DivideAndConquerSchedule
 from tfdnc.utils import read_json
 from tfdnc.utils.errors import UserInputError, UserPathError
@@ -495,22 +493,20 @@ def evaluate_and_print(title: str, splits, embed, verbose: int = 1, result=None)
 
 def build_schedule(config: TrainConfig, strategy, data: TrainingData, run_dir: RunDir,
                    verbose: int) -> DivideAndConquerSchedule:
-    """The D&C schedule; under several workers it re-clusters with them and only the chief saves."""
-    if is_multi_worker(strategy):
-        reclusterer = DistributedReclusterer(
-            strategy, data.train_set, image_size=config.image_size, resize_size=config.eval_resize,
-            cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters)
-    else:
-        reclusterer = LocalReclusterer(data.train_set, image_size=config.image_size, resize_size=config.eval_resize,
-                                       cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters)
-    store = ClusterStateStore(run_dir.path, read_only=not worker_info(strategy).is_chief)
+    """The D&C schedule; under several workers it re-clusters with them.
+
+    It writes no cluster files: the backup generations hold its state
+    (`GenerationBackup`, which also copies it to RUN_DIR/clusters.npz).
+    """
+    options = dict(image_size=config.image_size, resize_size=config.eval_resize,
+                   cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters)
+    reclusterer = (DistributedReclusterer(strategy, data.train_set, **options) if is_multi_worker(strategy)
+                   else LocalReclusterer(data.train_set, **options))
     return DivideAndConquerSchedule(
-        data.sampler, data.train_set, k_final=config.k_final, image_size=config.image_size,
-        resize_size=config.eval_resize, growth=config.growth, recluster_every=config.recluster_every,
-        full_embedding_epoch=config.full_embedding_epoch, final_k1_epochs=config.final_k1_epochs,
-        freeze_backbone_after_recluster=config.freeze_backbone_after_recluster,
-        cluster_features=config.cluster_features, kmeans_iters=config.kmeans_iters, seed=config.seed,
-        verbose=verbose, reclusterer=reclusterer, store=store,
+        data.sampler, reclusterer=reclusterer, k_final=config.k_final, growth=config.growth,
+        recluster_every=config.recluster_every, full_embedding_epoch=config.full_embedding_epoch,
+        final_k1_epochs=config.final_k1_epochs, freeze_backbone_after_recluster=config.freeze_backbone_after_recluster,
+        seed=config.seed, verbose=verbose,
     )
 
 

@@ -60,7 +60,7 @@ class ClusterBatchSampler:
         self.classes_per_batch = int(classes_per_batch)
         self.images_per_class = int(images_per_class)
         self.seed = int(seed)
-        self.gate = EpochGate()
+        self._gate = EpochGate()  # private: the schedule calls publish / reset_publication / close
         self._lock = threading.Lock()
         _OPEN_SAMPLERS.add(self)
         self.set_clusters(np.zeros(len(labels), dtype=np.int64), k=1)
@@ -113,20 +113,20 @@ class ClusterBatchSampler:
     # --- publication: the schedule callback releases one epoch at a time -------------
     def publish(self, epoch: int) -> None:
         """Allows the input pipeline to plan `epoch` with the current clusters (see `EpochGate`)."""
-        self.gate.publish(epoch)
+        self._gate.publish(epoch)
 
     def reset_publication(self) -> None:
         """Forgets published epochs (at the start of each `fit`)."""
-        self.gate.reset()
+        self._gate.reset()
 
     def close(self) -> None:
         """Ends the plan generators (at the end of `fit`), so iterators can shut down."""
-        self.gate.close()
+        self._gate.close()
 
     def wait_for_epoch_after(self, previous: int, timeout: float | None = None,
                              warn_every: float = 600.0) -> int | None:
         """Blocks until an epoch later than `previous` is published (see `EpochGate.wait_for_epoch_after`)."""
-        return self.gate.wait_for_epoch_after(previous, timeout=timeout, warn_every=warn_every)
+        return self._gate.wait_for_epoch_after(previous, timeout=timeout, warn_every=warn_every)
 
 
 class EpochGate:

@@ -118,8 +118,27 @@ def fit_custom_loop(
         list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
         verbose=verbose, epochs=epochs, steps=steps_per_epoch,
     )
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    iterator = iter(dataset)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    step_for_phase = _traced_steps(model, strategy)
+    model.stop_training = False
+    logs: dict = {}
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        for metric in model.metrics:
+            metric.reset_state()
+        callback_list.on_epoch_begin(epoch)
+        logs = _run_epoch(model, step_for_phase(), iterator, callback_list, steps_per_epoch, logs)
+        epoch_logs = dict(logs)
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        logs = epoch_logs
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return model.history
+
+
+def _traced_steps(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable[[], Callable]:
+    """A function giving the traced `strategy.run(model.train_step)` of the model's current phase."""
     steps: dict = {}
 
     def step_function():
@@ -135,25 +154,17 @@ def fit_custom_loop(
             steps[key] = step
         return steps[key]
 
-    model.stop_training = False
-    logs: dict = {}
-    callback_list.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        for metric in model.metrics:
-            metric.reset_state()
-        callback_list.on_epoch_begin(epoch)
-        step = step_function()
-        for batch in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(batch)
-            outputs = step(next(iterator))
-            logs = {k: float(np.asarray(v)) for k, v in outputs.items()}
-            callback_list.on_train_batch_end(batch, logs)
-            if model.stop_training:
-                break
-        epoch_logs = dict(logs)
-        callback_list.on_epoch_end(epoch, epoch_logs)
-        logs = epoch_logs
+    return step_function
+
+
+def _run_epoch(model: keras.Model, step: Callable, iterator, callback_list, steps_per_epoch: int,
+               logs: dict) -> dict:
+    """One epoch's steps with their batch hooks; returns the last step's logs (`logs` if none ran)."""
+    for batch in range(steps_per_epoch):
+        callback_list.on_train_batch_begin(batch)
+        outputs = step(next(iterator))
+        logs = {k: float(np.asarray(v)) for k, v in outputs.items()}
+        callback_list.on_train_batch_end(batch, logs)
         if model.stop_training:
             break
-    callback_list.on_train_end(logs)
-    return model.history
+    return logs

@@ -1,10 +1,13 @@
 """The Divide & Conquer loop as parts with one job each, wired by one Keras callback.
 
-- `phases`: `PhasePolicy`, what each epoch trains and when to re-cluster;
-- `recluster`: `LocalReclusterer` and `plan_assignments`, features -> cluster ids;
-- `distributed`: `DistributedReclusterer` (sharded embedding, chief clustering,
-  broadcast) and `DistributedSchedule`;
-- `cluster_state`: `ClusterState` generations and their `ClusterStateStore`;
+- `phases`: `PhasePolicy`, what each epoch trains, when to re-cluster and at
+  which K (`KStep`: the K rule's one place);
+- `recluster`: the `Reclusterer` interface (features -> cluster ids), its
+  `LocalReclusterer` and `DistributedReclusterer` (sharded embedding, chief
+  clustering, broadcast), and `plan_assignments`;
+- `distributed`: `DistributedSchedule`, the schedule of a multi-worker run;
+- `cluster_state`: `ClusterState` generations and their `ClusterStateStore`
+  (a run without backup generations, e.g. `model.fit` with BackupAndRestore);
 - `schedule`: `DivideAndConquerSchedule`, the callback that wires them;
 - `callbacks`: the run's other callbacks (non-finite loss guard, history file);
 - `generations`: `GenerationStore`, backup generations committed whole (weights,
@@ -14,12 +17,14 @@
   `FlushingTensorBoard`;
 - `random_state`: the random state a resumed run needs to repeat the uninterrupted one;
 - `lock`: `RunLock`, one training process per run directory;
-- `faults`: test-only SIGKILL points (TFDNC_TEST_KILL_AT).
+- `faults`: test-only SIGKILL points (TFDNC_TEST_KILL_AT), reached through
+  `GenerationBackup` alone.
 """
 
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore
-from tfdnc.training.phases import GROWTH, Phase, PhasePolicy
-from tfdnc.training.recluster import CLUSTER_FEATURES, Assignment, LocalReclusterer, plan_assignments
+from tfdnc.training.phases import GROWTH, KStep, Phase, PhasePolicy
+from tfdnc.training.recluster import (CLUSTER_FEATURES, Assignment, DistributedReclusterer, LocalReclusterer,
+                                      Reclusterer, plan_assignments)
 from tfdnc.training.schedule import DivideAndConquerSchedule
 
 __all__ = [
@@ -28,9 +33,12 @@ __all__ = [
     "Assignment",
     "ClusterState",
     "ClusterStateStore",
+    "DistributedReclusterer",
     "DivideAndConquerSchedule",
+    "KStep",
     "LocalReclusterer",
     "Phase",
     "PhasePolicy",
+    "Reclusterer",
     "plan_assignments",
 ]

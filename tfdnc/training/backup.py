@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Iterable
 
 import keras
 import numpy as np
 
-from tfdnc.training import faults
+from tfdnc import rundir
+from tfdnc.training import faults  # test-only kill points: this callback is the one production caller
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore
 from tfdnc.training.generations import CLUSTERS, RANDOM, WEIGHTS, Generation, GenerationStore
 from tfdnc.training.random_state import restore_random_state, save_random_state
@@ -97,6 +99,11 @@ def check_settings(store: GenerationStore, settings: dict, *, may_differ: Iterab
 class GenerationBackup(keras.callbacks.Callback):
     """Commits weights + cluster state + random state as one generation at each epoch's end.
 
+    The generations are the run's one store of cluster state: the schedule
+    of `train.py` writes no cluster files of its own, and RUN_DIR/clusters.npz
+    is a copy of the newest committed generation's, for reading (a resume
+    reads the generation, never the copy).
+
     Put it last: after the schedule (whose re-clustering it saves), the
     evaluation (so a kill during a long evaluation redoes the epoch rather
     than resuming with an evaluation missing from the history), and the
@@ -108,13 +115,18 @@ class GenerationBackup(keras.callbacks.Callback):
         schedule: the `DivideAndConquerSchedule` whose `cluster_state()` is saved.
         settings: the run's settings (`TrainConfig.to_dict()`), recorded in
             each COMMIT for `check_settings`.
+        clusters_copy: where the committed cluster state is copied for reading
+            (None: nowhere); "auto": RUN_DIR/clusters.npz when `store` is a run
+            directory's backup folder (`clusters_copy_path`).
     """
 
-    def __init__(self, store: GenerationStore, schedule, settings: dict | None = None):
+    def __init__(self, store: GenerationStore, schedule, settings: dict | None = None,
+                 clusters_copy: str | None = "auto"):
         super().__init__()
         self.store = store
         self.schedule = schedule
         self.settings = settings_record(settings) if settings is not None else None
+        self.clusters_copy = clusters_copy_path(store) if clusters_copy == "auto" else clusters_copy
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -123,11 +135,13 @@ class GenerationBackup(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         steps = (self.params or {}).get("steps") or 2
         if batch + 1 == max(1, steps // 2):
-            faults.kill_point("mid_epoch", epoch=self._epoch + 1)
+            faults.checkpoint_reached("mid_epoch", epoch=self._epoch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         state = self.schedule.cluster_state()
+        if state.valid_from == done and done > 0:  # the schedule re-clustered after this epoch
+            faults.checkpoint_reached("after_recluster", epoch=done)
 
         def write(folder: str) -> None:
             self.model.save_weights(os.path.join(folder, WEIGHTS))
@@ -137,7 +151,22 @@ class GenerationBackup(keras.callbacks.Callback):
         info = {"K": int(state.k)}
         if self.settings is not None:
             info[SETTINGS] = self.settings
-        self.store.commit(done, write, info=info)
+        committed = self.store.commit(done, write, info=info, on_stage=faults.checkpoint_reached)
+        if self.clusters_copy is not None:
+            _copy_atomic(committed.clusters, self.clusters_copy)
+
+
+def clusters_copy_path(store: GenerationStore) -> str | None:
+    """RUN_DIR/clusters.npz when `store` is RUN_DIR/backup (the `tfdnc.rundir` layout), else None."""
+    parent, name = os.path.split(os.path.abspath(store.directory))
+    return rundir.RunDir(parent).clusters if name == rundir.BACKUP else None
+
+
+def _copy_atomic(source: str, target: str) -> None:
+    """Copies `source` to `target` through a temporary file and a rename: readers never see half a file."""
+    temp = f"{target}.tmp-{os.getpid()}"
+    shutil.copyfile(source, temp)
+    os.replace(temp, target)
 
 
 def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose: int = 1, *,
@@ -181,10 +210,7 @@ def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose
                   "trying the previous one")
             continue
         if writer:
-            _remove_unfinished(store, verbose)
-            for bad, _ in failed:
-                print(f"[tfdnc] kept the backup generation that does not load as {store.set_aside(bad)}")
-            store.prune()
+            _tidy_after_load(store, found, [bad for bad, _ in failed], verbose)
         if verbose:
             print(f"[tfdnc] resuming from {found.directory}: {found.epoch} epoch(s) done, K={state.k}")
         return found.epoch
@@ -200,6 +226,17 @@ def restore_latest(model: keras.Model, schedule, store: GenerationStore, verbose
     if verbose:
         print(f"[tfdnc] no complete backup generation in {store.directory}; starting from epoch 1")
     return 0
+
+
+def _tidy_after_load(store: GenerationStore, loaded: Generation, failed: list, verbose: int) -> None:
+    """What a writer finishes once a generation loaded: unfinished folders, set-asides, pruning, the copy."""
+    _remove_unfinished(store, verbose)
+    for bad in failed:
+        print(f"[tfdnc] kept the backup generation that does not load as {store.set_aside(bad)}")
+    store.prune()
+    copy = clusters_copy_path(store)
+    if copy is not None:  # a kill after a commit may have left the copy one generation old
+        _copy_atomic(loaded.clusters, copy)
 
 
 def _remove_unfinished(store: GenerationStore, verbose: int) -> None:

@@ -2,11 +2,18 @@
 
 A `ClusterState` is one generation of the clustering: the assignment of
 every training image, which images the sampler may draw, K, and the epoch
-from which it applies (`valid_from`, its generation). `ClusterStateStore`
-keeps the newest two generations in RUN_DIR/clusters.npz and
-clusters.prev.npz (names from `tfdnc.rundir`), so a run restored from a
-checkpoint one epoch older than the newest clustering still finds the
-clustering its weights were trained with.
+from which it applies (`valid_from`, its generation).
+
+A run keeps its cluster states in one place. `python train.py` keeps them in
+its backup generations, with the weights of the same epoch
+(`tfdnc.training.backup.GenerationBackup`, which writes them with
+`ClusterStateStore.write_state` and reads them with `ClusterStateStore.read`).
+A run without generations (`model.fit` with Keras's `BackupAndRestore`, a
+`DistributedSchedule` given a `state_dir`) gives the schedule a
+`ClusterStateStore`, which keeps the newest two generations in
+DIR/clusters.npz and clusters.prev.npz (names from `tfdnc.rundir`), so a run
+restored from a checkpoint one epoch older than the newest clustering still
+finds the clustering its weights were trained with.
 
 Example:
 >>> store = ClusterStateStore("runs/default")

@@ -3,13 +3,19 @@
 A kill "after the re-clustering, before the backup" or "while the backup is
 written" cannot be timed from outside the process. The fault-injection tests
 (tests/test_reliability.py, bench/bench_reliability.py) set the environment
-variable TFDNC_TEST_KILL_AT to `<point>@<epoch>` (or just `<point>`), and the
-code calls `kill_point(point, epoch=...)` there. Unset (always, outside
-tests), `kill_point` does nothing but read one environment variable.
+variable TFDNC_TEST_KILL_AT to `<point>@<epoch>` (or just `<point>`).
+
+Production code reaches this module through one hook, `checkpoint_reached`,
+called from one callback, `tfdnc.training.backup.GenerationBackup`, which
+sees every point of an epoch that matters to a resume (a batch, the end of
+the epoch after the re-clustering, the stages of its own commit, which
+`GenerationStore.commit` reports to it), and from `train.py` for the export.
+Unset (always, outside tests), the hook does nothing but read one
+environment variable.
 
 Points (epochs are 1-based, as printed):
     mid_epoch@E      after half of the batches of epoch E
-    after_recluster@E    right after "re-clustered after epoch E" is printed
+    after_recluster@E    after "re-clustered after epoch E" was printed, before that epoch's backup
     backup@N         generation N's files are written, its COMMIT is not
     committed@N      generation N is committed, the older ones are not pruned yet; at the
                      last epoch this is "killed during the final evaluation": what is left
@@ -18,7 +24,7 @@ Points (epochs are 1-based, as printed):
 
 Example:
 >>> os.environ["TFDNC_TEST_KILL_AT"] = "after_recluster@2"
->>> kill_point("after_recluster", epoch=2)   # the process dies here
+>>> checkpoint_reached("after_recluster", epoch=2)   # the process dies here
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import sys
 import threading
 
 ENV = "TFDNC_TEST_KILL_AT"
+# Points killed from a timer, seconds after they are reached (the export runs in this thread).
+DELAYS = {"export": 0.5}
 
 
 def requested(point: str, epoch: int | None = None) -> bool:
@@ -38,6 +46,11 @@ def requested(point: str, epoch: int | None = None) -> bool:
         return False
     name, _, at = value.partition("@")
     return name == point and (not at or epoch is None or int(at) == int(epoch))
+
+
+def checkpoint_reached(point: str, epoch: int | None = None) -> None:
+    """The hook production code calls at a named point of a run; kills the process there in a fault test."""
+    kill_point(point, epoch, delay=DELAYS.get(point))
 
 
 def kill_point(point: str, epoch: int | None = None, delay: float | None = None) -> None:

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tfdnc.rundir import COMMIT
-from tfdnc.training import faults
 
 WEIGHTS = "model.weights.h5"
 CLUSTERS = "clusters.npz"
@@ -121,19 +120,26 @@ class GenerationStore:
         committed = self.committed()
         return committed[0] if committed else None
 
-    def commit(self, generation: int, write: Callable[[str], None], info: dict | None = None) -> Generation:
+    def commit(self, generation: int, write: Callable[[str], None], info: dict | None = None,
+               on_stage: Callable[[str, int], None] | None = None) -> Generation:
         """Writes a generation: `write(folder)` fills a temporary folder, which is then committed.
 
         `generation` is the number of epochs done; committing a number that
         already exists replaces it (a resumed run redoing that epoch).
+        `on_stage(stage, generation)` is told "backup" once the files are
+        written (COMMIT is not) and "committed" once the generation is
+        committed (the older ones not pruned yet): the points where the
+        fault-injection tests kill the process (`GenerationBackup` passes
+        `tfdnc.training.faults.checkpoint_reached`).
         """
+        on_stage = on_stage or (lambda stage, number: None)
         os.makedirs(self.directory, exist_ok=True)
         temp = os.path.join(self.directory, f"{_TEMP_PREFIX}{generation:08d}-{os.getpid()}")
         if os.path.exists(temp):
             shutil.rmtree(temp)
         os.makedirs(temp)
         write(temp)
-        faults.kill_point("backup", epoch=generation)
+        on_stage("backup", generation)
         record = {"format": FORMAT, "generation": int(generation), "epoch": int(generation), **(info or {})}
         with open(os.path.join(temp, COMMIT), "w") as f:
             json.dump(record, f)
@@ -152,7 +158,7 @@ class GenerationStore:
         else:
             os.replace(temp, final)
         _fsync(self.directory)
-        faults.kill_point("committed", epoch=generation)
+        on_stage("committed", generation)
         self.prune(keep_at_least=generation)
         return Generation(final, int(generation), int(generation), record)
 

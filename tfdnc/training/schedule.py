@@ -3,15 +3,19 @@
 It wires four parts, each of which does one job and is given to it:
 
 - `PhasePolicy` (`tfdnc.training.phases`): which epochs are frozen,
-  full-embedding or final K = 1, and after which to re-cluster;
-- a re-clusterer (`tfdnc.training.recluster.LocalReclusterer`, or
-  `tfdnc.distributed.recluster.DistributedReclusterer`): features, then ids;
-- `ClusterStateStore` (`tfdnc.training.cluster_state`): the saved generations;
-- the sampler's epoch gate (`tfdnc.data.sampling.EpochGate`): the input
-  pipeline plans epoch e only once the callback released it.
+  full-embedding or final K = 1, after which to re-cluster, and at which K
+  (the K rule, as `KStep`s);
+- a `Reclusterer` (`tfdnc.training.recluster`: `LocalReclusterer`, or
+  `DistributedReclusterer` for several workers): features, then ids;
+- a `ClusterStateStore` (`tfdnc.training.cluster_state`), where a run that
+  has no backup generations keeps its cluster states (None: the backup
+  generations of `train.py` hold them, `GenerationBackup`);
+- the `ClusterBatchSampler` (`tfdnc.data.sampling`): it gets the clusters
+  and plans epoch e once the callback `publish`ed it.
 
-The callback itself applies what they decide to the model (phase flags,
-grown masks, a restarted mask optimizer) and to the sampler.
+The callback applies what they decide through public methods only: the
+model's phase flags, `grow_learners` / `set_num_learners`, and the
+sampler's `set_clusters`, `reset_publication`, `publish` and `close`.
 """
 
 from __future__ import annotations
@@ -24,34 +28,39 @@ import numpy as np
 from tfdnc import clustering
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.datasets.base import ImageSet
-from tfdnc.training import faults
 from tfdnc.training.cluster_state import ClusterState, ClusterStateStore
-from tfdnc.training.phases import GROWTH, PhasePolicy
-from tfdnc.training.recluster import LocalReclusterer, check_cluster_features
+from tfdnc.training.phases import KStep, PhasePolicy
+from tfdnc.training.recluster import LocalReclusterer, Reclusterer
 
 
 class DivideAndConquerSchedule(keras.callbacks.Callback):
     """Clusters, re-clusters, grows K and switches phases while `fit` runs.
 
-    Every `recluster_every` (T) epochs it embeds the training set under the
-    evaluation transform, clusters it (penultimate backbone features by
-    default), keeps learner identity with Hungarian matching or, while
-    K < k_final and growth is "double", splits every cluster in two and
-    doubles the masks. The new clusters go to the sampler, which the input
-    pipeline reads at the next epoch boundary, so `fit` never restarts and
-    ModelCheckpoint, TensorBoard, EarlyStopping and BackupAndRestore keep
-    working across re-clusterings.
+    Every `recluster_every` (T) epochs its reclusterer embeds the training
+    set under the evaluation transform and clusters it (penultimate backbone
+    features by default), keeping learner identity with Hungarian matching
+    or, while K < k_final and growth is "double", splitting every cluster in
+    two; the schedule then doubles the learners (`model.grow_learners()`).
+    The new clusters go to the sampler, which the input pipeline reads at the
+    next epoch boundary, so `fit` never restarts and ModelCheckpoint,
+    TensorBoard, EarlyStopping and BackupAndRestore keep working across
+    re-clusterings.
 
-    The cluster state is saved in `state_dir` at each re-clustering (with the
-    previous state kept), so a run restored by BackupAndRestore or
-    `train.py --resume` continues with the clusters its weights were trained
-    on. Put this callback *before* BackupAndRestore / ModelCheckpoint in the
-    callback list, so the weights they save already hold the grown masks.
+    The cluster state is saved in `state_dir` (its `store`) at each
+    re-clustering, with the previous state kept, so a run restored by
+    BackupAndRestore continues with the clusters its weights were trained
+    on; `train.py` gives no store and saves `cluster_state()` in its backup
+    generations instead (`resume_from` restores it). Put this callback
+    *before* BackupAndRestore / ModelCheckpoint in the callback list, so the
+    weights they save already hold the grown masks.
 
     Args:
         sampler: the `ClusterBatchSampler` behind the training dataset.
-        train_set: the training images (embedded for clustering).
+        train_set: the training images, for the default `LocalReclusterer`
+            (leave it out when you give `reclusterer`).
         k_final: final number of learners K.
+        reclusterer: a `Reclusterer`: how features and ids are computed
+            (default: `LocalReclusterer(train_set, **local_options)`).
         growth: "double" (TPAMI: K = 1, 2, 4, ... every T epochs) or
             "fixed" (CVPR: K = k_final from the first clustering).
         recluster_every: T.
@@ -60,16 +69,13 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         final_k1_epochs: the last n epochs train on all data as one cluster.
         freeze_backbone_after_recluster: on the epoch right after each
             re-clustering only the embedding layer and masks learn.
-        cluster_features: "penultimate" or "embedding".
-        image_size, resize_size: evaluation transform.
-        kmeans_iters: Lloyd iterations.
-        batch_size: batch size for embedding the training set.
         seed: base seed of k-means.
         state_dir: where the cluster state is saved (None: not saved).
-        verbose: print a line per re-clustering.
-        reclusterer: who computes features and ids (default: a
-            `LocalReclusterer` from the arguments above).
         store: where cluster states go (default: `ClusterStateStore(state_dir)`).
+        verbose: print a line per re-clustering.
+        **local_options: without `reclusterer`, the `LocalReclusterer`'s
+            options: image_size (required), resize_size, cluster_features,
+            kmeans_iters, batch_size. The schedule itself never reads them.
 
     Example:
     >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
@@ -81,52 +87,39 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
     def __init__(
         self,
         sampler: ClusterBatchSampler,
-        train_set: ImageSet,
+        train_set: ImageSet | None = None,
         *,
         k_final: int,
-        image_size: int,
-        resize_size: int | None = None,
+        reclusterer: Reclusterer | None = None,
         growth: str = "double",
         recluster_every: int = 2,
         full_embedding_epoch: int | None = None,
         final_k1_epochs: int = 0,
         freeze_backbone_after_recluster: bool = False,
-        cluster_features: str = "penultimate",
-        kmeans_iters: int = 100,
-        batch_size: int = 256,
         seed: int = 0,
         state_dir: str | None = None,
-        verbose: int = 1,
-        reclusterer=None,
         store: ClusterStateStore | None = None,
+        verbose: int = 1,
+        **local_options,
     ):
         super().__init__()
-        if growth not in GROWTH:
-            raise ValueError(f"DivideAndConquerSchedule: `growth` must be 'double' or 'fixed', got {growth!r}")
-        check_cluster_features(cluster_features, "DivideAndConquerSchedule")
-        if len(train_set) != len(sampler.labels):
-            raise ValueError(
-                f"DivideAndConquerSchedule: `train_set` has {len(train_set)} images, the sampler {len(sampler.labels)}"
-            )
-        feasible = clustering.max_feasible_k(train_set.labels)
+        self.policy = PhasePolicy(k_final=k_final, recluster_every=recluster_every, growth=growth,
+                                  full_embedding_epoch=full_embedding_epoch, final_k1_epochs=final_k1_epochs,
+                                  freeze_backbone_after_recluster=freeze_backbone_after_recluster)
+        self.reclusterer = _reclusterer(train_set, reclusterer, local_options)
+        self.labels = self.reclusterer.labels
+        if len(self.labels) != len(sampler.labels):
+            raise ValueError(f"DivideAndConquerSchedule: the reclusterer's training set has {len(self.labels)} "
+                             f"images, the sampler {len(sampler.labels)}")
+        feasible = clustering.max_feasible_k(self.labels)
         if k_final > feasible:
             raise clustering.ClusteringError(
                 f"--k-final {k_final} is larger than the classes allow: every cluster needs >= 2 classes "
-                f"with >= 2 images, and {train_set.name or 'the training set'} allows K <= {feasible}"
+                f"with >= 2 images, and {self.reclusterer.train_set.name or 'the training set'} allows K <= {feasible}"
             )
         self.sampler = sampler
-        self.train_set = train_set
-        self.labels = np.asarray(train_set.labels)
-        self.k_final = int(k_final)
-        self.growth = growth
         self.seed = int(seed)
         self.verbose = verbose
-        self.policy = PhasePolicy(k_final=k_final, recluster_every=recluster_every,
-                                  full_embedding_epoch=full_embedding_epoch, final_k1_epochs=final_k1_epochs,
-                                  freeze_backbone_after_recluster=freeze_backbone_after_recluster)
-        self.reclusterer = reclusterer or LocalReclusterer(
-            train_set, image_size=image_size, resize_size=resize_size, cluster_features=cluster_features,
-            kmeans_iters=kmeans_iters, batch_size=batch_size)
         self.store = store if store is not None else ClusterStateStore(state_dir)
         self.k = 1
         self.assignments = np.zeros(len(self.labels), np.int64)
@@ -155,7 +148,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._started = False
         self._in_final_k1 = False
-        self.sampler.gate.reset()
+        self.sampler.reset_publication()
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._started:
@@ -171,7 +164,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         self._in_final_k1 = phase.final_k1
         self.model.full_embedding = phase.full_embedding
         self.model.backbone_frozen = phase.backbone_frozen
-        self.sampler.gate.publish(epoch)
+        self.sampler.publish(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -189,7 +182,7 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         logs["K"] = float(record["K"])
 
     def on_train_end(self, logs=None):
-        self.sampler.gate.close()
+        self.sampler.close()
 
     def _mask_statistics(self) -> dict:
         """How far the masks trained this epoch divide the embedding (`SubspaceMasks.statistics`)."""
@@ -218,22 +211,27 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         return self.reclusterer.features(self.model)
 
     def recluster(self, epoch: int) -> None:
-        """Re-clusters after `epoch`; the result applies from epoch + 1."""
-        features = self.clustering_features()
-        split = self.growth == "double" and self.k < self.k_final
-        new = self.reclusterer.assign(features, self.labels, self.assignments, current_k=self.k,
-                                      target_k=self.k, seed=self.seed + 1000 * (epoch + 1), split=split)
-        if split:
-            self.split_parents = new.split_parents  # the fresh partition the split divided, for inspection
-            self.model.masks.grow()
-            self.model.reset_mask_optimizer()
-        self._set(new.assignments, self.model.masks.num_active if split else self.k)
+        """Re-clusters after `epoch` at the K the policy gives; the result applies from epoch + 1."""
+        step = self.policy.recluster_step(self.k)
+        self._apply(step, seed=self.seed + 1000 * (epoch + 1))
         self.last_recluster_epoch = epoch
         self._save(valid_from=epoch + 1)
         if self.verbose:
             print(f"\n[tfdnc] re-clustered after epoch {epoch + 1}: K={self.k}, "
                   f"cluster sizes {self.sampler.cluster_sizes()}", flush=True)
-        faults.kill_point("after_recluster", epoch=epoch + 1)
+
+    def _apply(self, step: KStep, seed: int) -> None:
+        """Clusters as `step` says (the reclusterer) and gives the result to the model and the sampler."""
+        new = self.reclusterer.assign(self.clustering_features(), self.assignments, step, seed=seed)
+        if new.k != step.new_k:
+            raise RuntimeError(f"{type(self.reclusterer).__name__}.assign returned K={new.k}, the step asked "
+                               f"for K={step.new_k}")
+        if step.split:
+            self.split_parents = new.split_parents  # the fresh partition the split divided, for inspection
+            self.model.grow_learners()
+        elif self.model.num_learners != step.new_k:
+            self.model.set_num_learners(step.new_k)
+        self._set(new.assignments, step.new_k)
 
     def _set(self, assignments: np.ndarray, k: int) -> None:
         self.assignments = np.asarray(assignments, np.int64)
@@ -258,23 +256,22 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
             state = self.store.load(epoch)
         if state is not None:
             self._restore(state)
-        elif self.growth == "fixed" and self.k_final > 1:
-            # CVPR: K is fixed from the first clustering.
-            new = self.reclusterer.assign(self.clustering_features(), self.labels, self.assignments, current_k=self.k,
-                                          target_k=self.k_final, seed=self.seed, split=False)
-            self.model.masks.set_num_active(self.k_final)
-            self._set(new.assignments, self.k_final)
+            return
+        step = self.policy.initial_step()
+        if step is not None:  # CVPR: K is fixed from the first clustering
+            self._apply(step, seed=self.seed)
             self._save(valid_from=epoch)
         else:
-            self._set(np.zeros(len(self.labels), np.int64), self.model.masks.num_active if self.growth == "fixed" else 1)
-            if self.model.masks.num_active != self.k:
-                self.model.masks.set_num_active(self.k)
+            self._set(np.zeros(len(self.labels), np.int64), 1)
+            if self.model.num_learners != 1:
+                self.model.set_num_learners(1)
 
     def _restore(self, state: ClusterState) -> None:
-        if self.model.masks.num_active != state.k:
+        if self.model.num_learners != state.k:
             raise RuntimeError(
-                f"cluster state in {self.store.directory!r} has K={state.k} but the model's masks have "
-                f"K={self.model.masks.num_active}: the weights and the cluster state come from "
+                f"the restored cluster state ({self.store.directory or 'backup generation'}) has K={state.k} but the "
+                "model's masks have "
+                f"K={self.model.num_learners}: the weights and the cluster state come from "
                 "different epochs (put DivideAndConquerSchedule before BackupAndRestore)"
             )
         self.history = state.history
@@ -285,3 +282,16 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
     def _save(self, valid_from: int) -> None:
         self.store.save(ClusterState(self.assignments, self.usable, self.k, valid_from, self.history))
 
+
+def _reclusterer(train_set: ImageSet | None, reclusterer: Reclusterer | None, local_options: dict) -> Reclusterer:
+    """The given reclusterer, or a `LocalReclusterer` of `train_set` with `local_options`; refuses a mix."""
+    if reclusterer is None:
+        if train_set is None:
+            raise ValueError("DivideAndConquerSchedule: give `reclusterer=`, or the training set and "
+                             "image_size= for a LocalReclusterer")
+        return LocalReclusterer(train_set, **local_options)
+    if train_set is not None or local_options:
+        given = ["train_set"] * (train_set is not None) + sorted(local_options)
+        raise ValueError(f"DivideAndConquerSchedule: {', '.join(given)} belong(s) to the reclusterer; "
+                         "with `reclusterer=` leave them out")
+    return reclusterer
