@@ -51,7 +51,10 @@ def test_the_user_signature_is_described_and_warmed_up(ran):
 
 
 def test_registering_a_name_twice_or_a_bad_signature_is_refused():
-    from tfdnc.exporting import Signature, TensorInfo, register_signature
+    from tfdnc.exporting import Signature, TensorInfo, contract, register_signature, registered_signatures
+
+    # The built-ins, in the order an export adds them (and its warm-up records run).
+    assert [s.name for s in registered_signatures()][:5] == list(contract.SIGNATURES)
 
     class Twice(Signature):
         name = "serving_default"

@@ -229,7 +229,8 @@ class SearchK(Signature):
         return search_k
 
     def warmup_inputs(self, graphs, batch_size: int) -> dict:
-        return {contract.IMAGE_BYTES: np.array([graphs.warmup_image()] * batch_size, dtype=object),
+        # k = max_k: the widest answer the export gives.
+        return {**super().warmup_inputs(graphs, batch_size),
                 contract.K: np.full(batch_size, graphs.gallery.max_k, np.int32)}
 
     def metadata(self, graphs) -> dict:

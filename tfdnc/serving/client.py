@@ -111,7 +111,7 @@ class ServingClient(abc.ABC):
         replaced by its `fallback`, if it declares one.
 
         Example:
-        >>> client.call("embedding_norm", ["query.jpg"])  # a signature you registered
+        >>> client.call("class_votes", ["query.jpg"])  # one you registered (docs/examples/own_signature.py)
         """
         declared = get_signature(signature)
         batch = self._client_batch(declared, data)
