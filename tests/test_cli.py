@@ -1,4 +1,4 @@
-"""`python -m export` and the `tfdnc` command (embed, search, train)."""
+"""`python -m tfdnc.exporting` and the `tfdnc` command (embed, search, train)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def export_base(run_dir, images, tmp_path_factory):
     run = run_dir
     base = tmp_path_factory.mktemp("exports")
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = [sys.executable, "-m", "export", str(run), "--base", str(base), "--name", "cli",
+    args = [sys.executable, "-m", "tfdnc.exporting", str(run), "--base", str(base), "--name", "cli",
             "--gallery", str(images), "--top-k", "3", "--max-k", "4"]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -133,16 +133,10 @@ def default_pixel_mode(name: str) -> str:
 
 
 def build_backbone(
-    name: str = "resnet50",
-    input_shape: tuple[int, int, int] = (224, 224, 3),
-    weights: str | None = None,
-    freeze_batchnorm: bool = False,
-    pixel_mode: str | None = None,
-    width: int = 32,
-    batchnorm_momentum: float | None = None,
-    batchnorm_epsilon: float | None = None,
-    pooling: str | None = None,
-    freeze_layers: int = 0,
+    name: str = "resnet50", input_shape: tuple[int, int, int] = (224, 224, 3), weights: str | None = None,
+    freeze_batchnorm: bool = False, pixel_mode: str | None = None, width: int = 32,
+    batchnorm_momentum: float | None = None, batchnorm_epsilon: float | None = None,
+    pooling: str | None = None, freeze_layers: int = 0,
 ) -> keras.Model:
     """Builds a backbone that maps [0, 255] images to pooled features.
 
@@ -166,14 +160,13 @@ def build_backbone(
             convention (new = momentum * old + (1 - momentum) * batch; torch's
             momentum m is 1 - m here), in [0, 1). None: 0.9 (torch's default)
             for small_cnn, the model's own (0.99 for the ResNets, 0.999 for
-            MobileNetV2) for keras.applications
-            trunks; a value is set on every BatchNormalization layer.
+            MobileNetV2) for keras.applications trunks.
         batchnorm_epsilon: the variance epsilon, > 0. None: 1e-5 (torch's)
             for small_cnn, the model's own for keras.applications trunks.
-        pooling: hub backbones only: "class" token or "mean" of the patch
-            tokens (None: the class token where there is one).
-        freeze_layers: hub backbones only: the patch embedding and the first
-            `freeze_layers` transformer blocks do not train.
+        pooling, freeze_layers: hub backbones only: "class" token or "mean"
+            of the patch tokens (None: the class token where there is one);
+            the patch embedding and the first `freeze_layers` transformer
+            blocks do not train.
 
     Returns:
         A `keras.Model` named "backbone"; `model.output_shape[-1]` is the
@@ -184,13 +177,36 @@ def build_backbone(
     >>> features = backbone(np.zeros((2, 28, 28, 1)))  # shape (2, 256)
     """
     if is_hub_backbone(name):
-        for arg, value in (("weights", weights), ("pixel_mode", pixel_mode), ("batchnorm_momentum", batchnorm_momentum),
-                           ("batchnorm_epsilon", batchnorm_epsilon)):
-            if value is not None:
-                raise ValueError(f"build_backbone: `{arg}` does not apply to {name!r}: a KerasHub preset brings its "
-                                 "weights and its image converter's pixel normalisation")
-        # freeze_batchnorm is a no-op: the transformers have LayerNorm only.
-        return build_hub_backbone(name, tuple(input_shape), pooling=pooling, freeze_layers=freeze_layers)
+        return _hub_backbone(name, input_shape, weights, pixel_mode, batchnorm_momentum, batchnorm_epsilon,
+                             pooling, freeze_layers)
+    weight_file = _check_build(name, input_shape, weights, pooling, freeze_layers, width,
+                               batchnorm_momentum, batchnorm_epsilon)
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = PixelNormalization(pixel_mode or default_pixel_mode(name), name="pixel_normalization")(inputs)
+    trunk = _trunk(name, input_shape, weights, width, batchnorm_momentum, batchnorm_epsilon)
+    model = keras.Model(inputs, trunk(x), name="backbone")
+    if weight_file is not None:
+        _load_weight_file(model, trunk, weight_file, name)
+    if name != SMALL_CNN:
+        set_batchnorm_options(model, batchnorm_momentum, batchnorm_epsilon)
+    return with_frozen_batchnorm(model) if freeze_batchnorm else model
+
+
+def _hub_backbone(name, input_shape, weights, pixel_mode, batchnorm_momentum, batchnorm_epsilon,
+                  pooling, freeze_layers) -> keras.Model:
+    """`build_backbone` of a "hub:PRESET" name, refusing the options that do not apply to it."""
+    for arg, value in (("weights", weights), ("pixel_mode", pixel_mode), ("batchnorm_momentum", batchnorm_momentum),
+                       ("batchnorm_epsilon", batchnorm_epsilon)):
+        if value is not None:
+            raise ValueError(f"build_backbone: `{arg}` does not apply to {name!r}: a KerasHub preset brings its "
+                             "weights and its image converter's pixel normalisation")
+    # freeze_batchnorm is a no-op: the transformers have LayerNorm only.
+    return build_hub_backbone(name, tuple(input_shape), pooling=pooling, freeze_layers=freeze_layers)
+
+
+def _check_build(name, input_shape, weights, pooling, freeze_layers, width, batchnorm_momentum,
+                 batchnorm_epsilon) -> str | None:
+    """`build_backbone`'s checks of a keras.applications or small_cnn build; returns its weights file, if any."""
     check_backbone(name, pooling, freeze_layers)
     if len(input_shape) != 3:
         raise ValueError(
@@ -209,34 +225,25 @@ def build_backbone(
     if width < 1:
         raise ValueError(f"build_backbone: `width` must be >= 1, got {width}")
     _check_batchnorm_settings(batchnorm_momentum, batchnorm_epsilon, "build_backbone")
-    mode = pixel_mode or default_pixel_mode(name)
+    return weight_file
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    x = PixelNormalization(mode, name="pixel_normalization")(inputs)
+
+def _trunk(name, input_shape, weights, width, batchnorm_momentum, batchnorm_epsilon) -> keras.Model:
+    """The feature extractor after the pixel normalisation: small_cnn or a pooled keras.applications model."""
     if name == SMALL_CNN:
-        trunk = _small_cnn(
+        return _small_cnn(
             input_shape,
             width,
             SMALL_CNN_BATCHNORM_MOMENTUM if batchnorm_momentum is None else batchnorm_momentum,
             SMALL_CNN_BATCHNORM_EPSILON if batchnorm_epsilon is None else batchnorm_epsilon,
         )
-    else:
-        constructor = _APPLICATIONS[name][0]
-        trunk = constructor(
-            include_top=False,
-            weights="imagenet" if weights == "imagenet" else None,
-            input_shape=input_shape,
-            pooling="avg",
-        )
-    features = trunk(x)
-    model = keras.Model(inputs, features, name="backbone")
-    if weight_file is not None:
-        _load_weight_file(model, trunk, weight_file, name)
-    if name != SMALL_CNN:
-        set_batchnorm_options(model, batchnorm_momentum, batchnorm_epsilon)
-    if freeze_batchnorm:
-        model = with_frozen_batchnorm(model)
-    return model
+    constructor = _APPLICATIONS[name][0]
+    return constructor(
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        input_shape=input_shape,
+        pooling="avg",
+    )
 
 
 def set_batchnorm_options(

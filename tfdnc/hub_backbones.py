@@ -277,8 +277,32 @@ def build_hub_backbone(
     Example:
     >>> backbone = build_hub_backbone("hub:/tmp/tiny_dinov2", (32, 32, 3))
     """
-    class_name = check_hub_backbone(name)
+    class_name = _check_build(name, input_shape, pooling, freeze_layers)
     preset = os.path.expanduser(name[len(HUB_PREFIX):])
+    keras_hub = _import_keras_hub()
+    if not class_name:  # a kaggle:// or hf:// handle: KerasHub downloads, then we know the class
+        class_name = _loaded_class_name(keras_hub, preset, name)
+    family = FAMILIES[class_name]
+    side = int(input_shape[0])
+    hub, target = _load_preset(keras_hub, preset, name, family, side)
+    scale, offset = _pixel_scale_offset(keras_hub, preset, family)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="pixels")
+    x = keras.layers.Rescaling(scale, offset, name="pixel_normalization")(inputs)
+    if target != side or int(input_shape[1]) != side:
+        x = keras.layers.Resizing(target, target, name="patch_resize")(x)
+    tokens = HubTrunk(hub, freeze_layers=int(freeze_layers), name="hub_trunk")(x)
+    prefix = _prefix_tokens(hub)
+    mode = pooling or ("class" if prefix else "mean")
+    if mode == "class" and not prefix:
+        raise ValueError(f"--backbone {name}: this backbone has no class token; use --backbone-pooling mean")
+    features = TokenPooling(mode, prefix_tokens=prefix, name="token_pooling")(tokens)
+    return keras.Model(inputs, features, name="backbone")
+
+
+def _check_build(name: str, input_shape, pooling, freeze_layers) -> str:
+    """`build_hub_backbone`'s checks; returns the backbone class name ("" for a kaggle:// or hf:// handle)."""
+    class_name = check_hub_backbone(name)
     if len(input_shape) != 3 or input_shape[-1] != 3 or None in input_shape[:2]:
         raise ValueError(f"--backbone {name}: KerasHub transformers take RGB images of a fixed size "
                          f"(height, width, 3), got input shape {tuple(input_shape)}")
@@ -286,11 +310,11 @@ def build_hub_backbone(
         raise ValueError(f"--backbone-pooling must be one of {POOLINGS}, got {pooling!r}")
     if int(freeze_layers) < 0:
         raise ValueError(f"--freeze-backbone-layers must be >= 0, got {freeze_layers}")
-    keras_hub = _import_keras_hub()
-    if not class_name:  # a kaggle:// or hf:// handle: KerasHub downloads, then we know the class
-        class_name = _loaded_class_name(keras_hub, preset, name)
-    family = FAMILIES[class_name]
-    side = int(input_shape[0])
+    return class_name
+
+
+def _load_preset(keras_hub, preset: str, name: str, family, side: int):
+    """The KerasHub backbone at the patch-grid side nearest `side` (if its family resizes), and that side."""
     options = {}
     policy = keras.config.dtype_policy().name
     if policy != "float32":
@@ -306,19 +330,7 @@ def build_hub_backbone(
             target = int(hub.image_shape[0])
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"--backbone {name}: KerasHub could not load the preset ({exc})") from None
-    scale, offset = _pixel_scale_offset(keras_hub, preset, family)
-
-    inputs = keras.Input(shape=tuple(input_shape), name="pixels")
-    x = keras.layers.Rescaling(scale, offset, name="pixel_normalization")(inputs)
-    if target != side or int(input_shape[1]) != side:
-        x = keras.layers.Resizing(target, target, name="patch_resize")(x)
-    tokens = HubTrunk(hub, freeze_layers=int(freeze_layers), name="hub_trunk")(x)
-    prefix = _prefix_tokens(hub)
-    mode = pooling or ("class" if prefix else "mean")
-    if mode == "class" and not prefix:
-        raise ValueError(f"--backbone {name}: this backbone has no class token; use --backbone-pooling mean")
-    features = TokenPooling(mode, prefix_tokens=prefix, name="token_pooling")(tokens)
-    return keras.Model(inputs, features, name="backbone")
+    return hub, target
 
 
 def _loaded_class_name(keras_hub, preset: str, name: str) -> str:

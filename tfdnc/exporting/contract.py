@@ -4,32 +4,10 @@ These names are the stable interface between an exported SavedModel and its
 clients (TF Serving requests, `tfdnc.serving`, the CLI). This module imports
 no TensorFlow, so clients can use it without loading TF.
 
-Signatures (batch size B is always dynamic; H, W, C the model's input size,
-d the embedding size, K the number of active learners, k the export's top-k,
-m the largest `k` asked for in the batch):
-
-=================  ============================  ==========================================
-signature          inputs                        outputs
-=================  ============================  ==========================================
-serving_default    image_bytes: string (B,)      embeddings: float32 (B, d)
-embed_pixels       pixels: float32 (B, H, W, C)  embeddings: float32 (B, d)
-embed_learners     image_bytes: string (B,)      learner_embeddings: float32 (B, K, d)
-search             image_bytes: string (B,)      ids: string|int64 (B, k),
-                                                 similarities: float32 (B, k),
-                                                 indices: int32 (B, k)
-search_k           image_bytes: string (B,),     ids, similarities, indices: (B, m)
-                   k: int32 (B,)
-=================  ============================  ==========================================
-
-`search_k` is `search` with a per-request k: one value per query image, each
-in 1..max_k (fixed at export; larger values fail the request with
-INVALID_ARGUMENT, they are not clipped). Every row gets the top m hits, m the
-largest k of the batch, best first, so a row's own top k are its first k
-columns; the clients cut each request back to its k. It is a signature of
-its own, not an optional input of `search`, because TF Serving's server-side
-batching needs every input to carry the batch dimension: an optional `k`
-with a fixed default could not be batched with B > 1 images, and old
-clients of `search` keep working unchanged.
+Each signature is declared once, with its inputs, outputs, body, warm-up
+request, metadata and client call, in `tfdnc.exporting.endpoints` (the
+table of all five is there); this module holds only the names they share
+with the clients and the files written beside the SavedModel.
 """
 
 from __future__ import annotations
@@ -39,6 +17,8 @@ EMBED_PIXELS = "embed_pixels"
 EMBED_LEARNERS = "embed_learners"
 SEARCH = "search"
 SEARCH_K = "search_k"
+# The built-in signatures, in the order an export adds them
+# (`tfdnc.exporting.endpoints.REGISTRY` holds their declarations).
 SIGNATURES = (SERVING_DEFAULT, EMBED_PIXELS, EMBED_LEARNERS, SEARCH, SEARCH_K)
 
 # Input tensors. The `_bytes` suffix tells TF Serving-style REST front ends

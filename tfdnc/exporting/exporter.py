@@ -8,13 +8,14 @@ import os
 import time
 from typing import Any, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 import tfdnc
 from tfdnc.exporting import contract
+from tfdnc.exporting.endpoints import registered_signatures
 from tfdnc.exporting.gallery import Gallery
-from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS, ServingGraphs, encode_png
+from tfdnc.exporting.signature import Signature
+from tfdnc.exporting.signatures import DEFAULT_MAX_PIXELS, ServingGraphs
 from tfdnc.exporting.versions import staged_version
 from tfdnc.exporting.warmup import (
     DEFAULT_WARMUP_BATCH_SIZES,
@@ -31,23 +32,16 @@ _CUSTOM_OBJECT_MODULES = (
 
 
 def export_model(
-    model,
-    base: str | os.PathLike,
-    name: str,
-    *,
-    image_size: int,
-    resize_size: int | None = None,
-    channels: int | None = None,
-    version: int | None = None,
-    gallery=None,
-    top_k: int = 10,
-    max_k: int | None = None,
-    warmup: bool = True,
+    model, base: str | os.PathLike, name: str, *, image_size: int, resize_size: int | None = None,
+    channels: int | None = None, version: int | None = None, gallery=None, top_k: int = 10,
+    max_k: int | None = None, warmup: bool = True,
     warmup_batch_sizes: Sequence[int] = DEFAULT_WARMUP_BATCH_SIZES,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    source: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | None = None,
 ) -> str:
     """Writes `model` as SavedModel version BASE/NAME/VERSION; returns its path.
+
+    The export has every registered signature its model and gallery allow
+    (`tfdnc.exporting.endpoints`), their warm-up requests and metadata.
 
     Args:
         model: a Keras model taking float (B, H, W, C) pixels in [0, 255] and
@@ -55,110 +49,46 @@ def export_model(
         base: the model base folder TF Serving is pointed at.
         name: the model name (TF Serving's `name` and folder under `base`).
         image_size, resize_size: the evaluation transform (shorter side to
-            `resize_size`, centre crop `image_size`) run inside the graph on
-            encoded images.
+            `resize_size`, centre crop `image_size`) run in the graph.
         channels: channels images are decoded to; default: the model's.
         version: integer version; default: the next free one. An existing
             version is never overwritten.
         gallery: None, a `Gallery`, an .npz file (`embeddings`, `ids`), a
             folder of images (ids: relative paths) or (embeddings, ids);
-            adds the `search` signature. None: the model's own index, if
+            adds the `search` signatures. None: the model's own index, if
             it holds one (`DivideAndConquerModel.index`).
         top_k: how many gallery hits `search` returns (clipped to its size).
         max_k: the largest k a `search_k` request may ask for (default
-            `top_k`; clipped to the gallery size); larger requests fail
-            with INVALID_ARGUMENT.
+            `top_k`; clipped to the gallery size).
         warmup: write TF Serving warm-up requests (skipped with a warning
             when `tensorflow-serving-api` is not installed).
         warmup_batch_sizes: one warm-up request per signature and batch
-            size: the sizes server-side batching runs (default: the
-            deployment kit's allowed_batch_sizes; see
-            `tfdnc.exporting.warmup.batching_batch_sizes` to read a file).
-        max_pixels: largest image (height x width) a request may send,
-            checked from its header before decoding; None: no limit.
+            size (default: the deployment kit's allowed_batch_sizes).
+        max_pixels: largest image (height x width) a request may send; None: no limit.
         source: where the model came from, recorded in the export metadata.
 
     Example:
-    >>> path = export_model(model, "exports", "dnc", image_size=28)
-    >>> # exports/dnc/1, ready for `tensorflow_model_server --model_base_path`
+    >>> path = export_model(model, "exports", "dnc", image_size=28)  # exports/dnc/1
     """
-    import keras
-
-    if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
-        raise ValueError(f"export: model `name` must be a plain folder name, got {name!r}")
+    _check_name(name)
     channels = channels if channels is not None else _model_channels(model)
     warmup_batch_sizes = check_batch_sizes(warmup_batch_sizes)
-    graphs = ServingGraphs(
-        model,
-        image_size=image_size,
-        resize_size=resize_size,
-        channels=channels,
-        num_learners=_num_learners(model),
-        max_pixels=max_pixels,
-    )
+    graphs = ServingGraphs(model, image_size=image_size, resize_size=resize_size, channels=channels,
+                           num_learners=_num_learners(model), max_pixels=max_pixels)
     started = time.perf_counter()
-    embed_bytes = _eager_embedder(graphs)
-    gallery_obj = None
-    if gallery is None:
-        # A model that holds an index (`model.index(x, y)`) exports it as its search gallery.
-        index_gallery = getattr(model, "index_gallery", None)
-        gallery = index_gallery() if callable(index_gallery) else None
-    if gallery is not None:
-        gallery_obj = Gallery.load(gallery, embed_bytes)
-        dim = int(embed_bytes([encode_png(np.zeros(graphs.image_shape, np.uint8))]).shape[-1])
-        if gallery_obj.dim != dim:
-            raise ValueError(
-                f"export: gallery embeddings have {gallery_obj.dim} dims, the model's have {dim}"
-            )
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    functions = {
-        endpoint: archive.add_endpoint(endpoint, fn, input_signature=spec)
-        for endpoint, (fn, spec) in graphs.endpoints(gallery_obj, top_k, max_k).items()
-    }
+    gallery_obj = _load_gallery(model, graphs, gallery)
     if gallery_obj is not None:
-        archive.add_variable_collection("gallery", graphs.gallery_variables())
-
-    model_dir = os.path.join(os.fspath(base), name)
-    with staged_version(model_dir, version) as staged:
+        graphs.attach_gallery(gallery_obj, top_k, max_k)
+    signatures = [s for s in registered_signatures() if s.available(graphs)]
+    archive, functions = _build_archive(model, graphs, signatures)
+    with staged_version(os.path.join(os.fspath(base), name), version) as staged:
         archive.write_out(staged.staging, verbose=False)
-        signatures = _describe_signatures(functions)
         extra = os.path.join(staged.staging, contract.ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        warmup_records = 0
-        if warmup:
-            if warmup_available():
-                requests = _warmup_requests(graphs, signatures, warmup_batch_sizes)
-                warmup_records = write_warmup_requests(os.path.join(extra, contract.WARMUP_FILE), name, requests)
-            else:
-                import warnings
-
-                warnings.warn(
-                    "export: tensorflow-serving-api is not installed; no warm-up requests written "
-                    "(pip install 'tfdnc[serving]')",
-                    stacklevel=2,
-                )
-        metadata = {
-            "tfdnc_version": tfdnc.__version__,
-            "tensorflow_version": tf.__version__,
-            "model": name,
-            "source": source,
-            "image_size": graphs.image_size,
-            "resize_size": graphs.resize_size,
-            "channels": graphs.channels,
-            "max_pixels": graphs.max_pixels,
-            "num_learners": graphs.num_learners if graphs.has_learners else None,
-            "gallery_size": len(gallery_obj) if gallery_obj is not None else 0,
-            "top_k": graphs.top_k if gallery_obj is not None else None,
-            "max_k": graphs.max_k if gallery_obj is not None else None,
-            "warmup_requests": warmup_records,
-            "warmup_batch_sizes": list(warmup_batch_sizes) if warmup_records else [],
-            "signatures": signatures,
-            "export_seconds": round(time.perf_counter() - started, 3),
-        }
-        with open(os.path.join(extra, contract.METADATA_FILE), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
+        records = _write_warmup(extra, name, graphs, signatures, warmup_batch_sizes) if warmup else 0
+        _write_metadata(extra, graphs, signatures, functions, model=name, source=source,
+                        warmup_requests=records, warmup_batch_sizes=list(warmup_batch_sizes) if records else [],
+                        started=started)
     return staged.path
 
 
@@ -268,6 +198,11 @@ def _num_learners(model) -> int | None:
     return int(count) if count is not None else None
 
 
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"export: model `name` must be a plain folder name, got {name!r}")
+
+
 def _eager_embedder(graphs: ServingGraphs):
     fn = tf.function(lambda b: graphs.embed(graphs.decode(b, "gallery")))
 
@@ -275,6 +210,79 @@ def _eager_embedder(graphs: ServingGraphs):
         return fn(tf.constant(list(contents), tf.string)).numpy()
 
     return embed
+
+
+def _load_gallery(model, graphs: ServingGraphs, gallery) -> Gallery | None:
+    """The export's search gallery, embedded by the serving graph; None: no search signatures.
+
+    `gallery` None: the model's own index, if it holds one (`model.index(x, y)`).
+    """
+    if gallery is None:
+        index_gallery = getattr(model, "index_gallery", None)
+        gallery = index_gallery() if callable(index_gallery) else None
+    if gallery is None:
+        return None
+    embed_bytes = _eager_embedder(graphs)
+    loaded = Gallery.load(gallery, embed_bytes)
+    dim = int(embed_bytes([graphs.warmup_image()]).shape[-1])
+    if loaded.dim != dim:
+        raise ValueError(f"export: gallery embeddings have {loaded.dim} dims, the model's have {dim}")
+    return loaded
+
+
+def _build_archive(model, graphs: ServingGraphs, signatures: Sequence[Signature]):
+    """A Keras ExportArchive with one endpoint per signature (and the gallery variables)."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    functions = {
+        signature.name: archive.add_endpoint(
+            signature.name, signature.function(graphs), input_signature=signature.input_specs(graphs)
+        )
+        for signature in signatures
+    }
+    if graphs.gallery is not None:
+        archive.add_variable_collection("gallery", graphs.gallery.variables)
+    return archive, functions
+
+
+def _write_warmup(extra: str, name: str, graphs: ServingGraphs, signatures: Sequence[Signature],
+                  batch_sizes: Sequence[int]) -> int:
+    """Writes assets.extra's warm-up records (one per signature and batch size); returns how many."""
+    if not warmup_available():
+        import warnings
+
+        warnings.warn(
+            "export: tensorflow-serving-api is not installed; no warm-up requests written "
+            "(pip install 'tfdnc[serving]')",
+            stacklevel=3,
+        )
+        return 0
+    requests = [(s.name, s.warmup_inputs(graphs, size)) for s in signatures for size in batch_sizes]
+    return write_warmup_requests(os.path.join(extra, contract.WARMUP_FILE), name, requests)
+
+
+def _write_metadata(extra: str, graphs: ServingGraphs, signatures: Sequence[Signature], functions: dict,
+                    started: float, **fields: Any) -> None:
+    """assets.extra/tfdnc_export.json: versions, image settings, each registered signature's fields
+    (its values when exported, its `metadata_absent` when not), the signatures' tensors."""
+    exported = {s.name for s in signatures}
+    metadata = {
+        "tfdnc_version": tfdnc.__version__,
+        "tensorflow_version": tf.__version__,
+        "image_size": graphs.image_size,
+        "resize_size": graphs.resize_size,
+        "channels": graphs.channels,
+        "max_pixels": graphs.max_pixels,
+        **fields,
+    }
+    for signature in registered_signatures():
+        metadata.update(signature.metadata(graphs) if signature.name in exported else signature.metadata_absent)
+    metadata["signatures"] = _describe_signatures(functions)
+    metadata["export_seconds"] = round(time.perf_counter() - started, 3)
+    with open(os.path.join(extra, contract.METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
 
 
 def _describe_signatures(functions: dict) -> dict:
@@ -292,21 +300,3 @@ def _describe_signatures(functions: dict) -> dict:
             "outputs": {k: spec(v) for k, v in concrete.structured_outputs.items()},
         }
     return described
-
-
-def _warmup_requests(graphs: ServingGraphs, signatures: dict, batch_sizes: Sequence[int]) -> list:
-    # A mid-grey image: decodes everywhere and exercises the whole graph.
-    image = encode_png(np.full(graphs.image_shape, 128, np.uint8))
-    requests = []
-    for endpoint in signatures:
-        for size in batch_sizes:
-            if endpoint == contract.EMBED_PIXELS:
-                # One value for the whole batch: a 64-image batch of 224 x 224
-                # pixels stays a few bytes instead of 38 MB in the export.
-                inputs = {contract.PIXELS: tf.make_tensor_proto(128.0, tf.float32, (size, *graphs.image_shape))}
-            else:
-                inputs = {contract.IMAGE_BYTES: np.array([image] * size, dtype=object)}
-            if endpoint == contract.SEARCH_K:
-                inputs[contract.K] = np.full(size, graphs.max_k, np.int32)
-            requests.append((endpoint, inputs))
-    return requests

@@ -1,4 +1,9 @@
-"""The serving graphs of an export, as `tf.function`s built from a Keras model.
+"""The building blocks of an export's serving graphs, around a Keras model.
+
+`ServingGraphs` decodes and checks requests and runs the model;
+`SearchGallery` holds the gallery variables and answers top-k queries. The
+signatures themselves (which blocks each one chains, its inputs and outputs)
+are declared in `tfdnc.exporting.endpoints`, one class each.
 
 Everything here is core TensorFlow (decode, resize, matmul, top-k, asserts),
 so TF Serving can run the exported graphs without custom ops or Python.
@@ -11,8 +16,6 @@ NaN or infinite pixels and pixels outside [0, 255].
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -58,9 +61,14 @@ class ServingGraphs:
             request instead of letting a decompression bomb exhaust the
             server's memory. None: no limit.
 
+    Attributes:
+        gallery: the `SearchGallery` of an export with a search gallery
+            (`attach_gallery`), else None.
+
     Example:
     >>> graphs = ServingGraphs(model, image_size=28, channels=1)
-    >>> fn, spec = graphs.endpoints()["serving_default"]
+    >>> pixels = graphs.decode(tf.constant([png_bytes]), "serving_default")
+    >>> embeddings = graphs.embed(pixels)
     """
 
     def __init__(
@@ -89,19 +97,27 @@ class ServingGraphs:
         self.num_learners = num_learners
         self.max_pixels = int(max_pixels) if max_pixels is not None else None
         self.image_shape = (self.image_size, self.image_size, self.channels)
+        self.gallery: SearchGallery | None = None
 
-    # --- specs ---------------------------------------------------------------
-    @property
-    def bytes_spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec((None,), tf.string, name=contract.IMAGE_BYTES)
+    def attach_gallery(self, gallery, top_k: int = 10, max_k: int | None = None) -> "SearchGallery":
+        """Makes `gallery` (a `tfdnc.exporting.Gallery`) the search gallery; returns its variables' holder."""
+        self.gallery = SearchGallery(gallery, top_k, max_k)
+        return self.gallery
 
-    @property
-    def pixels_spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec((None, *self.image_shape), tf.float32, name=contract.PIXELS)
+    # --- what the signatures' declarations resolve ----------------------------
+    def dimension(self, letter) -> int | None:
+        """A `TensorInfo` shape entry -> a TensorSpec dimension: "B" (batch) None, "H"/"W" the image
+        size, "C" the channels; an int is itself."""
+        if isinstance(letter, int):
+            return letter
+        sizes = {"B": None, "H": self.image_size, "W": self.image_size, "C": self.channels}
+        if letter not in sizes:
+            raise ValueError(f"ServingGraphs: unknown input dimension {letter!r}; use an int or one of {sorted(sizes)}")
+        return sizes[letter]
 
-    @property
-    def k_spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec((None,), tf.int32, name=contract.K)
+    def warmup_image(self) -> bytes:
+        """A mid-grey PNG at the model's size: decodes everywhere and exercises the whole graph."""
+        return encode_png(np.full(self.image_shape, 128, np.uint8))
 
     @property
     def has_learners(self) -> bool:
@@ -235,71 +251,44 @@ class ServingGraphs:
             out = out[:, : self.num_learners]
         return out
 
-    # --- signatures ----------------------------------------------------------
-    def endpoints(
-        self, gallery=None, top_k: int = 10, max_k: int | None = None
-    ) -> dict[str, tuple[Callable, list]]:
-        """name -> (function returning a dict of outputs, input signature).
 
-        `gallery`: a `tfdnc.exporting.Gallery` whose embeddings and ids become
-        variables; the `search` (k = `top_k`) and `search_k` (a k per query,
-        up to `max_k`, default `top_k`) signatures are only built when one is
-        given. Both k are clipped to the gallery size.
-        """
-        endpoints = {}
+class SearchGallery:
+    """The gallery of an export's search signatures, as variables, and the top-k query over it.
 
-        def serving_default(image_bytes):
-            pixels = self.decode(image_bytes, contract.SERVING_DEFAULT)
-            return {contract.EMBEDDINGS: self.embed(pixels)}
+    The embeddings (L2-normalised, so similarities are cosines) and ids are
+    `tf.Variable`s, not constants, so the gallery lives in the SavedModel's
+    variables/ checkpoint, not in the graph proto.
 
-        def embed_pixels(pixels):
-            pixels = self.check_pixels(pixels, contract.EMBED_PIXELS)
-            return {contract.EMBEDDINGS: self.embed(pixels)}
+    Args:
+        gallery: a `tfdnc.exporting.Gallery`.
+        top_k: hits of the fixed-k search; clipped to the gallery size.
+        max_k: the largest per-request k (default `top_k`); clipped too.
 
-        endpoints[contract.SERVING_DEFAULT] = (serving_default, [self.bytes_spec])
-        endpoints[contract.EMBED_PIXELS] = (embed_pixels, [self.pixels_spec])
+    Example:
+    >>> hits = SearchGallery(Gallery(embeddings, ids), top_k=10).top_hits(queries, 10)
+    """
 
-        if self.has_learners:
+    def __init__(self, gallery, top_k: int = 10, max_k: int | None = None):
+        max_k = top_k if max_k is None else max_k
+        for name, value in (("top_k", top_k), ("max_k", max_k)):
+            if int(value) < 1:
+                raise ValueError(f"ServingGraphs: `{name}` must be >= 1, got {value}")
+        self.size = len(gallery)
+        self.top_k = min(int(top_k), self.size)
+        self.max_k = min(int(max_k), self.size)
+        self.embeddings = tf.Variable(gallery.normalized_embeddings(), trainable=False, name="gallery_embeddings")
+        self.ids = tf.Variable(gallery.ids, trainable=False, name="gallery_ids")
 
-            def embed_learners(image_bytes):
-                pixels = self.decode(image_bytes, contract.EMBED_LEARNERS)
-                return {contract.LEARNER_EMBEDDINGS: self.learner_embeddings(pixels)}
-
-            endpoints[contract.EMBED_LEARNERS] = (embed_learners, [self.bytes_spec])
-
-        if gallery is not None:
-            max_k = top_k if max_k is None else max_k
-            for name, value in (("top_k", top_k), ("max_k", max_k)):
-                if int(value) < 1:
-                    raise ValueError(f"ServingGraphs: `{name}` must be >= 1, got {value}")
-            self.top_k = min(int(top_k), len(gallery))
-            self.max_k = min(int(max_k), len(gallery))
-            # tf.Variables (not constants) so the gallery lives in the
-            # SavedModel's variables/ checkpoint, not in the graph proto.
-            self.gallery_embeddings = tf.Variable(
-                gallery.normalized_embeddings(), trainable=False, name="gallery_embeddings"
-            )
-            self.gallery_ids = tf.Variable(gallery.ids, trainable=False, name="gallery_ids")
-
-            def search(image_bytes):
-                queries = self.embed(self.decode(image_bytes, contract.SEARCH))
-                return self.top_hits(queries, self.top_k)
-
-            def search_k(image_bytes, k):
-                k = self.check_k(k, tf.shape(image_bytes)[0], contract.SEARCH_K)
-                queries = self.embed(self.decode(image_bytes, contract.SEARCH_K))
-                return self.top_hits(queries, tf.reduce_max(k))
-
-            endpoints[contract.SEARCH] = (search, [self.bytes_spec])
-            endpoints[contract.SEARCH_K] = (search_k, [self.bytes_spec, self.k_spec])
-        return endpoints
+    @property
+    def variables(self) -> list:
+        return [self.embeddings, self.ids]
 
     def top_hits(self, queries: tf.Tensor, k) -> dict[str, tf.Tensor]:
         """The k most similar gallery items of each query: ids, cosines, rows."""
-        similarities = tf.matmul(queries, self.gallery_embeddings, transpose_b=True)
+        similarities = tf.matmul(queries, self.embeddings, transpose_b=True)
         top = tf.math.top_k(similarities, k=k)
         return {
-            contract.IDS: tf.gather(self.gallery_ids, top.indices),
+            contract.IDS: tf.gather(self.ids, top.indices),
             contract.SIMILARITIES: top.values,
             contract.INDICES: top.indices,
         }
@@ -329,10 +318,6 @@ class ServingGraphs:
             )
         with tf.control_dependencies([in_range]):
             return tf.identity(k)
-
-    def gallery_variables(self) -> list:
-        return [v for v in (getattr(self, "gallery_embeddings", None),
-                            getattr(self, "gallery_ids", None)) if v is not None]
 
 
 def _looks_like_image(contents: tf.Tensor) -> tf.Tensor:

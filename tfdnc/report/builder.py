@@ -24,20 +24,9 @@ _SUMMARY_KEYS = (
 
 
 def build_report(
-    run_dir: str,
-    output_dir: str | None = None,
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    projection: str = "tsne",
-    max_points: int = 1500,
-    map_classes: int = 20,
-    num_queries: int = 6,
-    top_k: int = 5,
-    batch_size: int = 128,
-    inline: bool = False,
-    seed: int = 0,
-    progress: bool = True,
+    run_dir: str, output_dir: str | None = None, *, dataset: str | None = None, data_dir: str | None = None,
+    projection: str = "tsne", max_points: int = 1500, map_classes: int = 20, num_queries: int = 6,
+    top_k: int = 5, batch_size: int = 128, inline: bool = False, seed: int = 0, progress: bool = True,
 ) -> str:
     """Writes `index.html` and its PNG figures for a training run; returns the page's path.
 
@@ -79,35 +68,48 @@ def build_report(
     stages.step("loading the model")
     embedder, why_not = _load_model(info)
     sections.append(_masks_section(info, embedder, why_not, output_dir, src))
+    splits, data_note = (None, why_not) if embedder is None else _load_data(info, dataset, data_dir)
+    sections += _data_sections(info, embedder, splits, data_note, stages, src, output_dir,
+                               dict(projection=projection, max_points=max_points, map_classes=map_classes,
+                                    num_queries=num_queries, top_k=top_k, batch_size=batch_size, seed=seed,
+                                    progress=progress))
+    stages.close()
+    return _write_page(run_dir, output_dir, sections)
+
+
+def _data_sections(info, embedder, splits, data_note, stages, src, output_dir, options) -> list:
+    """The evaluation, embedding-map and retrieval sections (notes saying why when there is no data)."""
     results_section = Section("Evaluation")
     map_section = Section("Test embeddings")
     retrieval_section = Section("Retrieval examples")
-    splits, data_note = (None, why_not) if embedder is None else _load_data(info, dataset, data_dir)
+    sections = [results_section, map_section, retrieval_section]
     if splits is None:
-        for section in (results_section, map_section, retrieval_section):
+        for section in sections:
             section.note(f"Skipped: {data_note}.")
         stages.step("embedding (skipped)")
         stages.step("figures (skipped)")
+        return sections
+    seed = options["seed"]
+    stages.step("embedding and evaluating")
+    result, embedded, sets = _evaluate(embedder, splits, options["batch_size"], seed, options["progress"])
+    _results(results_section, result, output_dir)
+    stages.step("map and retrieval examples")
+    query_set, gallery_set = next(iter(sets.values()))
+    gallery_embeddings = embedded[id(gallery_set)]
+    path, caption = _embedding_map(gallery_set, gallery_embeddings, _final_k(info), options["projection"],
+                                   options["max_points"], options["map_classes"], seed, output_dir)
+    map_section.figure(src(path), caption, "2-D map of test embeddings")
+    if options["num_queries"]:
+        path, caption = _retrieval(embedder, query_set, gallery_set,
+                                   embedded[id(query_set)] if query_set is not None else None,
+                                   gallery_embeddings, options["num_queries"], options["top_k"], seed, output_dir)
+        retrieval_section.figure(src(path), caption, "retrieval examples")
     else:
-        stages.step("embedding and evaluating")
-        result, embedded, sets = _evaluate(embedder, splits, batch_size, seed, progress)
-        _results(results_section, result, output_dir)
-        stages.step("map and retrieval examples")
-        query_set, gallery_set = next(iter(sets.values()))
-        gallery_embeddings = embedded[id(gallery_set)]
-        path, caption = _embedding_map(gallery_set, gallery_embeddings, _final_k(info), projection, max_points,
-                                       map_classes, seed, output_dir)
-        map_section.figure(src(path), caption, "2-D map of test embeddings")
-        if num_queries:
-            path, caption = _retrieval(embedder, query_set, gallery_set,
-                                       embedded[id(query_set)] if query_set is not None else None,
-                                       gallery_embeddings, num_queries, top_k, seed, output_dir)
-            retrieval_section.figure(src(path), caption, "retrieval examples")
-        else:
-            retrieval_section.note("No retrieval examples requested (--num-queries 0).")
-    sections += [results_section, map_section, retrieval_section]
-    stages.close()
+        retrieval_section.note("No retrieval examples requested (--num-queries 0).")
+    return sections
 
+
+def _write_page(run_dir: str, output_dir: str, sections: list) -> str:
     title = f"tfdnc run report: {os.path.basename(os.path.abspath(run_dir))}"
     subtitle = f"{os.path.abspath(run_dir)} \u00b7 generated {datetime.datetime.now():%Y-%m-%d %H:%M}"
     page = os.path.join(output_dir, "index.html")

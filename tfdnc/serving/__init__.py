@@ -1,8 +1,9 @@
 """Clients for exported tfdnc models: TF Serving over REST or gRPC, or in-process.
 
 All three share one interface (`ServingClient`): `embed`, `embed_pixels`,
-`embed_learners`, `search`, `predict`, `status`, `metadata`; every failure
-is a `ServingError` naming the model, version and signature.
+`embed_learners`, `search`, `call` (any registered signature), `predict`,
+`status`, `metadata`; every failure is a `ServingError` naming the model,
+version and signature.
 
 Example:
 >>> from tfdnc.serving import RestClient, GrpcClient, ExportedModel
@@ -17,7 +18,7 @@ from tfdnc.utils.lazy import lazy_attributes
 
 _LAZY = {
     "ServingClient": "tfdnc.serving.client",
-    "SearchResult": "tfdnc.serving.client",
+    "SearchResult": "tfdnc.exporting.endpoints",
     "ServingError": "tfdnc.serving.errors",
     "RestClient": "tfdnc.serving.rest",
     "GrpcClient": "tfdnc.serving.grpc_client",

@@ -2,69 +2,23 @@
 
 `RestClient`, `GrpcClient` (TF Serving) and `ExportedModel` (in-process)
 implement `_predict`, `_status` and `_metadata`; this base class adds input
-checks, batching, retries on UNAVAILABLE and result types.
+checks, batching, retries on UNAVAILABLE and result types. A call of a
+signature (`call`, and `embed`, `search`, ... that name one) is built and
+read by the signature's own declaration (`tfdnc.exporting.endpoints`).
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from tfdnc.exporting import contract
+from tfdnc.exporting.endpoints import SearchResult, get_signature
 from tfdnc.serving.errors import ServingError
 from tfdnc.serving.images import ImageLike, as_image_list
-
-
-@dataclass
-class SearchResult:
-    """Top-k gallery hits per query: each array is (queries, k)."""
-
-    ids: np.ndarray
-    similarities: np.ndarray
-    indices: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @classmethod
-    def concatenate(cls, outputs: list[Mapping[str, np.ndarray]], k: int | None = None) -> "SearchResult":
-        """One result from the outputs of several `search` / `search_k` requests.
-
-        Each is cut to its first `k` columns (a batching server can answer a
-        `search_k` request with more: the largest k of its merged batch).
-        Ids become `str` (gRPC and in-process answers give bytes, REST text).
-        """
-        columns = slice(None) if k is None else slice(0, int(k))
-
-        def part(name, dtype):
-            return np.concatenate([np.asarray(o[name])[:, columns] for o in outputs]).astype(dtype)
-
-        ids = np.concatenate([np.asarray(o[contract.IDS])[:, columns] for o in outputs])
-        if ids.dtype.kind in "OS":
-            ids = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
-                               otypes=[object])(ids)
-        return cls(ids=ids, similarities=part(contract.SIMILARITIES, np.float32),
-                   indices=part(contract.INDICES, np.int32))
-
-    def to_records(self, query_ids: Iterable[str] | None = None) -> list[dict]:
-        """One {"query", "rank", "id", "similarity", "index"} dict per hit."""
-        query_ids = list(query_ids) if query_ids is not None else list(range(len(self.ids)))
-        records = []
-        for q, query in enumerate(query_ids):
-            for rank in range(self.ids.shape[1]):
-                hit = self.ids[q, rank]
-                records.append({
-                    "query": query,
-                    "rank": rank + 1,
-                    "id": hit.decode() if isinstance(hit, bytes) else hit.item() if hasattr(hit, "item") else hit,
-                    "similarity": float(self.similarities[q, rank]),
-                    "index": int(self.indices[q, rank]),
-                })
-        return records
 
 
 class ServingClient(abc.ABC):
@@ -146,33 +100,43 @@ class ServingClient(abc.ABC):
         """Signatures with input/output names, dtypes and shapes."""
         return self._with_retries(self._metadata)
 
-    # --- embedding and search ------------------------------------------------
+    # --- signature calls -----------------------------------------------------
+    def call(self, signature: str, data, batch_size: int | None = None, **options: Any):
+        """Runs a registered signature on `data`; returns what its declaration makes of the answer.
+
+        `data`: encoded images (bytes or file paths) or a float (N, H, W, C)
+        pixel array, as the signature's `client_input` says; sent in requests
+        of `batch_size` (None: one request). `options` go to the signature
+        (e.g. `k` for `search_k`). A signature the served export lacks is
+        replaced by its `fallback`, if it declares one.
+
+        Example:
+        >>> client.call("class_votes", ["query.jpg"])  # one you registered (docs/examples/own_signature.py)
+        """
+        declared = get_signature(signature)
+        batch = self._client_batch(declared, data)
+        declared.check_call(self._where(declared.name), **options)
+        if declared.fallback is not None and not self.has_signature(declared.name):
+            declared = get_signature(declared.fallback)
+        parts = [self.predict(declared.request(chunk, **options), declared.name)
+                 for chunk in _chunks(batch, batch_size)]
+        return declared.response(parts, self._where(declared.name), **options)
+
     def embed(
         self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
     ) -> np.ndarray:
         """Encoded images (bytes or file paths) -> (N, d) L2-normalised embeddings."""
-        return self._embed_bytes(images, contract.SERVING_DEFAULT, contract.EMBEDDINGS, batch_size)
+        return self.call(contract.SERVING_DEFAULT, images, batch_size).astype(np.float32)
 
     def embed_learners(
         self, images: ImageLike | Iterable[ImageLike], batch_size: int | None = None
     ) -> np.ndarray:
         """Encoded images -> (N, K, d) per-learner masked embeddings."""
-        return self._embed_bytes(
-            images, contract.EMBED_LEARNERS, contract.LEARNER_EMBEDDINGS, batch_size
-        )
+        return self.call(contract.EMBED_LEARNERS, images, batch_size).astype(np.float32)
 
     def embed_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Float (N, H, W, C) images in [0, 255] -> (N, d) embeddings."""
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4:
-            raise ValueError(
-                f"{self._where(contract.EMBED_PIXELS)}: `pixels` must be (batch, height, width, "
-                f"channels), got shape {pixels.shape}"
-            )
-        return self._batched(
-            pixels, batch_size,
-            lambda chunk: self.predict({contract.PIXELS: chunk}, contract.EMBED_PIXELS)[contract.EMBEDDINGS],
-        )
+        return self.call(contract.EMBED_PIXELS, pixels, batch_size)
 
     def search(
         self,
@@ -191,26 +155,9 @@ class ServingClient(abc.ABC):
                 export made before `search_k` existed answers up to its
                 `top_k` (more: ValueError).
         """
-        contents = self._image_batch(images, contract.SEARCH)
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise ValueError(f"{self._where(contract.SEARCH)}: `k` must be an integer >= 1, got {k!r}")
-        if k is None or not self.has_signature(contract.SEARCH_K):
-            parts = [self.predict({contract.IMAGE_BYTES: chunk}, contract.SEARCH)
-                     for chunk in _chunks(contents, batch_size)]
-            width = parts[0][contract.IDS].shape[1]
-            if k is not None and k > width:
-                raise ValueError(
-                    f"{self._where(contract.SEARCH)}: k={k} asked, but this export has no "
-                    f"`{contract.SEARCH_K}` signature and its `search` returns {width} hits; "
-                    "export it again for a per-request k"
-                )
-        else:
-            parts = [
-                self.predict({contract.IMAGE_BYTES: chunk, contract.K: np.full(len(chunk), k, np.int32)},
-                             contract.SEARCH_K)
-                for chunk in _chunks(contents, batch_size)
-            ]
-        return SearchResult.concatenate(parts, k)
+        if k is None:
+            return self.call(contract.SEARCH, images, batch_size)
+        return self.call(contract.SEARCH_K, images, batch_size, k=k)
 
     def has_signature(self, signature: str) -> bool:
         """Whether the served export has `signature` (asked once, then remembered)."""
@@ -219,22 +166,20 @@ class ServingClient(abc.ABC):
         return signature in self._signature_names
 
     # --- helpers -------------------------------------------------------------
-    def _embed_bytes(self, images, signature, output, batch_size) -> np.ndarray:
-        contents = self._image_batch(images, signature)
-        return self._batched(
-            contents, batch_size,
-            lambda chunk: self.predict({contract.IMAGE_BYTES: chunk}, signature)[output],
-        ).astype(np.float32)
-
-    def _image_batch(self, images, signature) -> np.ndarray:
-        contents = as_image_list(images)
+    def _client_batch(self, signature, data) -> np.ndarray:
+        """The caller's data as one array: encoded images read and checked, or float32 pixels."""
+        if signature.client_input == "pixels":
+            pixels = np.asarray(data, dtype=np.float32)
+            if pixels.ndim != 4:
+                raise ValueError(
+                    f"{self._where(signature.name)}: `{signature.inputs[0].name}` must be (batch, height, "
+                    f"width, channels), got shape {pixels.shape}"
+                )
+            return pixels
+        contents = as_image_list(data)
         if not contents:
-            raise ValueError(f"{self._where(signature)}: no images given; send at least one")
+            raise ValueError(f"{self._where(signature.name)}: no images given; send at least one")
         return np.array(contents, dtype=object)
-
-    @staticmethod
-    def _batched(array, batch_size, run) -> np.ndarray:
-        return np.concatenate([np.asarray(run(chunk)) for chunk in _chunks(array, batch_size)])
 
     def _with_retries(self, call):
         delay = self.backoff

@@ -10,20 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from tfdnc.exporting import contract
+from tfdnc.exporting.endpoints import find_signature
 from tfdnc.serving.client import ServingClient
 from tfdnc.serving.errors import code_for_http_status
 from tfdnc.serving.tensors import from_json_value, normalize_signature_defs, to_json_value
 
 REQUEST_FORMATS = ("inputs", "instances")
-
-# Outputs of the single-output signatures: TF Serving leaves the name out of
-# the response when a signature has one output.
-_SINGLE_OUTPUT = {
-    contract.SERVING_DEFAULT: contract.EMBEDDINGS,
-    contract.EMBED_PIXELS: contract.EMBEDDINGS,
-    contract.EMBED_LEARNERS: contract.LEARNER_EMBEDDINGS,
-}
 
 
 class RestClient(ServingClient):
@@ -105,13 +97,13 @@ class RestClient(ServingClient):
         if "outputs" in answer:
             outputs = answer["outputs"]
             if not isinstance(outputs, dict):
-                outputs = {_SINGLE_OUTPUT.get(signature, "outputs"): outputs}
+                outputs = {_single_output(signature): outputs}
             return {name: from_json_value(value) for name, value in outputs.items()}
         if "predictions" in answer:
             rows = answer["predictions"]
             if rows and isinstance(rows[0], dict):
                 return {name: from_json_value([row[name] for row in rows]) for name in rows[0]}
-            return {_SINGLE_OUTPUT.get(signature, "outputs"): from_json_value(rows)}
+            return {_single_output(signature): from_json_value(rows)}
         raise self._error(f"answer has neither 'outputs' nor 'predictions': {str(answer)[:200]}",
                           "INTERNAL", signature)
 
@@ -143,3 +135,12 @@ class RestClient(ServingClient):
             raise self._error(f"cannot reach {url}: {reason}", "UNAVAILABLE", signature) from None
         except json.JSONDecodeError as err:
             raise self._error(f"answer from {url} is not JSON: {err}", "INTERNAL", signature) from None
+
+
+def _single_output(signature: str) -> str:
+    """The output name TF Serving leaves out of the answer of a one-output signature.
+
+    Its registered declaration gives it; "outputs" for a signature tfdnc does not know.
+    """
+    declared = find_signature(signature)
+    return declared.single_output if declared is not None and declared.single_output else "outputs"
