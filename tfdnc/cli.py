@@ -1,7 +1,7 @@
 """The `tfdnc` command: train, export, evaluate, report, pretrain, embed, search, index.
 
     tfdnc train --dataset mnist --epochs 4                   # = python train.py
-    tfdnc export runs/default --base exports --name dnc      # = python -m export
+    tfdnc export runs/default --base exports --name dnc      # = python -m tfdnc.exporting
     tfdnc evaluate runs/default                              # a run, .keras file or export
     tfdnc report runs/default                                # an HTML page of the run
     tfdnc pretrain --dataset mnist --out backbone.weights.h5
@@ -284,7 +284,7 @@ def _search_export_gallery(model, queries, k: int, batch_size: int):
     if contract.SEARCH not in model.signature_names:
         raise ValueError(
             f"export {model.path!r} has no gallery (`search` signature); give --gallery "
-            "or export with `python -m export ... --gallery DIR`"
+            "or export with `tfdnc export ... --gallery DIR`"
         )
     max_k = model.export_metadata.get("max_k")
     if contract.SEARCH_K in model.signature_names and max_k is not None and k > max_k:
