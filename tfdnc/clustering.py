@@ -191,13 +191,13 @@ def kmeans(
         assigned to its nearest returned centroid (largest inner product when
         spherical).
 
-    Example:
+    Examples:
 
-    >>> rng = np.random.default_rng(0)
-    >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + 0.01 * rng.normal(size=(10, 2))
-    >>> a, c = kmeans(x, 2)
-    >>> len(set(a[:5])), len(set(a[5:])), bool(a[0] != a[5])
-    (1, 1, True)
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + 0.01 * rng.normal(size=(10, 2))
+        >>> a, c = kmeans(x, 2)
+        >>> len(set(a[:5])), len(set(a[5:])), bool(a[0] != a[5])
+        (1, 1, True)
     """
     x = _check_features(features)
     n, d = x.shape
@@ -293,8 +293,9 @@ def usable_mask(assignments, labels, *, min_images: int = 2) -> np.ndarray:
     A class with a single image inside a cluster cannot give that image a
     positive, so the image is dropped until the next re-clustering.
 
-    >>> usable_mask(np.array([0, 0, 1, 1]), np.array([5, 5, 5, 7]))
-    array([ True,  True, False, False])
+    Examples:
+        >>> usable_mask(np.array([0, 0, 1, 1]), np.array([5, 5, 5, 7]))
+        array([ True,  True, False, False])
     """
     y = np.asarray(labels)
     a = np.asarray(assignments)
@@ -418,9 +419,9 @@ def cluster_balanced(
             have `min_images` images (the message says which K is possible),
             or with `on_failure="raise"` when every try fails.
 
-    Example:
+    Examples:
 
-    >>> a = cluster_balanced(features, labels, k=4, seed=3)  # doctest: +SKIP
+        >>> a = cluster_balanced(features, labels, k=4, seed=3)  # doctest: +SKIP
     """
     x = _check_features(features)
     y = _check_labels(labels, x.shape[0])
@@ -482,9 +483,10 @@ def match_clusters(new_assignments, old_assignments, k_new: int, k_old: int | No
     Returns:
         int64 (k_new,) permutation of range(k_new); relabel with `mapping[new_assignments]`.
 
-    >>> old = np.array([0, 0, 1, 1, 2, 2])
-    >>> match_clusters(np.array([2, 2, 0, 0, 1, 1]), old, 3, 3)
-    array([1, 2, 0])
+    Examples:
+        >>> old = np.array([0, 0, 1, 1, 2, 2])
+        >>> match_clusters(np.array([2, 2, 0, 0, 1, 1]), old, 3, 3)
+        array([1, 2, 0])
     """
     from scipy.optimize import linear_sum_assignment
 

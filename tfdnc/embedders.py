@@ -4,9 +4,9 @@
 what training or export left on disk into an `Embedder`: a function of pixel
 batches plus the evaluation image sizes it expects.
 
-Example:
->>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
->>> embeddings = embedder.embed(splits.test)            # (N, d) float32
+Examples:
+    >>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
+    >>> embeddings = embedder.embed(splits.test)            # (N, d) float32
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def load_embedder(path: str, image_size: int | None = None, resize_size: int | N
     `image_size` / `resize_size` override what the run's config or the
     export's metadata say.
 
-    Example:
-    >>> embedder = load_embedder("runs/default")
-    >>> embeddings = embedder.embed(splits.test)
+    Examples:
+        >>> embedder = load_embedder("runs/default")
+        >>> embeddings = embedder.embed(splits.test)
     """
     path = os.fspath(path)
     if not os.path.exists(path):

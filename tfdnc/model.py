@@ -76,14 +76,14 @@ class DivideAndConquerModel(keras.Model):
     gallery saves with `model.save` (inside the `.keras` file) and becomes
     the export's `search` / `search_k` gallery.
 
-    Example:
-    >>> backbone = build_backbone("small_cnn", (28, 28, 1))
-    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
-    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
-    >>> model.fit(images, labels, epochs=4)
-    >>> embeddings = model(images)  # (batch, 64), unit norm
-    >>> model.index(gallery_images, gallery_labels)
-    >>> model.match(query_images, cutpoint=0.8)  # labels, -1 below the similarity 0.8
+    Examples:
+        >>> backbone = build_backbone("small_cnn", (28, 28, 1))
+        >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
+        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
+        >>> model.fit(images, labels, epochs=4)
+        >>> embeddings = model(images)  # (batch, 64), unit norm
+        >>> model.index(gallery_images, gallery_labels)
+        >>> model.match(query_images, cutpoint=0.8)  # labels, -1 below the similarity 0.8
     """
 
     def __init__(
@@ -431,9 +431,9 @@ class DivideAndConquerModel(keras.Model):
             (an infinite dataset, no labels, one class, cluster batches
             without their schedule).
 
-        Example:
-        >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
-        >>> model.fit(x_train, y_train, epochs=6, validation_data=(x_val, y_val))
+        Examples:
+            >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+            >>> model.fit(x_train, y_train, epochs=6, validation_data=(x_val, y_val))
         """
         from tfdnc.training.fit_inputs import prepare_fit
 
@@ -656,9 +656,9 @@ def load_model(path: str, compile: bool = True) -> DivideAndConquerModel:
     this module, so `tfdnc.load_model(path)` needs no other import. With
     `compile=True` the optimizer and the metric loss come back too.
 
-    Example:
-    >>> model = tfdnc.load_model("runs/default/model.keras")
-    >>> embeddings = model.predict(images)
+    Examples:
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> embeddings = model.predict(images)
     """
     import os
 

@@ -20,10 +20,10 @@ metriclearning/evaluation/mean_avg_precision.py:14), computed by
 `tfdnc.evaluation.metrics.compute_metrics`. All-vs-all excludes the query itself
 from its neighbours.
 
-Example:
->>> result = run_protocol(splits, embed)   # embed: ImageSet -> (N, d) array
->>> print(result.table())
->>> result.to_dict()["results"]["test"]["recall@1"]
+Examples:
+    >>> result = run_protocol(splits, embed)   # embed: ImageSet -> (N, d) array
+    >>> print(result.table())
+    >>> result.to_dict()["results"]["test"]["recall@1"]
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ def evaluate_dataset(
 ) -> ProtocolResult:
     """Loads the data set named `dataset` and runs its protocol with `embed`.
 
-    Example:
-    >>> evaluate_dataset("cub", embedder.embed, "/data/CUB_200_2011").table()
+    Examples:
+        >>> evaluate_dataset("cub", embedder.embed, "/data/CUB_200_2011").table()
     """
     from tfdnc.datasets import load_dataset
 

@@ -4,9 +4,9 @@
 TensorFlow; the exporter itself is loaded on first use, so clients that only
 need the names stay light.
 
-Example:
->>> from tfdnc.exporting import export_run
->>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/1
+Examples:
+    >>> from tfdnc.exporting import export_run
+    >>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/1
 """
 
 from __future__ import annotations

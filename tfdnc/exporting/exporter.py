@@ -78,9 +78,9 @@ def export_model(
             checked from its header before decoding; None: no limit.
         source: where the model came from, recorded in the export metadata.
 
-    Example:
-    >>> path = export_model(model, "exports", "dnc", image_size=28)
-    >>> # exports/dnc/1, ready for `tensorflow_model_server --model_base_path`
+    Examples:
+        >>> path = export_model(model, "exports", "dnc", image_size=28)
+        >>> # exports/dnc/1, ready for `tensorflow_model_server --model_base_path`
     """
     import keras
 
@@ -178,8 +178,8 @@ def export_run(
 
     Returns the path of the new version folder (BASE/NAME/VERSION).
 
-    Example:
-    >>> export_run("runs/default", "exports", "dnc")  # 'exports/dnc/1'
+    Examples:
+        >>> export_run("runs/default", "exports", "dnc")  # 'exports/dnc/1'
     """
     from tfdnc.config import TrainConfig
 

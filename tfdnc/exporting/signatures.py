@@ -58,9 +58,9 @@ class ServingGraphs:
             request instead of letting a decompression bomb exhaust the
             server's memory. None: no limit.
 
-    Example:
-    >>> graphs = ServingGraphs(model, image_size=28, channels=1)
-    >>> fn, spec = graphs.endpoints()["serving_default"]
+    Examples:
+        >>> graphs = ServingGraphs(model, image_size=28, channels=1)
+        >>> fn, spec = graphs.endpoints()["serving_default"]
     """
 
     def __init__(

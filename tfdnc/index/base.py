@@ -28,11 +28,11 @@ class VectorIndex(abc.ABC):
         max_k: the largest k a search may ask for.
         threshold: match threshold (cosine); None until calibrated.
 
-    Example:
-    >>> index = FaissIndex(dim=128)
-    >>> ids = index.add(embeddings, paths=files, labels=classes)
-    >>> hits = index.search(query_embeddings, k=5)
-    >>> index.remove(ids[:2])
+    Examples:
+        >>> index = FaissIndex(dim=128)
+        >>> ids = index.add(embeddings, paths=files, labels=classes)
+        >>> hits = index.search(query_embeddings, k=5)
+        >>> index.remove(ids[:2])
     """
 
     backend = ""

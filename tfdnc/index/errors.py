@@ -11,9 +11,9 @@ class IndexMismatchError(ValueError):
     from another export than the one it is opened with. The message names the
     file or folder and what differs.
 
-    Example:
-    >>> try:
-    ...     open_index("exports/dnc/1.index", export="exports/other/1")
-    ... except IndexMismatchError as err:
-    ...     print(err)
+    Examples:
+        >>> try:
+        ...     open_index("exports/dnc/1.index", export="exports/other/1")
+        ... except IndexMismatchError as err:
+        ...     print(err)
     """

@@ -34,9 +34,9 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
          "settings": the index's settings}. Queries whose class is absent
         from the gallery are left out of both, as in `tfdnc.evaluation`.
 
-    Example:
-    >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
-    >>> out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
+    Examples:
+        >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
+        >>> out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
     """
     from tfdnc.evaluation.metrics import recall_at_k
 

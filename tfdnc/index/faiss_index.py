@@ -58,10 +58,10 @@ class FaissIndex(VectorIndex):
             widths (ef_search is raised to k when k is larger).
         seed: sampling and k-means seed.
 
-    Example:
-    >>> index = FaissIndex(128, index_type="hnsw")
-    >>> index.add(vectors, paths)
-    >>> index.search(queries, k=10).paths
+    Examples:
+        >>> index = FaissIndex(128, index_type="hnsw")
+        >>> index.add(vectors, paths)
+        >>> index.search(queries, k=10).paths
     """
 
     backend = "faiss"

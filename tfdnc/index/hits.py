@@ -20,10 +20,10 @@ class IndexHits:
         paths, labels: per query, the image path / label of each hit.
         threshold: the calibrated match threshold, or None (every hit matches).
 
-    Example:
-    >>> hits = index.search(queries, k=5)
-    >>> hits.matched          # (queries, 5) bool: similarity >= threshold
-    >>> hits.to_records(["q1.jpg", "q2.jpg"])
+    Examples:
+        >>> hits = index.search(queries, k=5)
+        >>> hits.matched          # (queries, 5) bool: similarity >= threshold
+        >>> hits.to_records(["q1.jpg", "q2.jpg"])
     """
 
     ids: np.ndarray

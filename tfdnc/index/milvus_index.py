@@ -61,10 +61,10 @@ class MilvusIndex(VectorIndex):
             the index will be saved in, so a killed build leaves nothing
             behind that the next save there does not remove.
 
-    Example:
-    >>> index = MilvusIndex(128, uri="gallery.db")            # Milvus Lite
-    >>> index = MilvusIndex(128, uri="http://milvus:19530")   # a server
-    >>> index.add(vectors, paths); index.search(queries, k=5)
+    Examples:
+        >>> index = MilvusIndex(128, uri="gallery.db")            # Milvus Lite
+        >>> index = MilvusIndex(128, uri="http://milvus:19530")   # a server
+        >>> index.add(vectors, paths); index.search(queries, k=5)
     """
 
     backend = "milvus"

@@ -8,11 +8,11 @@ model's thin methods (`DivideAndConquerModel.index`, `lookup`, `match`,
 version (`tfdnc.index.store`: faiss file, id map, JSON metadata with
 checksums; no pickle), which is how it travels inside a `.keras` file.
 
-Example:
->>> index = ModelIndex(dim=64)
->>> index.add(gallery_embeddings, labels=gallery_labels)
->>> index.calibrate(val_embeddings, val_labels, metric="f1")["threshold"]
->>> index.match(query_embeddings)            # labels; -1 below the threshold
+Examples:
+    >>> index = ModelIndex(dim=64)
+    >>> index.add(gallery_embeddings, labels=gallery_labels)
+    >>> index.calibrate(val_embeddings, val_labels, metric="f1")["threshold"]
+    >>> index.match(query_embeddings)            # labels; -1 below the threshold
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ class ContrastiveLoss(MetricLoss):
         reducer: see `MetricLoss` (default "avg_non_zero", per part).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = ContrastiveLoss(pos_margin=0.0, neg_margin=0.5)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = ContrastiveLoss(pos_margin=0.0, neg_margin=0.5)
+        >>> value = loss(labels, l2_normalize(embeddings))
     """
 
     expects_normalized = True

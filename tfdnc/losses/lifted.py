@@ -26,9 +26,9 @@ class LiftedStructureLoss(MetricLoss):
         reducer: see `MetricLoss`.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = LiftedStructureLoss(margin=1.0)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = LiftedStructureLoss(margin=1.0)
+        >>> value = loss(labels, l2_normalize(embeddings))
     """
 
     expects_normalized = True

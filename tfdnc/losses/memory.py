@@ -57,10 +57,10 @@ class CrossBatchMemory(MetricLoss):
         batch_loss: also add the wrapped loss of the batch against itself.
         memory_weight: weight of the memory loss.
 
-    Example:
-    >>> loss = CrossBatchMemory(MarginLoss(), memory_size=4096, embedding_dim=128, num_learners=4)
-    >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=2)
-    >>> loss.on_clusters_changed()   # empties all memories
+    Examples:
+        >>> loss = CrossBatchMemory(MarginLoss(), memory_size=4096, embedding_dim=128, num_learners=4)
+        >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=2)
+        >>> loss.on_clusters_changed()   # empties all memories
     """
 
     supports_symmetrical = False

@@ -35,9 +35,9 @@ class MultiSimilarityLoss(MetricLoss):
         reducer: see `MetricLoss`; the elements are the anchors.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+        >>> value = loss(labels, l2_normalize(embeddings))
     """
 
     expects_normalized = True

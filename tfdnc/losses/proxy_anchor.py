@@ -45,9 +45,9 @@ class ProxyAnchorLoss(MetricLoss):
         seed: seed of the proxies' initialiser.
         reducer: see `MetricLoss` (applied to each part).
 
-    Example:
-    >>> loss = ProxyAnchorLoss(num_classes=100, embedding_dim=128, num_learners=4)
-    >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=1)
+    Examples:
+        >>> loss = ProxyAnchorLoss(num_classes=100, embedding_dim=128, num_learners=4)
+        >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=1)
     """
 
     expects_normalized = True

@@ -38,10 +38,10 @@ class TripletLoss(MetricLoss):
             "mean" otherwise).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
-    >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
+        >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
+        >>> value = loss(labels, l2_normalize(embeddings))
     """
 
     expects_normalized = True

@@ -5,10 +5,10 @@ negative masks, and returns a :class:`TripletSelection` or a
 :class:`PairSelection`; losses take a `miner=` argument. The selection
 functions the miners are built on live in :mod:`tfdnc.miners.selection`.
 
-Example:
->>> loss = TripletLoss(miner=SemiHardMiner())   # same as mining="semi_hard"
->>> pos, neg = label_masks(labels)
->>> triplets = BatchHardMiner()(pairwise_euclidean(x), pos, neg)
+Examples:
+    >>> loss = TripletLoss(miner=SemiHardMiner())   # same as mining="semi_hard"
+    >>> pos, neg = label_masks(labels)
+    >>> triplets = BatchHardMiner()(pairwise_euclidean(x), pos, neg)
 """
 
 from __future__ import annotations

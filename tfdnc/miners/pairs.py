@@ -1,9 +1,9 @@
 """Pair miners: which positive and negative pairs a pair-based loss looks at.
 
-Example:
->>> s = pairwise_cosine_similarity(x)
->>> pos, neg = label_masks(labels)
->>> pairs = MultiSimilarityMiner(epsilon=0.1)(s, pos, neg)
+Examples:
+    >>> s = pairwise_cosine_similarity(x)
+    >>> pos, neg = label_masks(labels)
+    >>> pairs = MultiSimilarityMiner(epsilon=0.1)(s, pos, neg)
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 All take a (B, N) distance matrix (lower is closer) and return a
 :class:`TripletSelection`.
 
-Example:
->>> d = pairwise_euclidean(x)
->>> pos, neg = label_masks(labels)
->>> selection = BatchHardMiner()(d, pos, neg)   # one triplet per anchor
+Examples:
+    >>> d = pairwise_euclidean(x)
+    >>> pos, neg = label_masks(labels)
+    >>> selection = BatchHardMiner()(d, pos, neg)   # one triplet per anchor
 """
 
 from __future__ import annotations

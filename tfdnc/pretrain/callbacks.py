@@ -95,8 +95,8 @@ def policy_state(scores: dict, sampling_probs: np.ndarray) -> np.ndarray:
 class HeldOutMonitor(keras.callbacks.Callback):
     """Adds `heldout_loss` and `heldout_accuracy` to the epoch logs.
 
-    Example:
-    >>> model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 100))])
+    Examples:
+        >>> model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 100))])
     """
 
     def __init__(self, heldout: HeldOutPermutations):
@@ -129,9 +129,9 @@ class PolicySamplingCallback(keras.callbacks.Callback):
         heldout: the held-out scoring set.
         block_steps: training steps per block.
 
-    Example:
-    >>> trainer = ReinforceTrainer(PermutationPolicy())
-    >>> model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=50)])
+    Examples:
+        >>> trainer = ReinforceTrainer(PermutationPolicy())
+        >>> model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=50)])
     """
 
     def __init__(self, trainer: ReinforceTrainer, heldout: HeldOutPermutations,

@@ -66,13 +66,13 @@ def generate_permutations(
         int32 array of shape (N, num_items), rows distinct, in the order
         chosen.
 
-    Example:
-    >>> perms = generate_permutations(100, 9)
-    >>> min_hamming_distance(perms)
-    6
-    >>> authors = generate_permutations(100, 9, selection="max_mean")
-    >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
-    True
+    Examples:
+        >>> perms = generate_permutations(100, 9)
+        >>> min_hamming_distance(perms)
+        6
+        >>> authors = generate_permutations(100, 9, selection="max_mean")
+        >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
+        True
     """
     if selection not in SELECTIONS:
         raise ValueError(f"generate_permutations: `selection` must be one of {SELECTIONS}, got {selection!r}")

@@ -41,11 +41,11 @@ class ServingError(RuntimeError):
             the latest the server has).
         details: the server's own message.
 
-    Example:
-    >>> try:
-    ...     client.embed([b"not an image"])
-    ... except ServingError as err:
-    ...     print(err.code, err.details)
+    Examples:
+        >>> try:
+        ...     client.embed([b"not an image"])
+        ... except ServingError as err:
+        ...     print(err.code, err.details)
     """
 
     def __init__(

@@ -19,10 +19,10 @@ refused (`ResumeRefusedError`) with the run directory left as it was.
 it, so a reader (an export started during training) sees the old file or
 the new one, never half of one.
 
-Example:
->>> store = GenerationStore("runs/a/backup")
->>> start = restore_latest(model, schedule, store)      # 0 on a fresh run
->>> model.fit(ds, epochs=10, initial_epoch=start, callbacks=[schedule, GenerationBackup(store, schedule)])
+Examples:
+    >>> store = GenerationStore("runs/a/backup")
+    >>> start = restore_latest(model, schedule, store)      # 0 on a fresh run
+    >>> model.fit(ds, epochs=10, initial_epoch=start, callbacks=[schedule, GenerationBackup(store, schedule)])
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ LOCATION_SETTINGS = ("data_dir", "cache_dir")
 class ResumeRefusedError(ValueError):
     """A `--resume` that cannot continue its run; raised before anything in the run directory changed.
 
-    Example:
-    >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
-    ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
-    runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
+    Examples:
+        >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
+        ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
+        runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
     """
 
 
@@ -261,8 +261,8 @@ class FlushingTensorBoard(keras.callbacks.TensorBoard):
     `GenerationBackup`: once an epoch's generation is committed, the epoch
     is in TensorBoard.
 
-    Example:
-    >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]
+    Examples:
+        >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]
     """
 
     def on_epoch_end(self, epoch, logs=None):

@@ -21,10 +21,10 @@ The learnable masks do not enter the evaluation embedding (TPAMI evaluates
 normalize(z), `SubspaceMasks.full_embedding`), and BatchNorm's running
 statistics are not trainable: they stay those of the training weights.
 
-Example:
->>> model.compile(optimizer=AveragedAdam(1e-3, use_ema=True, ema_momentum=0.999), loss=loss)
->>> swap = SwapAverage()
->>> model.fit(ds, callbacks=[schedule, swap.swap_in, evaluation, swap.swap_out, backup])
+Examples:
+    >>> model.compile(optimizer=AveragedAdam(1e-3, use_ema=True, ema_momentum=0.999), loss=loss)
+    >>> swap = SwapAverage()
+    >>> model.fit(ds, callbacks=[schedule, swap.swap_in, evaluation, swap.swap_out, backup])
 """
 
 from __future__ import annotations

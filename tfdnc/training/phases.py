@@ -8,12 +8,12 @@ number of epochs and the epoch of the last re-clustering, it says
 - whether the epoch belongs to the final K = 1 phase (CVPR),
 - whether the training set is re-clustered after the epoch.
 
-Example:
->>> policy = PhasePolicy(k_final=4, recluster_every=2, full_embedding_epoch=8)
->>> policy.phase(8, total_epochs=10).full_embedding
-True
->>> [e for e in range(6) if policy.reclusters_after(e, 6)]
-[1, 3]
+Examples:
+    >>> policy = PhasePolicy(k_final=4, recluster_every=2, full_embedding_epoch=8)
+    >>> policy.phase(8, total_epochs=10).full_embedding
+    True
+    >>> [e for e in range(6) if policy.reclusters_after(e, 6)]
+    [1, 3]
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ Every part is stored as a plain array and read with `allow_pickle=False`:
 run directories are copied and shared, and a pickle runs code as it loads
 (issue 19). A random.npz in the earlier pickled format is refused unread.
 
-Example:
->>> save_random_state("gen/random.npz", model)
->>> restore_random_state("gen/random.npz", model)
+Examples:
+    >>> save_random_state("gen/random.npz", model)
+    >>> restore_random_state("gen/random.npz", model)
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ A re-clusterer has two steps, which the schedule calls in this order:
 worker, clusters on the chief and broadcasts; the schedule is given one or
 the other. Both cluster with `plan_assignments`.
 
-Example:
->>> reclusterer = LocalReclusterer(train_set, image_size=32)
->>> features = reclusterer.features(model)
->>> new = reclusterer.assign(features, train_set.labels, current, current_k=2, target_k=4, seed=0, split=True)
+Examples:
+    >>> reclusterer = LocalReclusterer(train_set, image_size=32)
+    >>> features = reclusterer.features(model)
+    >>> new = reclusterer.assign(features, train_set.labels, current, current_k=2, target_k=4, seed=0, split=True)
 """
 
 from __future__ import annotations

@@ -71,11 +71,11 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
             `LocalReclusterer` from the arguments above).
         store: where cluster states go (default: `ClusterStateStore(state_dir)`).
 
-    Example:
-    >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
-    >>> ds = make_train_dataset(train, sampler, steps, 28)
-    >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=28)
-    >>> model.fit(ds, steps_per_epoch=steps, epochs=10, callbacks=[schedule])
+    Examples:
+        >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
+        >>> ds = make_train_dataset(train, sampler, steps, 28)
+        >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=28)
+        >>> model.fit(ds, steps_per_epoch=steps, epochs=10, callbacks=[schedule])
     """
 
     def __init__(

@@ -14,7 +14,9 @@ def lazy_attributes(package: str, names: dict[str, str]) -> Callable[[str], obje
     """A module `__getattr__` that imports `names[name]` (a module path) on first access.
 
     Example (in a package's `__init__.py`):
-    >>> __getattr__ = lazy_attributes(__name__, {"ExportedModel": "tfdnc.serving.local"})
+
+    Examples:
+        >>> __getattr__ = lazy_attributes(__name__, {"ExportedModel": "tfdnc.serving.local"})
     """
 
     def __getattr__(name: str):
