@@ -1,4 +1,9 @@
-"""The "Extend tfdnc" page's examples (docs/examples/*.py, included by docs/extend.md), run as printed."""
+"""The "Extend tfdnc" page's examples (docs/examples/*.py, included by docs/extend.md), run as printed.
+
+own_loss.py and own_signature.py are run by their own tests (tests/test_example_own_loss.py,
+tests/test_example_own_signature.py, beside the loss and signature APIs they use); the
+miner and data set examples are run here.
+"""
 
 import os
 import re
@@ -12,26 +17,19 @@ EXAMPLES = os.path.join(ROOT, "docs", "examples")
 
 # What each example must print: its behaviour, as a user running it sees it.
 EXPECTED = {
-    "custom_loss.py": [
-        r"^loss \d+\.\d{3}, active (0|1)\.\d\d, synthetic (0|1)\.\d\d$",
-        r"^K after fit: 2 \| loss per epoch: \[",
-        r"^SoftContrastiveLoss 0\.8 True$",
-    ],
-    "custom_miner.py": [r"^triplets in the band: [1-9]\d*$", r"^triplet loss \d+\.\d{3}, active"],
-    "custom_dataset.py": [
+    "own_miner.py": [r"^triplets in the band: [1-9]\d*$", r"^triplet loss \d+\.\d{3}, active"],
+    "own_dataset.py": [
         r"^6 train images of classes \[0, 1\] \| 6 test images$",
         r"^refused: catalogue/images\.jsonl:13: expected",
-    ],
-    "custom_signature.py": [
-        r"^\['compare', 'embed_learners', 'embed_pixels', 'serving_default'\] \| pairs: 3 \| an image with itself: 1\.0$"
     ],
 }
 
 
-def test_every_example_is_on_the_page_and_checked_here():
+def test_every_example_is_on_the_page():
     with open(os.path.join(ROOT, "docs", "extend.md")) as f:
         included = set(re.findall(r'--8<-- "docs/examples/(\w+\.py)"', f.read()))
-    assert included == set(EXPECTED) == {n for n in os.listdir(EXAMPLES) if n.endswith(".py")}
+    examples = {n for n in os.listdir(EXAMPLES) if n.endswith(".py")}
+    assert included == examples and set(EXPECTED) <= examples
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
