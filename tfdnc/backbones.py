@@ -181,7 +181,8 @@ def build_backbone(
 
     Examples:
         >>> backbone = build_backbone("small_cnn", input_shape=(28, 28, 1))
-        >>> features = backbone(np.zeros((2, 28, 28, 1)))  # shape (2, 256)
+        >>> backbone(np.zeros((2, 28, 28, 1))).shape
+        TensorShape([2, 256])
     """
     if is_hub_backbone(name):
         for arg, value in (("weights", weights), ("pixel_mode", pixel_mode), ("batchnorm_momentum", batchnorm_momentum),

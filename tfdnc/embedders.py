@@ -6,6 +6,8 @@ batches plus the evaluation image sizes it expects.
 
 Examples:
     >>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
+    >>> from tfdnc.datasets import load_dataset
+    >>> splits = load_dataset("digits")
     >>> embeddings = embedder.embed(splits.test)            # (N, d) float32
 """
 
@@ -66,6 +68,8 @@ def load_embedder(path: str, image_size: int | None = None, resize_size: int | N
 
     Examples:
         >>> embedder = load_embedder("runs/default")
+        >>> from tfdnc.datasets import load_dataset
+        >>> splits = load_dataset("digits")
         >>> embeddings = embedder.embed(splits.test)
     """
     path = os.fspath(path)

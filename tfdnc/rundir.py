@@ -28,8 +28,10 @@ may use it.
 
 Examples:
     >>> run = RunDir("runs/default")
-    >>> run.config        # 'runs/default/config.json'
-    >>> run.metrics()     # {} until training wrote metrics.json
+    >>> run.config
+    'runs/default/config.json'
+    >>> sorted(run.metrics())     # {} until training wrote metrics.json
+    [..., 'after', 'before', ...]
 """
 
 from __future__ import annotations

@@ -86,8 +86,8 @@ def cache_decoded_images(
         workers: decoding threads.
 
     Examples:
-        >>> train = cache_decoded_images(splits.train, "/scratch/cub-cache")
-        >>> dataset = make_train_dataset(train, sampler, steps, 224)
+        >>> train = cache_decoded_images(splits.train, "/scratch/cub-cache")  # doctest: +SKIP
+        >>> dataset = make_train_dataset(train, sampler, steps, 224)  # doctest: +SKIP
     """
     if image_set.paths is None or is_cached(image_set):
         return image_set

@@ -45,9 +45,12 @@ class ClusterBatchSampler:
         seed: base seed; epoch e uses the generator seeded with (seed, e).
 
     Examples:
+        >>> labels = np.repeat(np.arange(16), 8)
+        >>> assignments = labels % 2   # cluster of each image
         >>> sampler = ClusterBatchSampler(labels, classes_per_batch=4, images_per_class=8)
         >>> sampler.set_clusters(assignments, k=2)
-        >>> for indices, cluster in sampler.plan_epoch(epoch=0, steps=100): ...
+        >>> for indices, cluster in sampler.plan_epoch(epoch=0, steps=100):
+        ...     assert len(set(assignments[indices])) == 1   # every batch from one cluster
     """
 
     def __init__(self, labels: np.ndarray, classes_per_batch: int, images_per_class: int, seed: int = 0):

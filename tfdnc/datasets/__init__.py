@@ -51,7 +51,7 @@ def load_dataset(
     boxes ride along in `ImageSet.boxes`); other data sets have none.
 
     Examples:
-        >>> splits = load_dataset("cub", "/data/CUB_200_2011", use_boxes=True)
+        >>> splits = load_dataset("cub", "/data/CUB_200_2011", use_boxes=True)  # doctest: +SKIP
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")

@@ -59,8 +59,8 @@ def load_cars(
         labels, and bounding boxes as `boxes` with `use_boxes`.
 
     Examples:
-        >>> splits = load_cars("/data/cars196")
-        >>> splits.train.num_classes, splits.test.num_classes   # (98, 98)
+        >>> splits = load_cars("/data/cars196")  # doctest: +SKIP
+        >>> splits.train.num_classes, splits.test.num_classes   # (98, 98)  # doctest: +SKIP
     """
     subfolders = ["cars196", "CARS196", "stanford_cars", "cars"]
     require_dir(data_dir, "CARS196")

@@ -51,8 +51,8 @@ def load_cub(
         `use_boxes`.
 
     Examples:
-        >>> splits = load_cub("/data/CUB_200_2011")
-        >>> len(splits.train), splits.train.num_classes   # (5864, 100)
+        >>> splits = load_cub("/data/CUB_200_2011")  # doctest: +SKIP
+        >>> len(splits.train), splits.train.num_classes   # (5864, 100)  # doctest: +SKIP
     """
     root = find_root(data_dir, "images.txt", ["CUB_200_2011"], "CUB-200-2011")
     images_txt = os.path.join(root, "images.txt")

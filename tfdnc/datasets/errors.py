@@ -14,7 +14,9 @@ class DatasetError(UserInputError):
 
     Examples:
         >>> raise DatasetError("expected 2 fields, got 3", path="images.txt", line=7)
-        DatasetError: images.txt:7: expected 2 fields, got 3
+        Traceback (most recent call last):
+        ...
+        tfdnc.datasets.errors.DatasetError: images.txt:7: expected 2 fields, got 3
 
     Attributes:
         path: the file (or folder) at fault, or None.

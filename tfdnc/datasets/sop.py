@@ -38,8 +38,8 @@ def load_sop(data_dir: str | None = None, check_files: bool = True) -> DataSplit
         `class_id`s, `extra["super_labels"]` their `super_class_id`s.
 
     Examples:
-        >>> splits = load_sop("/data/Stanford_Online_Products")
-        >>> splits.test.num_classes   # 11316
+        >>> splits = load_sop("/data/Stanford_Online_Products")  # doctest: +SKIP
+        >>> splits.test.num_classes   # 11316  # doctest: +SKIP
     """
     root = find_root(data_dir, "Ebay_train.txt", ["Stanford_Online_Products"], "Stanford Online Products")
     sets = {}

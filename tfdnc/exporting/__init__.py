@@ -6,7 +6,7 @@ need the names stay light.
 
 Examples:
     >>> from tfdnc.exporting import export_run
-    >>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/1
+    >>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/<next version>
 """
 
 from __future__ import annotations

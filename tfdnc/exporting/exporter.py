@@ -79,7 +79,8 @@ def export_model(
         source: where the model came from, recorded in the export metadata.
 
     Examples:
-        >>> path = export_model(model, "exports", "dnc", image_size=28)
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> path = export_model(model, "exports", "dnc", image_size=32)
         >>> # exports/dnc/1, ready for `tensorflow_model_server --model_base_path`
     """
     import keras
@@ -179,7 +180,8 @@ def export_run(
     Returns the path of the new version folder (BASE/NAME/VERSION).
 
     Examples:
-        >>> export_run("runs/default", "exports", "dnc")  # 'exports/dnc/1'
+        >>> export_run("runs/default", "exports", "dnc")
+        'exports/dnc/...'
     """
     from tfdnc.config import TrainConfig
 

@@ -20,7 +20,8 @@ def list_images(folder: str | os.PathLike) -> list[tuple[str, str]]:
     `tfdnc embed` writes beside each embedding, so the two line up.
 
     Examples:
-        >>> [image_id for image_id, _ in list_images("gallery")]  # ['cat/1.jpg', ...]
+        >>> [image_id for image_id, _ in list_images("gallery")]
+        ['cat/1.jpg', 'cat/3.jpg', 'dog/2.png']
     """
     root = os.fspath(folder)
     return [
@@ -41,6 +42,7 @@ class Gallery:
 
     Examples:
         >>> gallery = Gallery(np.random.rand(100, 64), np.arange(100))
+        >>> np.savez("gallery.npz", embeddings=np.random.rand(10, 64), ids=np.arange(10))
         >>> gallery = Gallery.from_npz("gallery.npz")  # arrays "embeddings", "ids"
     """
 

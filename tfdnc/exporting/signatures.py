@@ -59,7 +59,8 @@ class ServingGraphs:
             server's memory. None: no limit.
 
     Examples:
-        >>> graphs = ServingGraphs(model, image_size=28, channels=1)
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> graphs = ServingGraphs(model, image_size=32, channels=model.backbone.input_shape[-1])
         >>> fn, spec = graphs.endpoints()["serving_default"]
     """
 

@@ -12,8 +12,12 @@ class IndexMismatchError(ValueError):
     file or folder and what differs.
 
     Examples:
+        >>> from tfdnc.exporting import export_run
+        >>> from tfdnc.index import open_index
+        >>> other = export_run("runs/default", "exports", "other")   # another export: exports/other/1
         >>> try:
-        ...     open_index("exports/dnc/1.index", export="exports/other/1")
+        ...     open_index("exports/dnc/1.index", export=other)
         ... except IndexMismatchError as err:
         ...     print(err)
+        index 'exports/dnc/1.index/1'...
     """

@@ -59,9 +59,13 @@ class FaissIndex(VectorIndex):
         seed: sampling and k-means seed.
 
     Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> vectors, queries = rng.normal(size=(100, 128)), rng.normal(size=(2, 128))
+        >>> paths = [f"gallery/{i}.jpg" for i in range(100)]
         >>> index = FaissIndex(128, index_type="hnsw")
-        >>> index.add(vectors, paths)
-        >>> index.search(queries, k=10).paths
+        >>> ids = index.add(vectors, paths)
+        >>> [len(row) for row in index.search(queries, k=10).paths]
+        [10, 10]
     """
 
     backend = "faiss"

@@ -20,8 +20,8 @@ class SearchService:
         batch_size: images per embedding request.
 
     Examples:
-        >>> service = SearchService.open("exports/dnc/1", rest="http://localhost:8501")
-        >>> service.search(["query.jpg"], k=5).to_records(["query.jpg"])
+        >>> service = SearchService.open("exports/dnc/1", rest="http://localhost:8501")  # doctest: +SKIP
+        >>> service.search(["query.jpg"], k=5).to_records(["query.jpg"])  # doctest: +SKIP
     """
 
     def __init__(self, index: VectorIndex, embedder, *, batch_size: int = 32):

@@ -24,7 +24,8 @@ class L2Normalize(keras.layers.Layer):
 
     Examples:
         >>> layer = L2Normalize()
-        >>> y = layer(np.array([[3.0, 4.0]]))  # [[0.6, 0.8]]
+        >>> np.asarray(layer(np.array([[3.0, 4.0]])), "float64").round(3).tolist()
+        [[0.6, 0.8]]
     """
 
     def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):

@@ -28,7 +28,11 @@ class LiftedStructureLoss(MetricLoss):
 
     Examples:
         >>> loss = LiftedStructureLoss(margin=1.0)
-        >>> value = loss(labels, l2_normalize(embeddings))
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     expects_normalized = True

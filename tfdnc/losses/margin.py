@@ -75,7 +75,7 @@ class MarginLoss(MetricLoss):
 
     Examples:
         >>> loss = MarginLoss()
-        >>> x = l2_normalize(tf.random.normal((8, 16)))
+        >>> x = tf.math.l2_normalize(tf.random.normal((8, 16)), axis=1)
         >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), x)
     """
 

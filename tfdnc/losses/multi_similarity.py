@@ -37,7 +37,11 @@ class MultiSimilarityLoss(MetricLoss):
 
     Examples:
         >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
-        >>> value = loss(labels, l2_normalize(embeddings))
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     expects_normalized = True

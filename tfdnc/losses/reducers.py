@@ -15,6 +15,7 @@ the method (the margin loss divides by the number of non-zero terms); tfdnc
 losses therefore take `reducer=` and refuse `reduction=`.
 
 Examples:
+    >>> from tfdnc.losses import ContrastiveLoss, TripletLoss
     >>> loss = TripletLoss(mining="batch_all", reducer="mean")   # mean over all valid triplets
     >>> loss = ContrastiveLoss(reducer=SumReducer())
 """

@@ -198,8 +198,8 @@ class SymmetricalSynthesis(keras.layers.Layer):
     Examples:
         >>> layer = SymmetricalSynthesis()
         >>> x = tf.constant([[1.0, 0.0], [0.6, 0.8]])
-        >>> layer(x, tf.constant([0, 0]), training=True)
-        # [[-0.28, 0.96], [0.6, -0.8]]
+        >>> np.asarray(layer(x, tf.constant([0, 0]), training=True), "float64").round(2).tolist()
+        [[-0.28, 0.96], [0.6, -0.8]]
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, **kwargs):

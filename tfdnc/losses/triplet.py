@@ -40,8 +40,12 @@ class TripletLoss(MetricLoss):
 
     Examples:
         >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
         >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
-        >>> value = loss(labels, l2_normalize(embeddings))
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     expects_normalized = True

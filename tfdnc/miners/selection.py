@@ -6,6 +6,7 @@ or per-anchor selections of static shape (no boolean gather), so losses built
 on them compile with XLA.
 
 Examples:
+    >>> from tfdnc.distances import pairwise_euclidean
     >>> labels = tf.constant([0, 0, 1, 1])
     >>> pos, neg = label_masks(labels)
     >>> d = pairwise_euclidean(tf.random.normal((4, 8)))

@@ -96,7 +96,7 @@ class HeldOutMonitor(keras.callbacks.Callback):
     """Adds `heldout_loss` and `heldout_accuracy` to the epoch logs.
 
     Examples:
-        >>> model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 100))])
+        >>> model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 100))])  # doctest: +SKIP
     """
 
     def __init__(self, heldout: HeldOutPermutations):
@@ -130,8 +130,8 @@ class PolicySamplingCallback(keras.callbacks.Callback):
         block_steps: training steps per block.
 
     Examples:
-        >>> trainer = ReinforceTrainer(PermutationPolicy())
-        >>> model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=50)])
+        >>> trainer = ReinforceTrainer(PermutationPolicy())  # doctest: +SKIP
+        >>> model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=50)])  # doctest: +SKIP
     """
 
     def __init__(self, trainer: ReinforceTrainer, heldout: HeldOutPermutations,

@@ -225,10 +225,10 @@ class OrderPredictionModel(keras.Model):
         seed: seed of the permutation draws.
 
     Examples:
-        >>> backbone = build_backbone("small_cnn", (10, 10, 1))
-        >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())
-        >>> model.compile(optimizer="adam")
-        >>> model.fit(images_dataset, epochs=1)
+        >>> backbone = build_backbone("small_cnn", (10, 10, 1))  # doctest: +SKIP
+        >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())  # doctest: +SKIP
+        >>> model.compile(optimizer="adam")  # doctest: +SKIP
+        >>> model.fit(images_dataset, epochs=1)  # doctest: +SKIP
     """
 
     def __init__(self, backbone: keras.Model, permutations, items: keras.layers.Layer,

@@ -94,8 +94,8 @@ class ReinforceTrainer(tf.Module):
 
     Examples:
         >>> trainer = ReinforceTrainer(PermutationPolicy())
-        >>> probs = trainer.probabilities(state)          # sample the next block from these
-        >>> trainer.update(state, action_counts, reward)  # after the block
+        >>> probs = trainer.probabilities(state)          # sample the next block from these  # doctest: +SKIP
+        >>> trainer.update(state, action_counts, reward)  # after the block  # doctest: +SKIP
     """
 
     def __init__(self, policy: PermutationPolicy, learning_rate: float = 1e-2,

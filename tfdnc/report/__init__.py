@@ -7,7 +7,7 @@ embeddings coloured by class and by cluster, and retrieval examples.
 
 Examples:
     >>> from tfdnc.report import build_report
-    >>> build_report("runs/default")
+    >>> build_report("runs/default", projection="pca")
     'runs/default/report/index.html'
 """
 

@@ -59,7 +59,8 @@ def build_report(
     are replaced by a note saying what is missing.
 
     Examples:
-        >>> build_report("runs/default")   # 'runs/default/report/index.html'
+        >>> build_report("runs/default", projection="pca")
+        'runs/default/report/index.html'
     """
     if projection not in ("tsne", "pca"):
         raise ValueError(f"report: `projection` must be 'tsne' or 'pca', got {projection!r}")

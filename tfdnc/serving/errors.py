@@ -42,10 +42,13 @@ class ServingError(RuntimeError):
         details: the server's own message.
 
     Examples:
+        >>> from tfdnc.serving import ExportedModel
+        >>> client = ExportedModel("exports/dnc")   # or RestClient, GrpcClient
         >>> try:
         ...     client.embed([b"not an image"])
         ... except ServingError as err:
         ...     print(err.code, err.details)
+        INVALID_ARGUMENT ...is not a JPEG/PNG/GIF/BMP/WebP image...
     """
 
     def __init__(

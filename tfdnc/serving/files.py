@@ -10,7 +10,7 @@ Examples:
     >>> from tfdnc.serving import ExportedModel
     >>> entries = [("cat/1.jpg", "gallery/cat/1.jpg")]
     >>> embed_files(ExportedModel("exports/dnc"), entries, "serving_default", "embeddings", 32).shape
-    (1, 128)
+    (1, 64)
 """
 
 from __future__ import annotations
@@ -39,8 +39,13 @@ def embed_files_skipping(model, entries, signature, output, batch_size):
     kept), and skipped lists (path, reason) of each file left out, in order.
 
     Examples:
+        >>> from tfdnc.serving import ExportedModel
+        >>> model = ExportedModel("exports/dnc")
+        >>> _ = open("broken.jpg", "w").write("not an image")
+        >>> entries = [("cat/1.jpg", "gallery/cat/1.jpg"), ("broken.jpg", "broken.jpg")]
         >>> vectors, kept, skipped = embed_files_skipping(model, entries, "serving_default", "embeddings", 32)
         >>> for path, reason in skipped: print(f"skipped {path}: {reason}")
+        skipped broken.jpg: ...
     """
     kept, skipped = [], []
     parts = []

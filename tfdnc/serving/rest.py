@@ -37,9 +37,9 @@ class RestClient(ServingClient):
             "instances" (row format: one object per example).
 
     Examples:
-        >>> client = RestClient("http://localhost:8501", model="dnc")
-        >>> embeddings = client.embed(["query.jpg"])        # (1, d)
-        >>> hits = client.search(["query.jpg"]).to_records()
+        >>> client = RestClient("http://localhost:8501", model="dnc")  # doctest: +SKIP
+        >>> embeddings = client.embed(["query.jpg"])        # (1, d)  # doctest: +SKIP
+        >>> hits = client.search(["query.jpg"]).to_records()  # doctest: +SKIP
     """
 
     def __init__(self, url: str = "http://localhost:8501", model: str = "dnc", *,

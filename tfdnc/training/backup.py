@@ -20,9 +20,9 @@ it, so a reader (an export started during training) sees the old file or
 the new one, never half of one.
 
 Examples:
-    >>> store = GenerationStore("runs/a/backup")
-    >>> start = restore_latest(model, schedule, store)      # 0 on a fresh run
-    >>> model.fit(ds, epochs=10, initial_epoch=start, callbacks=[schedule, GenerationBackup(store, schedule)])
+    >>> store = GenerationStore("runs/a/backup")  # doctest: +SKIP
+    >>> start = restore_latest(model, schedule, store)      # 0 on a fresh run  # doctest: +SKIP
+    >>> model.fit(ds, epochs=10, initial_epoch=start, callbacks=[schedule, GenerationBackup(store, schedule)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ResumeRefusedError(ValueError):
     """A `--resume` that cannot continue its run; raised before anything in the run directory changed.
 
     Examples:
-        >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
+        >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")  # doctest: +SKIP
         ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
         runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
     """
@@ -262,7 +262,7 @@ class FlushingTensorBoard(keras.callbacks.TensorBoard):
     is in TensorBoard.
 
     Examples:
-        >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]
+        >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]  # doctest: +SKIP
     """
 
     def on_epoch_end(self, epoch, logs=None):

@@ -10,6 +10,7 @@ clustering its weights were trained with.
 
 Examples:
     >>> store = ClusterStateStore("runs/default")
+    >>> assignments, usable = np.arange(100) % 2, np.ones(100, bool)
     >>> store.save(ClusterState(assignments, usable, k=2, valid_from=4))
     >>> store.load(epoch=5).k           # the newest generation valid at epoch 5
     2

@@ -17,8 +17,8 @@ Points (epochs are 1-based, as printed):
     export           half a second after the export started (a timer)
 
 Examples:
-    >>> os.environ["TFDNC_TEST_KILL_AT"] = "after_recluster@2"
-    >>> kill_point("after_recluster", epoch=2)   # the process dies here
+    >>> os.environ["TFDNC_TEST_KILL_AT"] = "after_recluster@2"  # doctest: +SKIP
+    >>> kill_point("after_recluster", epoch=2)   # the process dies here  # doctest: +SKIP
 """
 
 from __future__ import annotations

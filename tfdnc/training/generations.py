@@ -27,8 +27,9 @@ generation that is committed but does not load is never deleted: it is set
 aside as `unloadable-gen-<N>` when an older one takes over.
 
 Examples:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
     >>> store = GenerationStore("runs/a/backup")
-    >>> store.commit(3, lambda folder: model.save_weights(os.path.join(folder, WEIGHTS)))
+    >>> generation = store.commit(3, lambda folder: model.save_weights(os.path.join(folder, WEIGHTS)))
     >>> store.latest().epoch
     3
 """

@@ -9,7 +9,7 @@ out of memory, preemption), so the lock of a killed run never blocks
 
 Examples:
     >>> lock = RunLock("runs/a").acquire()   # RunLockedError naming the holder's pid if taken
-    >>> ...
+    >>> # ... train ...
     >>> lock.release()
 """
 

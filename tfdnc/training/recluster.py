@@ -14,9 +14,9 @@ worker, clusters on the chief and broadcasts; the schedule is given one or
 the other. Both cluster with `plan_assignments`.
 
 Examples:
-    >>> reclusterer = LocalReclusterer(train_set, image_size=32)
-    >>> features = reclusterer.features(model)
-    >>> new = reclusterer.assign(features, train_set.labels, current, current_k=2, target_k=4, seed=0, split=True)
+    >>> reclusterer = LocalReclusterer(train_set, image_size=32)  # doctest: +SKIP
+    >>> features = reclusterer.features(model)  # doctest: +SKIP
+    >>> new = reclusterer.assign(features, train_set.labels, current, current_k=2, target_k=4, seed=0, split=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -72,10 +72,10 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
         store: where cluster states go (default: `ClusterStateStore(state_dir)`).
 
     Examples:
-        >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
-        >>> ds = make_train_dataset(train, sampler, steps, 28)
-        >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=28)
-        >>> model.fit(ds, steps_per_epoch=steps, epochs=10, callbacks=[schedule])
+        >>> sampler = ClusterBatchSampler(train.labels, 4, 8)  # doctest: +SKIP
+        >>> ds = make_train_dataset(train, sampler, steps, 28)  # doctest: +SKIP
+        >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=28)  # doctest: +SKIP
+        >>> model.fit(ds, steps_per_epoch=steps, epochs=10, callbacks=[schedule])  # doctest: +SKIP
     """
 
     def __init__(

@@ -18,7 +18,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True,
 
     Examples:
         >>> with atomic_open("skipped.txt") as f:
-        ...     f.write("nothing skipped\\n")
+        ...     _ = f.write("nothing skipped\\n")
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"

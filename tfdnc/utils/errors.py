@@ -10,7 +10,6 @@ Examples:
     >>> def train():
     ...     raise UserInputError("--data-dir '/data/cub' does not exist")
     >>> run_reporting_errors("tfdnc train", train)   # the line goes to stderr
-    tfdnc train: error: --data-dir '/data/cub' does not exist
     2
 """
 

@@ -42,7 +42,8 @@ def list_image_files(folder: str | os.PathLike, *, what: str = "image folder",
     `what` and name the folder.
 
     Examples:
-        >>> list_image_files("gallery")  # ['gallery/cat/1.jpg', 'gallery/dog/2.png', ...]
+        >>> list_image_files("gallery")
+        ['gallery/cat/1.jpg', 'gallery/cat/3.jpg', 'gallery/dog/2.png']
     """
     root = os.fspath(folder)
     if not os.path.isdir(root):

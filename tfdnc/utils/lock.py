@@ -14,8 +14,8 @@ use it.
 
 Examples:
     >>> with DirectoryLock("exports/dnc/1.index").acquire(timeout=None):  # wait for the holder
-    ...     ...
-    >>> DirectoryLock("runs/a").acquire()   # DirectoryLockedError naming the holder if taken
+    ...     pass
+    >>> lock = DirectoryLock("runs/a").acquire()   # DirectoryLockedError naming the holder if taken
 """
 
 from __future__ import annotations
