@@ -49,9 +49,9 @@ class SettingError(UserInputError):
         reason: what is wrong ("must be a list of 2 numbers, got 5").
         source: the file it came from, or None (then the message names the flag).
 
-    Examples:
-        >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
-        "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
+    Example:
+    >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
+    "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
     """
 
     def __init__(self, setting: str, reason: str, source: str | None = None):
@@ -83,10 +83,10 @@ def check_setting_types(values: dict[str, Any], source: str, cls: type | None = 
     Driven by `TrainConfig`'s type hints, so a new setting is checked
     without an edit here. Unknown names are left to `TrainConfig.from_dict`.
 
-    Examples:
-        >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
-        Traceback (most recent call last):
-        tfdnc.config.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
+    Example:
+    >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
+    Traceback (most recent call last):
+    tfdnc.config.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
     """
     hints = _setting_types(cls)
     for name, value in values.items():

@@ -4,10 +4,10 @@ All functions take `x` of shape (N, D) and optionally `y` of shape (M, D)
 (`y=None` means `y = x`) and return an (N, M) matrix. They are plain TensorFlow
 graph code with static shapes, so they run inside `tf.function` and under XLA.
 
-Examples:
-    >>> x = tf.random.normal((8, 16))
-    >>> d = pairwise_euclidean(x)          # (8, 8), zero diagonal
-    >>> s = pairwise_cosine_similarity(x)  # (8, 8), ones on the diagonal
+Example:
+>>> x = tf.random.normal((8, 16))
+>>> d = pairwise_euclidean(x)          # (8, 8), zero diagonal
+>>> s = pairwise_cosine_similarity(x)  # (8, 8), ones on the diagonal
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ computes one term per element, a reducer (`tfdnc.losses.reducers`) turns the
 terms into the scalar. `CrossBatchMemory` wraps a pair-based loss with a
 memory per D&C learner; `ProxyAnchorLoss` keeps proxies per learner.
 
-Examples:
-    >>> loss = get_loss("margin", beta=1.2)
-    >>> loss = get_loss("triplet", mining="semi_hard", symmetrical=True)
-    >>> loss = get_loss("margin", xbm_size=4096, embedding_dim=128, num_learners=4)
-    >>> loss = get_loss("proxy_anchor", num_classes=100, embedding_dim=128, num_learners=4)
+Example:
+>>> loss = get_loss("margin", beta=1.2)
+>>> loss = get_loss("triplet", mining="semi_hard", symmetrical=True)
+>>> loss = get_loss("margin", xbm_size=4096, embedding_dim=128, num_learners=4)
+>>> loss = get_loss("proxy_anchor", num_classes=100, embedding_dim=128, num_learners=4)
 """
 
 from __future__ import annotations
