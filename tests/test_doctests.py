@@ -145,6 +145,18 @@ def test_docstring_examples_run(test: doctest.DocTest, tmp_path, monkeypatch, wo
     _lay_out(workspace, test, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # An example of the test-only fault injection that is not marked +SKIP fails here instead
+    # of killing the test process; the variable it sets is removed afterwards.
+    monkeypatch.delenv("TFDNC_TEST_KILL_AT", raising=False)
+
+    kill = os.kill
+
+    def refuse_kill(pid, sig):
+        if sig == 0:  # "is it alive?", as the run locks ask
+            return kill(pid, sig)
+        raise RuntimeError(f"a docstring example sent signal {sig} to process {pid}: mark it # doctest: +SKIP")
+
+    monkeypatch.setattr(os, "kill", refuse_kill)
     runner = doctest.DocTestRunner(verbose=False, optionflags=FLAGS)
     # The module's names, and the three imports every example assumes (as NumPy's doctests
     # assume `np`); examples must not leak names into the module.
