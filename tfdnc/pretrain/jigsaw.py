@@ -225,10 +225,16 @@ class OrderPredictionModel(keras.Model):
         seed: seed of the permutation draws.
 
     Examples:
-        >>> backbone = build_backbone("small_cnn", (10, 10, 1))  # doctest: +SKIP
-        >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())  # doctest: +SKIP
-        >>> model.compile(optimizer="adam")  # doctest: +SKIP
-        >>> model.fit(images_dataset, epochs=1)  # doctest: +SKIP
+        >>> from tfdnc.backbones import build_backbone
+        >>> from tfdnc.pretrain.permutations import generate_permutations
+        >>> images = np.random.default_rng(0).integers(0, 256, (32, 36, 36, 1)).astype("float32")  # 3 x 3 cells of 12 px
+        >>> images_dataset = tf.data.Dataset.from_tensor_slices(images).batch(8)
+        >>> backbone = build_backbone("small_cnn", (10, 10, 1))
+        >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())
+        >>> model.compile(optimizer="adam")
+        >>> history = model.fit(images_dataset, epochs=1, verbose=0)
+        >>> int(model.permutation_counts.numpy().sum())
+        32
     """
 
     def __init__(self, backbone: keras.Model, permutations, items: keras.layers.Layer,

@@ -94,8 +94,13 @@ class ReinforceTrainer(tf.Module):
 
     Examples:
         >>> trainer = ReinforceTrainer(PermutationPolicy())
-        >>> probs = trainer.probabilities(state)          # sample the next block from these  # doctest: +SKIP
-        >>> trainer.update(state, action_counts, reward)  # after the block  # doctest: +SKIP
+        >>> state = np.zeros((24, 4), "float32")   # one row per permutation (callbacks.policy_state)
+        >>> probs = trainer.probabilities(state)          # sample the next block from these
+        >>> action_counts = np.bincount(np.random.default_rng(0).choice(24, 50, p=probs / probs.sum()), minlength=24)
+        >>> reward = 0.1
+        >>> diagnostics = trainer.update(state, action_counts, reward)  # after the block
+        >>> sorted(diagnostics)
+        [...'reward'...]
     """
 
     def __init__(self, policy: PermutationPolicy, learning_rate: float = 1e-2,
