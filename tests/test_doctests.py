@@ -140,8 +140,34 @@ def test_skips_are_counted():
     assert skipped <= MAX_SKIPPED, f"{skipped} examples skipped (at most {MAX_SKIPPED}): run the new ones"
 
 
+def _registries() -> list:
+    """The package's module-level registries (LOSSES, DATASETS, __all__, ...) and Keras's custom objects."""
+    import keras
+
+    found = [keras.saving.get_custom_objects()]
+    for name, module in list(sys.modules.items()):
+        if name == "tfdnc" or name.startswith("tfdnc."):
+            for attr, value in list(vars(module).items()):
+                if (attr.isupper() or attr == "__all__") and isinstance(value, (dict, list)):
+                    found.append(value)
+    return found
+
+
+@pytest.fixture
+def registries_restored():
+    """An example that registers a loss, data set or signature must not change the other tests' registries."""
+    saved = [(registry, registry.copy()) for registry in _registries()]
+    yield
+    for registry, copy in saved:
+        if isinstance(registry, dict):
+            registry.clear()
+            registry.update(copy)
+        else:
+            registry[:] = copy
+
+
 @pytest.mark.parametrize("test", DOCTESTS, ids=[t.name for t in DOCTESTS])
-def test_docstring_examples_run(test: doctest.DocTest, tmp_path, monkeypatch, workspace):
+def test_docstring_examples_run(test: doctest.DocTest, tmp_path, monkeypatch, workspace, registries_restored):
     _lay_out(workspace, test, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
