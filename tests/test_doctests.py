@@ -148,8 +148,13 @@ def _registries() -> list:
     for name, module in list(sys.modules.items()):
         if name == "tfdnc" or name.startswith("tfdnc."):
             for attr, value in list(vars(module).items()):
-                if (attr.isupper() or attr == "__all__") and isinstance(value, (dict, list)):
+                if not (attr.isupper() or attr == "__all__"):
+                    continue
+                if isinstance(value, (dict, list)):
                     found.append(value)
+                elif not isinstance(value, type) and hasattr(value, "__dict__"):
+                    # a registry object (the export signatures' REGISTRY): its dicts and lists
+                    found += [part for part in vars(value).values() if isinstance(part, (dict, list))]
     return found
 
 
