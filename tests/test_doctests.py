@@ -33,11 +33,12 @@ _NOT_IMPORTED = ("__main__",)
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Examples marked `# doctest: +SKIP` (December 2026: 53 of 451): 23 need a data set on disk (CUB, CARS,
-# SOP, In-shop, VehicleID, a products folder), 12 a TF Serving or Milvus server, 4 a KerasHub preset,
-# 2 kill the process, and 12 are fragments of a hand-wired training loop in tfdnc.training (backup,
-# schedule, re-clustering: rewritten by issue 23) not yet given the lines that would make them run.
-MAX_SKIPPED = 53
+# Examples marked `# doctest: +SKIP`, December 2026: 53 of 451 on this branch, 56 of 481 once merged with
+# issue 23. They need a data set on disk (CUB, CARS, SOP, In-shop, VehicleID, a products folder: 23), a
+# TF Serving or Milvus server (12), a KerasHub preset (4), would kill the process (2), or are fragments
+# of a hand-wired training loop in tfdnc.training (backup, schedule, re-clustering) and one client call
+# of a signature registered elsewhere, not yet given the lines that would make them run.
+MAX_SKIPPED = 56
 
 
 def _modules() -> list[str]:
