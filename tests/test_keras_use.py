@@ -1,4 +1,4 @@
-"""The README's "Use tfdnc from your own Keras code" examples, run as printed, and the pieces they use."""
+"""The Keras guide's examples (docs/guides/keras.md), run as printed, and the pieces they use."""
 
 import os
 import re
@@ -26,8 +26,8 @@ def _write_photos(folder, classes=8, per_class=6, size=40):
 
 
 def _doc_examples() -> list[str]:
-    """The python blocks of docs/sections/keras.md; one that says it continues gets the one before it."""
-    with open(os.path.join(ROOT, "docs", "sections", "keras.md")) as f:
+    """The python blocks of docs/guides/keras.md; one that says it continues gets the one before it."""
+    with open(os.path.join(ROOT, "docs", "guides", "keras.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     scripts = []
     for block in blocks:

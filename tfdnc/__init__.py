@@ -3,10 +3,12 @@
 Importing tfdnc imports neither TensorFlow nor Keras; the names below load
 their module on first use:
 
->>> import tfdnc
->>> model = tfdnc.load_model("runs/default/model.keras")   # no other import needed
->>> loss = tfdnc.losses.MultiSimilarityLoss()
->>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
+Examples:
+    >>> import tfdnc
+    >>> model = tfdnc.load_model("runs/default/model.keras")   # no other import needed
+    >>> loss = tfdnc.losses.MultiSimilarityLoss()
+    >>> train = keras.utils.image_dataset_from_directory("photos/", image_size=(32, 32), verbose=False)
+    >>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
 
 Environment: tfdnc runs on Keras's TensorFlow backend. If `KERAS_BACKEND` is
 unset, importing tfdnc sets it to "tensorflow" (Keras reads it when it is

@@ -172,9 +172,10 @@ def build_backbone(
         A `keras.Model` named "backbone"; `model.output_shape[-1]` is the
         feature dimension (2048 for ResNet-50).
 
-    Example:
-    >>> backbone = build_backbone("small_cnn", input_shape=(28, 28, 1))
-    >>> features = backbone(np.zeros((2, 28, 28, 1)))  # shape (2, 256)
+    Examples:
+        >>> backbone = build_backbone("small_cnn", input_shape=(28, 28, 1))
+        >>> backbone(np.zeros((2, 28, 28, 1))).shape
+        TensorShape([2, 256])
     """
     if is_hub_backbone(name):
         return _hub_backbone(name, input_shape, weights, pixel_mode, batchnorm_momentum, batchnorm_epsilon,

@@ -4,11 +4,12 @@ All functions take `x` of shape (N, D) and optionally `y` of shape (M, D)
 (`y=None` means `y = x`) and return an (N, M) matrix. They are plain TensorFlow
 graph code with static shapes, so they run inside `tf.function` and under XLA.
 
-Example:
->>> x = tf.random.normal((8, 16))
->>> d = pairwise_euclidean(x)          # (8, 8), zero diagonal
->>> s = pairwise_cosine_similarity(x)  # (8, 8), ones on the diagonal
->>> loss = TripletLoss(distance=CosineDistance())  # a loss built with a distance object
+Examples:
+    >>> x = tf.random.normal((8, 16))
+    >>> d = pairwise_euclidean(x)          # (8, 8), zero diagonal
+    >>> s = pairwise_cosine_similarity(x)  # (8, 8), ones on the diagonal
+    >>> from tfdnc.losses import TripletLoss
+    >>> loss = TripletLoss(distance=CosineDistance())  # a loss built with a distance object
 """
 
 from __future__ import annotations
@@ -115,10 +116,10 @@ class Distance:
     Subclass it for your own: implement `pairwise(x, y)`, set `name` and
     `is_similarity`.
 
-    Example:
-    >>> d = get_distance("euclidean")
-    >>> d(tf.random.normal((4, 8))).shape
-    TensorShape([4, 4])
+    Examples:
+        >>> d = get_distance("euclidean")
+        >>> d(tf.random.normal((4, 8))).shape
+        TensorShape([4, 4])
     """
 
     name: str = ""

@@ -94,8 +94,9 @@ class TokenPooling(keras.layers.Layer):
         prefix_tokens: how many non-patch tokens lead the sequence (1 class
             token + the register tokens for DINOv2 / DINOv3; 1 or 0 for ViT).
 
-    Example:
-    >>> TokenPooling("mean", prefix_tokens=1)(np.ones((2, 5, 8)))  # shape (2, 8)
+    Examples:
+        >>> TokenPooling("mean", prefix_tokens=1)(np.ones((2, 5, 8))).shape
+        TensorShape([2, 8])
     """
 
     def __init__(self, mode: str = "class", prefix_tokens: int = 1, **kwargs):
@@ -135,9 +136,9 @@ class HubTrunk(keras.layers.Layer):
         freeze_layers: the embedding and the first `freeze_layers` blocks do
             not train (see `freeze_leading_blocks`).
 
-    Example:
-    >>> trunk = HubTrunk(keras_hub.models.Backbone.from_preset(folder), freeze_layers=1)
-    >>> tokens = trunk(images)  # (batch, tokens, hidden_dim)
+    Examples:
+        >>> trunk = HubTrunk(keras_hub.models.Backbone.from_preset(folder), freeze_layers=1)  # doctest: +SKIP
+        >>> tokens = trunk(images)  # (batch, tokens, hidden_dim)  # doctest: +SKIP
     """
 
     def __init__(self, backbone: keras.Model, freeze_layers: int = 0, **kwargs):
@@ -205,8 +206,9 @@ def check_hub_backbone(name: str) -> str:
     `hf://` handle is left to KerasHub (its class is known after download).
     Raises ValueError in one line naming the preset.
 
-    Example:
-    >>> check_hub_backbone("hub:dinov2_small")  # 'DINOV2Backbone'
+    Examples:
+        >>> check_hub_backbone("hub:dinov2_small")  # a preset name: no download
+        'DINOV2Backbone'
     """
     preset = name[len(HUB_PREFIX):] if is_hub_backbone(name) else name
     if not preset:
@@ -274,8 +276,8 @@ def build_hub_backbone(
     Returns:
         A `keras.Model` named "backbone" whose output is (batch, hidden_dim).
 
-    Example:
-    >>> backbone = build_hub_backbone("hub:/tmp/tiny_dinov2", (32, 32, 3))
+    Examples:
+        >>> backbone = build_hub_backbone("hub:/tmp/tiny_dinov2", (32, 32, 3))  # doctest: +SKIP
     """
     class_name = _check_build(name, input_shape, pooling, freeze_layers)
     preset = os.path.expanduser(name[len(HUB_PREFIX):])
@@ -460,8 +462,8 @@ def layer_decay_multipliers(model: keras.Model, decay: float) -> dict[str, float
     embedding at `decay ** (L + 1)`; variables outside the backbone (the
     head) keep 1. Paths inside the backbone are unique (checked).
 
-    Example:
-    >>> layer_decay_multipliers(backbone, 0.75)["encoder/layers_0/norm1/gamma"]  # 0.75 ** L
+    Examples:
+        >>> layer_decay_multipliers(backbone, 0.75)["encoder/layers_0/norm1/gamma"]  # 0.75 ** L  # doctest: +SKIP
     """
     if not 0 < decay <= 1:
         raise ValueError(f"--layer-decay must be in (0, 1], got {decay}")

@@ -7,9 +7,11 @@ image sizes it expects. An export is run through
 `tfdnc.serving.local.ExportedModel` (its `embed_pixels` signature), the same
 in-process client `tfdnc embed` uses.
 
-Example:
->>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
->>> embeddings = embedder.embed(splits.test)            # (N, d) float32
+Examples:
+    >>> embedder = load_embedder("runs/default")          # or "exports/dnc", or "model.keras"
+    >>> from tfdnc.datasets import load_dataset
+    >>> splits = load_dataset("digits")
+    >>> embeddings = embedder.embed(splits.test)            # (N, d) float32
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def load_embedder(path: str, image_size: int | None = None, resize_size: int | N
     `image_size` / `resize_size` override what the run's config or the
     export's metadata say.
 
-    Example:
-    >>> embedder = load_embedder("runs/default")
-    >>> embeddings = embedder.embed(splits.test)
+    Examples:
+        >>> embedder = load_embedder("runs/default")
+        >>> from tfdnc.datasets import load_dataset
+        >>> splits = load_dataset("digits")
+        >>> embeddings = embedder.embed(splits.test)
     """
     path = os.fspath(path)
     if not os.path.exists(path):

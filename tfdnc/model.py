@@ -76,14 +76,20 @@ class DivideAndConquerModel(keras.Model):
     gallery saves with `model.save` (inside the `.keras` file) and becomes
     the export's `search` / `search_k` gallery.
 
-    Example:
-    >>> backbone = build_backbone("small_cnn", (28, 28, 1))
-    >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
-    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
-    >>> model.fit(images, labels, epochs=4)
-    >>> embeddings = model(images)  # (batch, 64), unit norm
-    >>> model.index(gallery_images, gallery_labels)
-    >>> model.match(query_images, cutpoint=0.8)  # labels, -1 below the similarity 0.8
+    Examples:
+        >>> from tfdnc.backbones import build_backbone
+        >>> from tfdnc.datasets import load_dataset
+        >>> splits = load_dataset("shapes", num_classes=64, images_per_class=8)  # generated, 32 x 32 RGB
+        >>> images, labels = splits.train.images, splits.train.labels
+        >>> backbone = build_backbone("small_cnn", (32, 32, 3))
+        >>> model = DivideAndConquerModel(backbone, embedding_dim=64, k_final=4)
+        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tfdnc.losses.MarginLoss())
+        >>> history = model.fit(images, labels, epochs=4, verbose=0)
+        >>> embeddings = model(images[:8])  # (batch, 64), unit norm
+        >>> gallery_images, gallery_labels = splits.test.images[::2], splits.test.labels[::2]
+        >>> query_images = splits.test.images[1::2]
+        >>> ids = model.index(gallery_images, gallery_labels)
+        >>> predicted = model.match(query_images, cutpoint=0.8)  # labels, -1 below the similarity 0.8
     """
 
     def __init__(
@@ -422,9 +428,16 @@ class DivideAndConquerModel(keras.Model):
             (an infinite dataset, no labels, one class, cluster batches
             without their schedule).
 
-        Example:
-        >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
-        >>> model.fit(x_train, y_train, epochs=6, validation_data=(x_val, y_val))
+        Examples:
+            >>> from tfdnc.datasets import load_dataset
+            >>> splits = load_dataset("shapes", num_classes=32, images_per_class=8)
+            >>> x_train, y_train = splits.train.images, splits.train.labels
+            >>> x_val, y_val = splits.test.images, splits.test.labels
+            >>> model = tfdnc.DivideAndConquerModel(tfdnc.build_backbone("small_cnn", (32, 32, 3)), embedding_dim=32, k_final=2)
+            >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+            >>> history = model.fit(x_train, y_train, epochs=2, validation_data=(x_val, y_val), verbose=0)
+            >>> model.num_learners
+            2
         """
         from tfdnc.training.fit_inputs import prepare_fit
 
@@ -667,9 +680,12 @@ def load_model(path: str, compile: bool = True) -> DivideAndConquerModel:
     this module, so `tfdnc.load_model(path)` needs no other import. With
     `compile=True` the optimizer and the metric loss come back too.
 
-    Example:
-    >>> model = tfdnc.load_model("runs/default/model.keras")
-    >>> embeddings = model.predict(images)
+    Examples:
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> images = np.zeros((2, *model.backbone.input_shape[1:]), "float32")   # a batch at the run's image size
+        >>> embeddings = model.predict(images, verbose=0)
+        >>> embeddings.shape
+        (2, 64)
     """
     import os
 

@@ -32,8 +32,8 @@ class LayerDecayAdam(keras.optimizers.Adam):
             `tfdnc.hub_backbones.layer_decay_multipliers(backbone, 0.75)`.
         **kwargs: as `keras.optimizers.Adam`.
 
-    Example:
-    >>> optimizer = LayerDecayAdam(1e-4, lr_multipliers={"encoder/layers_0/norm1/gamma": 0.5})
+    Examples:
+        >>> optimizer = LayerDecayAdam(1e-4, lr_multipliers={"encoder/layers_0/norm1/gamma": 0.5})
     """
 
     def __init__(self, learning_rate=0.001, lr_multipliers: Mapping[str, float] | None = None, **kwargs):

@@ -52,11 +52,11 @@ the user pretrained (or their ImageNet weights): frozen BatchNorm statistics,
 the network at 1e-4, masks 100x faster, most epochs at the final K; give it
 `--backbone-weights` (docs/bench/method.md measures it).
 
-Example:
->>> from tfdnc.presets import get_preset, config_from_preset
->>> get_preset("tpami-sop")["embedding_dim"]
-512
->>> config = config_from_preset("cvpr2019-cub", data_dir="/data/CUB_200_2011", epochs=5)
+Examples:
+    >>> from tfdnc.presets import get_preset, config_from_preset
+    >>> get_preset("tpami-sop")["embedding_dim"]
+    512
+    >>> config = config_from_preset("cvpr2019-cub", data_dir="/data/CUB_200_2011", epochs=5)
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ evaluation, the report and the exporter read them through `RunDir`.
 It imports nothing but the standard library and `tfdnc.utils`, so every layer
 may use it.
 
-Example:
->>> run = RunDir("runs/default")
->>> run.config        # 'runs/default/config.json'
->>> run.metrics()     # {} until training wrote metrics.json
+Examples:
+    >>> run = RunDir("runs/default")
+    >>> run.config
+    'runs/default/config.json'
+    >>> sorted(run.metrics())     # {} until training wrote metrics.json
+    [..., 'after', 'before', ...]
 """
 
 from __future__ import annotations

@@ -71,13 +71,13 @@ def kmeans(
         assigned to its nearest returned centroid (largest inner product when
         spherical).
 
-    Example:
+    Examples:
 
-    >>> rng = np.random.default_rng(0)
-    >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + 0.01 * rng.normal(size=(10, 2))
-    >>> a, c = kmeans(x, 2)
-    >>> len(set(a[:5])), len(set(a[5:])), bool(a[0] != a[5])
-    (1, 1, True)
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + 0.01 * rng.normal(size=(10, 2))
+        >>> a, c = kmeans(x, 2)
+        >>> len(set(a[:5])), len(set(a[5:])), bool(a[0] != a[5])
+        (1, 1, True)
     """
     x = check_features(features)
     n, d = x.shape

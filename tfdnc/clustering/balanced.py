@@ -88,8 +88,9 @@ def usable_mask(assignments, labels, *, min_images: int = 2) -> np.ndarray:
     A class with a single image inside a cluster cannot give that image a
     positive, so the image is dropped until the next re-clustering.
 
-    >>> usable_mask(np.array([0, 0, 1, 1]), np.array([5, 5, 5, 7]))
-    array([ True,  True, False, False])
+    Examples:
+        >>> usable_mask(np.array([0, 0, 1, 1]), np.array([5, 5, 5, 7]))
+        array([ True,  True, False, False])
     """
     y = np.asarray(labels)
     a = np.asarray(assignments)
@@ -213,9 +214,9 @@ def cluster_balanced(
             have `min_images` images (the message says which K is possible),
             or with `on_failure="raise"` when every try fails.
 
-    Example:
+    Examples:
 
-    >>> a = cluster_balanced(features, labels, k=4, seed=3)  # doctest: +SKIP
+        >>> a = cluster_balanced(features, labels, k=4, seed=3)  # doctest: +SKIP
     """
     x = check_features(features)
     y = check_labels(labels, x.shape[0])

@@ -39,9 +39,10 @@ def match_clusters(new_assignments, old_assignments, k_new: int, k_old: int | No
     Returns:
         int64 (k_new,) permutation of range(k_new); relabel with `mapping[new_assignments]`.
 
-    >>> old = np.array([0, 0, 1, 1, 2, 2])
-    >>> match_clusters(np.array([2, 2, 0, 0, 1, 1]), old, 3, 3)
-    array([1, 2, 0])
+    Examples:
+        >>> old = np.array([0, 0, 1, 1, 2, 2])
+        >>> match_clusters(np.array([2, 2, 0, 0, 1, 1]), old, 3, 3)
+        array([1, 2, 0])
     """
     from scipy.optimize import linear_sum_assignment
 

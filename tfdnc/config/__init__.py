@@ -1,9 +1,10 @@
 """The training configuration: settings in sections (`settings`) and the command line built from them (`flags`).
 
-Example:
->>> from tfdnc.config import TrainConfig
->>> config = TrainConfig.load("runs/default/config.json")   # flat or in sections
->>> config.schedule_config.epochs
+Examples:
+    >>> from tfdnc.config import TrainConfig
+    >>> config = TrainConfig.load("runs/default/config.json")   # flat or in sections
+    >>> config.schedule_config.epochs
+    2
 """
 
 from __future__ import annotations

@@ -68,9 +68,9 @@ class SettingError(UserInputError):
         reason: what is wrong ("must be a list of 2 numbers, got 5").
         source: the file it came from, or None (then the message names the flag).
 
-    Example:
-    >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
-    "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
+    Examples:
+        >>> str(SettingError("crop_scale", "must be a list of 2 numbers, got 5", source="cfg.json"))
+        "cfg.json: setting 'crop_scale' must be a list of 2 numbers, got 5"
     """
 
     def __init__(self, setting: str, reason: str, source: str | None = None):
@@ -106,10 +106,10 @@ def check_setting_types(values: dict[str, Any], source: str, cls: type | None = 
     Driven by `TrainConfig`'s type hints, so a new setting is checked
     without an edit here. Unknown names are left to `TrainConfig.from_dict`.
 
-    Example:
-    >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
-    Traceback (most recent call last):
-    tfdnc.config.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
+    Examples:
+        >>> check_setting_types({"embedding_dim": "64"}, "cfg.json")
+        Traceback (most recent call last):
+        tfdnc.config.settings.SettingError: cfg.json: setting 'embedding_dim' must be an integer, got "64" (a string)
     """
     hints = _setting_types(cls)
     for name, value in values.items():
@@ -480,12 +480,12 @@ class TrainConfig(RuntimeConfig, ScheduleConfig, LossConfig, ModelConfig, DataCo
     that uses it receives: `config.data_config`, `config.model_config`,
     `config.loss_config`, `config.schedule_config`, `config.runtime_config`.
 
-    Example:
-    >>> config = TrainConfig(epochs=4, loss="margin")
-    >>> config.loss_config
-    LossConfig(loss='margin', loss_options={}, symmetrical=True, xbm_size=0, xbm_start_step=0, xbm_batch_loss=False)
-    >>> TrainConfig.from_sections(data=DataConfig(dataset="mnist"), schedule=ScheduleConfig(epochs=2)).epochs
-    2
+    Examples:
+        >>> config = TrainConfig(epochs=4, loss="margin")
+        >>> config.loss_config
+        LossConfig(loss='margin', loss_options={}, symmetrical=True, xbm_size=0, xbm_start_step=0, xbm_batch_loss=False)
+        >>> TrainConfig.from_sections(data=DataConfig(dataset="mnist"), schedule=ScheduleConfig(epochs=2)).epochs
+        2
     """
 
     def __post_init__(self):

@@ -44,14 +44,17 @@ class ClusterBatches:
         seed: seed of the batch plans and augmentations.
         first_epoch_timeout: see `tfdnc.data.pipeline.make_train_dataset`.
 
-    Example:
-    >>> train = keras.utils.image_dataset_from_directory("photos/", image_size=(64, 64))
-    >>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
-    >>> model.fit(batches, epochs=8)  # the model adds the schedule; or give your own:
-    >>> schedule = DivideAndConquerSchedule(batches.sampler, batches.image_set, k_final=4,
-    ...                                     image_size=batches.image_size)
-    >>> model.fit(batches.dataset(), steps_per_epoch=batches.steps_per_epoch, epochs=8,
-    ...           callbacks=[schedule])
+    Examples:
+        >>> from tfdnc.training import DivideAndConquerSchedule
+        >>> train = keras.utils.image_dataset_from_directory("photos/", image_size=(64, 64), verbose=False)
+        >>> model = tfdnc.DivideAndConquerModel(tfdnc.build_backbone("small_cnn", (64, 64, 3)), embedding_dim=16, k_final=2)
+        >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+        >>> batches = tfdnc.data.ClusterBatches(train, classes_per_batch=4, images_per_class=4)
+        >>> history = model.fit(batches, epochs=2, verbose=0)  # the model adds the schedule; or give your own:
+        >>> schedule = DivideAndConquerSchedule(batches.sampler, batches.image_set, k_final=2,
+        ...                                     image_size=batches.image_size)
+        >>> history = model.fit(batches.dataset(), steps_per_epoch=batches.steps_per_epoch, epochs=2, verbose=0,
+        ...           callbacks=[schedule])
     """
 
     def __init__(

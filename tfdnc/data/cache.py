@@ -85,9 +85,9 @@ def cache_decoded_images(
         channels: channels to decode to, as the pipeline does.
         workers: decoding threads.
 
-    Example:
-    >>> train = cache_decoded_images(splits.train, "/scratch/cub-cache")
-    >>> dataset = make_train_dataset(train, sampler, steps, 224)
+    Examples:
+        >>> train = cache_decoded_images(splits.train, "/scratch/cub-cache")  # doctest: +SKIP
+        >>> dataset = make_train_dataset(train, sampler, steps, 224)  # doctest: +SKIP
     """
     if image_set.paths is None or is_cached(image_set):
         return image_set

@@ -44,10 +44,13 @@ class ClusterBatchSampler:
         images_per_class: M.
         seed: base seed; epoch e uses the generator seeded with (seed, e).
 
-    Example:
-    >>> sampler = ClusterBatchSampler(labels, classes_per_batch=4, images_per_class=8)
-    >>> sampler.set_clusters(assignments, k=2)
-    >>> for indices, cluster in sampler.plan_epoch(epoch=0, steps=100): ...
+    Examples:
+        >>> labels = np.repeat(np.arange(16), 8)
+        >>> assignments = labels % 2   # cluster of each image
+        >>> sampler = ClusterBatchSampler(labels, classes_per_batch=4, images_per_class=8)
+        >>> sampler.set_clusters(assignments, k=2)
+        >>> for indices, cluster in sampler.plan_epoch(epoch=0, steps=100):
+        ...     assert len(set(assignments[indices])) == 1   # every batch from one cluster
     """
 
     def __init__(self, labels: np.ndarray, classes_per_batch: int, images_per_class: int, seed: int = 0):
@@ -137,11 +140,11 @@ class EpochGate:
     prefetches a batch of an old clustering. Closing the gate ends the
     waiting generators (at the end of `fit`, or at interpreter exit).
 
-    Example:
-    >>> gate = EpochGate()
-    >>> gate.publish(0)
-    >>> gate.wait_for_epoch_after(-1)
-    0
+    Examples:
+        >>> gate = EpochGate()
+        >>> gate.publish(0)
+        >>> gate.wait_for_epoch_after(-1)
+        0
     """
 
     def __init__(self):

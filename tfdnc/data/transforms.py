@@ -27,8 +27,8 @@ def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
     TIFF, truncated files) raises `InvalidArgumentError`; validation names
     such files and skips them before a run starts.
 
-    Example:
-    >>> image = decode_image(tf.io.read_file("cat.jpg"), channels=3)  # (H, W, 3) uint8
+    Examples:
+        >>> image = decode_image(tf.io.read_file("query.jpg"), channels=3)  # (H, W, 3) uint8
     """
     # channels=0 ("as stored") is refused: TensorFlow 2.21 corrupts the heap
     # (the process aborts) decoding an animated WebP that way, and a varying

@@ -28,10 +28,10 @@ cannot split its record. The records of the loader (`DataSplits.left_out`:
 a second path to one file through a symbolic link, a class folder linking
 to the data folder itself) come first.
 
-Example:
->>> splits = load_dataset("folder", "/data/products")
->>> splits, report = validate_splits(splits, cache_path="/runs/a/image_check.json")
->>> report.write("/runs/a/skipped.txt"); print(report.summary())
+Examples:
+    >>> splits = load_dataset("folder", "/data/products")  # doctest: +SKIP
+    >>> splits, report = validate_splits(splits, cache_path="/runs/a/image_check.json")  # doctest: +SKIP
+    >>> report.write("/runs/a/skipped.txt"); print(report.summary())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def one_line(text: str) -> str:
     `_UNSAFE` matches (JSON itself leaves U+2028, U+2029 and U+0085 raw,
     which `str.splitlines` would split on).
 
-    Example:
-    >>> one_line("cat/1.jpg"), one_line("cat/a\nb.jpg")
-    ('cat/1.jpg', '"cat/a\\nb.jpg"')
+    Examples:
+        >>> one_line("cat/1.jpg"), one_line("cat/a\nb.jpg")
+        ('cat/1.jpg', '"cat/a\\nb.jpg"')
     """
     text = str(text)
     if _UNSAFE.search(text) or text.startswith('"'):
@@ -212,9 +212,9 @@ def validate_splits(
         InvalidImageError: in strict mode, naming the unreadable files.
         ValueError: when a split has no readable image left.
 
-    Example:
-    >>> splits, report = validate_splits(load_dataset("sop", "/data/sop"), cache_path="/data/sop/check.json")
-    >>> print("\\n".join(report.lines()))
+    Examples:
+        >>> splits, report = validate_splits(load_dataset("sop", "/data/sop"), cache_path="/data/sop/check.json")  # doctest: +SKIP
+        >>> print("\\n".join(report.lines()))  # doctest: +SKIP
     """
     start = time.perf_counter()
     named = _named_sets(splits)
@@ -270,8 +270,11 @@ def check_image_files(
     The file check of `validate_splits` without the splits, for callers
     holding plain paths (an export gallery, a pretraining folder).
 
-    Example:
-    >>> bad = {p: r for p, r in check_image_files(list_image_files("gallery")).items() if r}
+    Examples:
+        >>> from tfdnc.utils.files import list_image_files
+        >>> bad = {p: r for p, r in check_image_files(list_image_files("gallery")).items() if r}
+        >>> bad
+        {}
     """
     return _ImageChecker(channels, max_pixels, cache_path, workers).check(sorted(set(paths)))
 

@@ -50,8 +50,8 @@ def load_dataset(
     `use_boxes=True` crops CUB / CARS images to their bounding boxes (the
     boxes ride along in `ImageSet.boxes`); other data sets have none.
 
-    Example:
-    >>> splits = load_dataset("cub", "/data/CUB_200_2011", use_boxes=True)
+    Examples:
+        >>> splits = load_dataset("cub", "/data/CUB_200_2011", use_boxes=True)  # doctest: +SKIP
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}")

@@ -59,9 +59,9 @@ def load_cars(
         `DataSplits(train, test, protocol="cars")` with 1-based class ids as
         labels, and bounding boxes as `boxes` with `use_boxes`.
 
-    Example:
-    >>> splits = load_cars("/data/cars196")
-    >>> splits.train.num_classes, splits.test.num_classes   # (98, 98)
+    Examples:
+        >>> splits = load_cars("/data/cars196")  # doctest: +SKIP
+        >>> splits.train.num_classes, splits.test.num_classes   # (98, 98)  # doctest: +SKIP
     """
     records = _read_records(data_dir)
     files = [file for file, _, _, _ in records]

@@ -48,8 +48,8 @@ def load_csv(
         `DataSplits` with `test`, or `query` and `gallery`, or both;
         protocol "default".
 
-    Example:
-    >>> splits = load_csv("/data/products/labels.csv")
+    Examples:
+        >>> splits = load_csv("/data/products/labels.csv")  # doctest: +SKIP
     """
     path = _csv_path(data_dir)
     rows, files, labels, splits = _read_lines(path)

@@ -49,9 +49,9 @@ def load_cub(
         of `image_class_labels.txt` (1-based), `boxes` (x, y, w, h) with
         `use_boxes`.
 
-    Example:
-    >>> splits = load_cub("/data/CUB_200_2011")
-    >>> len(splits.train), splits.train.num_classes   # (5864, 100)
+    Examples:
+        >>> splits = load_cub("/data/CUB_200_2011")  # doctest: +SKIP
+        >>> len(splits.train), splits.train.num_classes   # (5864, 100)  # doctest: +SKIP
     """
     root = find_root(data_dir, "images.txt", ["CUB_200_2011"], "CUB-200-2011")
     labels_txt = os.path.join(root, "image_class_labels.txt")

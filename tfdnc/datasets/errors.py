@@ -12,9 +12,11 @@ class DatasetError(UserInputError):
     have no line, such as entries of a `.mat` file), the way compilers report
     errors, so editors and terminals can jump to the spot.
 
-    Example:
-    >>> raise DatasetError("expected 2 fields, got 3", path="images.txt", line=7)
-    DatasetError: images.txt:7: expected 2 fields, got 3
+    Examples:
+        >>> raise DatasetError("expected 2 fields, got 3", path="images.txt", line=7)
+        Traceback (most recent call last):
+        ...
+        tfdnc.datasets.errors.DatasetError: images.txt:7: expected 2 fields, got 3
 
     Attributes:
         path: the file (or folder) at fault, or None.

@@ -46,9 +46,10 @@ def load_image_folder(data_dir: str | None = None, train_fraction: float = 0.5) 
     Returns:
         `DataSplits(train, test, protocol="default")`.
 
-    Example:
-    >>> splits = load_image_folder("/data/my_products")
-    >>> splits.test.extra["class_names"][:2]
+    Examples:
+        >>> splits = load_image_folder("photos")
+        >>> sorted(set(splits.test.extra["class_names"].tolist()))[:2]
+        ['class_4', 'class_5']
     """
     require_dir(data_dir, "image-folder")
     has_split = os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "test"))

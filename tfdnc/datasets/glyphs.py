@@ -19,10 +19,10 @@ order and split BY CLASS (`tfdnc.datasets.generated.split_by_class`).
 Which characters qualify depends on the fonts of the installed matplotlib,
 so the same seed gives the same arrays with the same matplotlib.
 
-Example:
->>> splits = load_glyphs(num_classes=20, images_per_class=3, seed=1)
->>> splits.train.images.shape
-(30, 32, 32, 3)
+Examples:
+    >>> splits = load_glyphs(num_classes=20, images_per_class=3, seed=1)
+    >>> splits.train.images.shape
+    (30, 32, 32, 3)
 """
 
 from __future__ import annotations

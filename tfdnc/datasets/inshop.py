@@ -39,9 +39,9 @@ def load_inshop(data_dir: str | None = None, check_files: bool = True) -> DataSp
     Returns:
         `DataSplits(train, query=..., gallery=..., protocol="inshop")`.
 
-    Example:
-    >>> splits = load_inshop("/data/inshop")
-    >>> len(splits.query), len(splits.gallery)   # (14218, 12612)
+    Examples:
+        >>> splits = load_inshop("/data/inshop")  # doctest: +SKIP
+        >>> len(splits.query), len(splits.gallery)   # (14218, 12612)  # doctest: +SKIP
     """
     require_dir(data_dir, "In-shop Clothes")
     candidates = [os.path.join(data_dir, "Eval", "list_eval_partition.txt"),

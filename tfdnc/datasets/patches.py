@@ -17,10 +17,10 @@ left `train_fraction` of its width train, those to the right test, so no
 test pixel was seen in training. The class ids follow that split (train
 classes first); the same seed gives the same arrays.
 
-Example:
->>> splits = load_patches(images_per_class=2, seed=1)
->>> splits.train.images.shape[1:]
-(32, 32, 3)
+Examples:
+    >>> splits = load_patches(images_per_class=2, seed=1)
+    >>> splits.train.images.shape[1:]
+    (32, 32, 3)
 """
 
 from __future__ import annotations

@@ -47,10 +47,10 @@ image_size, 3), evaluated under the "default" protocol (R@1, 2, 4, 8
 all-vs-all on the test classes). The default size (400 classes x 12
 images at 32 x 32) takes under a second to generate on one core.
 
-Example:
->>> splits = load_shapes(num_classes=40, images_per_class=4, seed=1)
->>> splits.train.images.shape
-(80, 32, 32, 3)
+Examples:
+    >>> splits = load_shapes(num_classes=40, images_per_class=4, seed=1)
+    >>> splits.train.images.shape
+    (80, 32, 32, 3)
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ def load_sop(data_dir: str | None = None, check_files: bool = True) -> DataSplit
         `DataSplits(train, test, protocol="sop")`; labels are the lists'
         `class_id`s, `extra["super_labels"]` their `super_class_id`s.
 
-    Example:
-    >>> splits = load_sop("/data/Stanford_Online_Products")
-    >>> splits.test.num_classes   # 11316
+    Examples:
+        >>> splits = load_sop("/data/Stanford_Online_Products")  # doctest: +SKIP
+        >>> splits.test.num_classes   # 11316  # doctest: +SKIP
     """
     root = find_root(data_dir, "Ebay_train.txt", ["Stanford_Online_Products"], "Stanford Online Products")
     sets = {}

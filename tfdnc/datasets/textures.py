@@ -19,10 +19,10 @@ by spectrum and colour, the statistics of texture benchmarks, unlike
 BY CLASS (`tfdnc.datasets.generated.split_by_class`); the same seed gives
 the same arrays.
 
-Example:
->>> splits = load_textures(num_classes=20, images_per_class=3, seed=1)
->>> splits.test.images.shape
-(30, 32, 32, 3)
+Examples:
+    >>> splits = load_textures(num_classes=20, images_per_class=3, seed=1)
+    >>> splits.test.images.shape
+    (30, 32, 32, 3)
 """
 
 from __future__ import annotations

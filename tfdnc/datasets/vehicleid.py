@@ -50,10 +50,10 @@ def load_vehicleid(
         `DataSplits(train, query, gallery, protocol="vehicleid",
         extra_tests={"800": (query, gallery), "1600": ..., "2400": ...})`.
 
-    Example:
-    >>> splits = load_vehicleid("/data/VehicleID_V1.0")
-    >>> query, gallery = splits.extra_tests["800"]
-    >>> gallery.num_classes == len(gallery)   # one image per vehicle: True
+    Examples:
+        >>> splits = load_vehicleid("/data/VehicleID_V1.0")  # doctest: +SKIP
+        >>> query, gallery = splits.extra_tests["800"]  # doctest: +SKIP
+        >>> gallery.num_classes == len(gallery)   # one image per vehicle: True  # doctest: +SKIP
     """
     if main_test not in test_sizes:
         raise ValueError(f"load_vehicleid: `main_test` ({main_test}) must be one of `test_sizes` {test_sizes}")

@@ -16,10 +16,11 @@ def evaluation_due(epoch: int, every: int, epochs: int | None = None, *, first: 
     Every `every`-th epoch and the last one (of `epochs`, when known); with
     `first`, also the first epoch (it fixes CSVLogger's columns).
 
-    >>> [e for e in range(5) if evaluation_due(e, 2, 5)]
-    [0, 1, 3, 4]
-    >>> [e for e in range(5) if evaluation_due(e, 2, 5, first=False)]
-    [1, 3, 4]
+    Examples:
+        >>> [e for e in range(5) if evaluation_due(e, 2, 5)]
+        [0, 1, 3, 4]
+        >>> [e for e in range(5) if evaluation_due(e, 2, 5, first=False)]
+        [1, 3, 4]
     """
     last = epochs is not None and epoch + 1 == epochs
     return (first and epoch == 0) or (epoch + 1) % every == 0 or last

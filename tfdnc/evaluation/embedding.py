@@ -4,9 +4,12 @@ Training (clustering features, the per-epoch evaluation), `tfdnc evaluate`,
 the report and the multi-worker re-clustering all embed through `embed_images` / `embed_image_set`, so the evaluation transform,
 the batching and the memory use are the same everywhere.
 
-Example:
->>> fn = model_function(model)                       # or model.backbone
->>> embeddings = embed_image_set(fn, splits.test, image_size=32)   # (N, d) float32
+Examples:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> from tfdnc.datasets import load_dataset
+    >>> splits = load_dataset("digits")
+    >>> fn = model_function(model)                       # or model.backbone
+    >>> embeddings = embed_image_set(fn, splits.test, image_size=32)   # (N, d) float32
 """
 
 from __future__ import annotations

@@ -171,9 +171,10 @@ def recall_at_k(
     Returns:
         {k: recall} for every k in `ks`.
 
-    >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype="float32")
-    >>> recall_at_k(x, [0, 0, 1, 1], ks=(1,))
-    {1: 1.0}
+    Examples:
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype="float32")
+        >>> recall_at_k(x, [0, 0, 1, 1], ks=(1,))
+        {1: 1.0}
     """
     res = retrieval_metrics(embeddings, labels, ks, query_embeddings=query_embeddings,
                             query_labels=query_labels, exclude_self=exclude_self, rank_metrics=False,
@@ -209,11 +210,12 @@ def marp(embeddings, labels, *, query_embeddings=None, query_labels=None, exclud
     KeyError on a query class missing from the gallery (line 47); tfdnc leaves
     such queries out, as for every retrieval metric. Always >= `map_at_r`.
 
-    >>> angles = np.deg2rad([0, 10, 90, 25])  # class 0, 0, 0, 1 on the unit circle
-    >>> x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    >>> # R = 2; top 2 of the queries: (hit, miss), (hit, miss), (miss, hit)
-    >>> round(map_at_r(x, [0, 0, 0, 1]), 4), round(marp(x, [0, 0, 0, 1]), 4)
-    (0.4167, 0.8333)
+    Examples:
+        >>> angles = np.deg2rad([0, 10, 90, 25])  # class 0, 0, 0, 1 on the unit circle
+        >>> x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        >>> # R = 2; top 2 of the queries: (hit, miss), (hit, miss), (miss, hit)
+        >>> round(map_at_r(x, [0, 0, 0, 1]), 4), round(marp(x, [0, 0, 0, 1]), 4)
+        (0.4167, 0.8333)
     """
     return retrieval_metrics(embeddings, labels, (1,), query_embeddings=query_embeddings,
                              query_labels=query_labels, exclude_self=exclude_self, metric=metric,
@@ -299,8 +301,9 @@ def compute_metrics(
     `marp` the D&C TPAMI code's mARP, see the module docstring). In
     query-vs-gallery mode NMI and F1 cluster queries and gallery together.
 
-    >>> compute_metrics(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
-    {'recall@1': 0.73, 'recall@10': 0.91, 'nmi': 0.68}
+    Examples:
+        >>> compute_metrics(x, y, ks=(1, 10), metrics=("recall", "nmi"))  # doctest: +SKIP
+        {'recall@1': 0.73, 'recall@10': 0.91, 'nmi': 0.68}
     """
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:

@@ -145,9 +145,10 @@ def nearest_neighbors(
     Returns:
         (indices int64 (Q, k), similarities float32 (Q, k)).
 
-    >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype="float32")
-    >>> nearest_neighbors(x, k=1)[0].ravel().tolist()
-    [1, 0, 1]
+    Examples:
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype="float32")
+        >>> nearest_neighbors(x, k=1)[0].ravel().tolist()
+        [1, 0, 1]
     """
     q = check_embeddings(queries, "queries")
     exclude_self = gallery is None

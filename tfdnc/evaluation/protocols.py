@@ -20,10 +20,18 @@ metriclearning/evaluation/mean_avg_precision.py:14), computed by
 `tfdnc.evaluation.metrics.compute_metrics`. All-vs-all excludes the query itself
 from its neighbours.
 
-Example:
->>> result = run_protocol(splits, embed)   # embed: ImageSet -> (N, d) array
->>> print(result.table())
->>> result.to_dict()["results"]["test"]["recall@1"]
+Examples:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> from tfdnc.datasets import load_dataset
+    >>> splits = load_dataset("digits")
+    >>> from tfdnc.evaluation.embedding import embed_image_set, model_function
+    >>> def embed(image_set):   # ImageSet -> (N, d) array
+    ...     return embed_image_set(model_function(model), image_set, image_size=32)
+    >>> result = run_protocol(splits, embed)
+    >>> print(result.table())
+    Test classes ...
+    >>> 0 <= result.to_dict()["results"]["test"]["recall@1"] <= 1
+    True
 """
 
 from __future__ import annotations
@@ -215,8 +223,8 @@ def evaluate_dataset(
 ) -> ProtocolResult:
     """Loads the data set named `dataset` and runs its protocol with `embed`.
 
-    Example:
-    >>> evaluate_dataset("cub", embedder.embed, "/data/CUB_200_2011").table()
+    Examples:
+        >>> evaluate_dataset("cub", embedder.embed, "/data/CUB_200_2011").table()  # doctest: +SKIP
     """
     from tfdnc.datasets import load_dataset
 

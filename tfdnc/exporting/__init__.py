@@ -7,9 +7,9 @@ loaded on first use, so clients that only need the names stay light.
 
 Run `python -m tfdnc.exporting RUN_DIR --base BASE --name NAME` (= `tfdnc export`).
 
-Example:
->>> from tfdnc.exporting import export_run
->>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/1
+Examples:
+    >>> from tfdnc.exporting import export_run
+    >>> path = export_run("runs/default", base="exports", name="dnc")  # exports/dnc/<next version>
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def export_model(
         max_pixels: largest image (height x width) a request may send; None: no limit.
         source: where the model came from, recorded in the export metadata.
 
-    Example:
-    >>> path = export_model(model, "exports", "dnc", image_size=28)  # exports/dnc/1
+    Examples:
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> path = export_model(model, "exports", "dnc", image_size=32)  # exports/dnc/<the next version>
     """
     _check_name(name)
     channels = channels if channels is not None else _model_channels(model)
@@ -108,8 +109,9 @@ def export_run(
 
     Returns the path of the new version folder (BASE/NAME/VERSION).
 
-    Example:
-    >>> export_run("runs/default", "exports", "dnc")  # 'exports/dnc/1'
+    Examples:
+        >>> export_run("runs/default", "exports", "dnc")
+        'exports/dnc/...'
     """
     from tfdnc.config import TrainConfig
 

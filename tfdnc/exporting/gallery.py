@@ -19,8 +19,9 @@ def list_images(folder: str | os.PathLike) -> list[tuple[str, str]]:
     gallery built from the folder returns from `search`, and what
     `tfdnc embed` writes beside each embedding, so the two line up.
 
-    Example:
-    >>> [image_id for image_id, _ in list_images("gallery")]  # ['cat/1.jpg', ...]
+    Examples:
+        >>> [image_id for image_id, _ in list_images("gallery")]
+        ['cat/1.jpg', 'cat/3.jpg', 'dog/2.png']
     """
     root = os.fspath(folder)
     return [
@@ -39,9 +40,10 @@ class Gallery:
         ids: (N,) ids, strings (e.g. file names) or integers; returned by the
             `search` signature in place of row numbers.
 
-    Example:
-    >>> gallery = Gallery(np.random.rand(100, 64), np.arange(100))
-    >>> gallery = Gallery.from_npz("gallery.npz")  # arrays "embeddings", "ids"
+    Examples:
+        >>> gallery = Gallery(np.random.rand(100, 64), np.arange(100))
+        >>> np.savez("gallery.npz", embeddings=np.random.rand(10, 64), ids=np.arange(10))
+        >>> gallery = Gallery.from_npz("gallery.npz")  # arrays "embeddings", "ids"
     """
 
     embeddings: np.ndarray

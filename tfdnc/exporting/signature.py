@@ -19,19 +19,20 @@ signatures); none of them branches on a signature's name.
 This module imports no TensorFlow (the REST client uses it); the export-side
 methods import it when called.
 
-Example:
->>> class EmbeddingNorm(Signature):
-...     name = "embedding_norm"
-...     inputs = (TensorInfo("image_bytes", "string", ("B",)),)
-...     outputs = (TensorInfo("norms", "float32", ("B",)),)
-...     def function(self, graphs):
-...         import tensorflow as tf
-...         def embedding_norm(image_bytes):
-...             embeddings = graphs.embed(graphs.decode(image_bytes, self.name))
-...             return {"norms": tf.norm(embeddings, axis=1)}
-...         return embedding_norm
->>> from tfdnc.exporting.endpoints import register_signature
->>> register_signature(EmbeddingNorm())  # every later export has it
+Examples:
+    >>> class EmbeddingNorm(Signature):
+    ...     name = "embedding_norm"
+    ...     inputs = (TensorInfo("image_bytes", "string", ("B",)),)
+    ...     outputs = (TensorInfo("norms", "float32", ("B",)),)
+    ...     def function(self, graphs):
+    ...         import tensorflow as tf
+    ...         def embedding_norm(image_bytes):
+    ...             embeddings = graphs.embed(graphs.decode(image_bytes, self.name))
+    ...             return {"norms": tf.norm(embeddings, axis=1)}
+    ...         return embedding_norm
+    >>> from tfdnc.exporting.endpoints import register_signature
+    >>> register_signature(EmbeddingNorm())  # every later export has it
+    EmbeddingNorm(name='embedding_norm')
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class TensorInfo:
             "C": the model's image size and channels). Output letters only
             document ("d": embedding size, "K": learners, "k": top-k, ...).
 
-    Example:
-    >>> TensorInfo("pixels", "float32", ("B", "H", "W", "C"))
+    Examples:
+        >>> TensorInfo("pixels", "float32", ("B", "H", "W", "C"))
+        TensorInfo(name='pixels', dtype='float32', shape=('B', 'H', 'W', 'C'))
     """
 
     name: str

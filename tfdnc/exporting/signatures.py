@@ -65,10 +65,12 @@ class ServingGraphs:
         gallery: the `SearchGallery` of an export with a search gallery
             (`attach_gallery`), else None.
 
-    Example:
-    >>> graphs = ServingGraphs(model, image_size=28, channels=1)
-    >>> pixels = graphs.decode(tf.constant([png_bytes]), "serving_default")
-    >>> embeddings = graphs.embed(pixels)
+    Examples:
+        >>> model = tfdnc.load_model("runs/default/model.keras")
+        >>> png_bytes = encode_png(np.zeros((40, 40, 1), np.uint8))
+        >>> graphs = ServingGraphs(model, image_size=32, channels=model.backbone.input_shape[-1])
+        >>> pixels = graphs.decode(tf.constant([png_bytes]), "serving_default")
+        >>> embeddings = graphs.embed(pixels)
     """
 
     def __init__(
@@ -264,8 +266,11 @@ class SearchGallery:
         top_k: hits of the fixed-k search; clipped to the gallery size.
         max_k: the largest per-request k (default `top_k`); clipped too.
 
-    Example:
-    >>> hits = SearchGallery(Gallery(embeddings, ids), top_k=10).top_hits(queries, 10)
+    Examples:
+        >>> from tfdnc.exporting import Gallery
+        >>> rng = np.random.default_rng(0)
+        >>> embeddings, ids, queries = rng.normal(size=(20, 8)), np.arange(20), tf.random.normal((2, 8))
+        >>> hits = SearchGallery(Gallery(embeddings, ids), top_k=10).top_hits(tf.math.l2_normalize(queries, axis=1), 10)
     """
 
     def __init__(self, gallery, top_k: int = 10, max_k: int | None = None):

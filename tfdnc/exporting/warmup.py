@@ -39,9 +39,9 @@ def batching_batch_sizes(path: str | os.PathLike) -> tuple[int, ...]:
     Its `allowed_batch_sizes`, or (none listed) every size up to
     `max_batch_size` would be a shape of its own: then only 1 and the maximum.
 
-    Example:
-    >>> batching_batch_sizes("export/batching_parameters.txt")
-    (1, 4, 16, 32, 64)
+    Examples:
+        >>> batching_batch_sizes("export/batching_parameters.txt")
+        (1, 4, 16, 32, 64)
     """
     path = os.fspath(path)
     try:

@@ -5,12 +5,15 @@ Build an index of a gallery embedded by an export, save it beside the export
 search with a per-request k, calibrate a match threshold, and measure what an
 approximate index costs in Recall@K.
 
-Example:
->>> from tfdnc.index import FaissIndex, SearchService, open_index, save_index
->>> index = FaissIndex(dim=128)                    # or MilvusIndex(128, uri="gallery.db")
->>> index.add(embeddings, paths, labels)
->>> path = save_index(index, export="exports/dnc/1")   # exports/dnc/1.index/1
->>> SearchService.open(path, rest="http://localhost:8501").search(["q.jpg"], k=5)
+Examples:
+    >>> from tfdnc.index import FaissIndex, SearchService, open_index, save_index
+    >>> rng = np.random.default_rng(0)
+    >>> embeddings = rng.normal(size=(50, 64)).astype("float32")
+    >>> paths, labels = [f"gallery/{i}.jpg" for i in range(50)], np.arange(50) % 5
+    >>> index = FaissIndex(dim=64)                     # or MilvusIndex(64, uri="gallery.db")
+    >>> ids = index.add(embeddings, paths, labels)
+    >>> path = save_index(index, export="exports/dnc/1")   # exports/dnc/1.index/<next version>
+    >>> SearchService.open(path, rest="http://localhost:8501").search(["q.jpg"], k=5)  # doctest: +SKIP
 
 Command line: `tfdnc index build | add | remove | search | info | calibrate | evaluate`
 (`python -m tfdnc.index --help`).

@@ -28,11 +28,15 @@ class VectorIndex(abc.ABC):
         max_k: the largest k a search may ask for.
         threshold: match threshold (cosine); None until calibrated.
 
-    Example:
-    >>> index = FaissIndex(dim=128)
-    >>> ids = index.add(embeddings, paths=files, labels=classes)
-    >>> hits = index.search(query_embeddings, k=5)
-    >>> index.remove(ids[:2])
+    Examples:
+        >>> from tfdnc.index import FaissIndex
+        >>> rng = np.random.default_rng(0)
+        >>> embeddings, query_embeddings = rng.normal(size=(20, 64)), rng.normal(size=(2, 64))
+        >>> files, classes = [f"{i}.jpg" for i in range(20)], np.arange(20) % 4
+        >>> index = FaissIndex(dim=64)
+        >>> ids = index.add(embeddings, paths=files, labels=classes)
+        >>> hits = index.search(query_embeddings, k=5)
+        >>> removed = index.remove(ids[:2])
     """
 
     backend = ""

@@ -31,9 +31,9 @@ def threshold_curve(similarities, correct) -> dict:
         {"threshold", "precision", "recall", "f1", "matched"}: (T,) arrays,
         one entry per distinct similarity, in decreasing threshold order.
 
-    Example:
-    >>> threshold_curve([0.9, 0.8, 0.3], [True, True, False])["precision"]
-    array([1.        , 1.        , 0.66666667])
+    Examples:
+        >>> threshold_curve([0.9, 0.8, 0.3], [True, True, False])["precision"]
+        array([1.        , 1.        , 0.66666667])
     """
     s = np.asarray(similarities, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
@@ -77,11 +77,11 @@ def calibrate_threshold(similarities, correct, target: float | None = 0.95, metr
         ValueError: when no threshold reaches the target (the message gives
             the best value there is).
 
-    Example:
-    >>> calibrate_threshold([0.9, 0.8, 0.3], [True, True, False], 0.99)["threshold"]
-    0.8
-    >>> calibrate_threshold([0.9, 0.8, 0.3], [True, False, True], None, metric="f1")["threshold"]
-    0.3
+    Examples:
+        >>> calibrate_threshold([0.9, 0.8, 0.3], [True, True, False], 0.99)["threshold"]
+        0.8
+        >>> calibrate_threshold([0.9, 0.8, 0.3], [True, False, True], None, metric="f1")["threshold"]
+        0.3
     """
     if metric not in METRICS:
         raise ValueError(f"calibrate: `metric` must be one of {METRICS}, got {metric!r}")

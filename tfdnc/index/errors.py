@@ -11,9 +11,13 @@ class IndexMismatchError(ValueError):
     from another export than the one it is opened with. The message names the
     file or folder and what differs.
 
-    Example:
-    >>> try:
-    ...     open_index("exports/dnc/1.index", export="exports/other/1")
-    ... except IndexMismatchError as err:
-    ...     print(err)
+    Examples:
+        >>> from tfdnc.exporting import export_run
+        >>> from tfdnc.index import open_index
+        >>> other = export_run("runs/default", "exports", "other")   # another export: exports/other/1
+        >>> try:
+        ...     open_index("exports/dnc/1.index", export=other)
+        ... except IndexMismatchError as err:
+        ...     print(err)
+        index 'exports/dnc/1.index/1'...
     """

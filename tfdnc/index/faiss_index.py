@@ -58,10 +58,14 @@ class FaissIndex(VectorIndex):
             widths (ef_search is raised to k when k is larger).
         seed: sampling and k-means seed.
 
-    Example:
-    >>> index = FaissIndex(128, index_type="hnsw")
-    >>> index.add(vectors, paths)
-    >>> index.search(queries, k=10).paths
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> vectors, queries = rng.normal(size=(100, 128)), rng.normal(size=(2, 128))
+        >>> paths = [f"gallery/{i}.jpg" for i in range(100)]
+        >>> index = FaissIndex(128, index_type="hnsw")
+        >>> ids = index.add(vectors, paths)
+        >>> [len(row) for row in index.search(queries, k=10).paths]
+        [10, 10]
     """
 
     backend = "faiss"

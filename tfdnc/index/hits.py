@@ -20,10 +20,18 @@ class IndexHits:
         paths, labels: per query, the image path / label of each hit.
         threshold: the calibrated match threshold, or None (every hit matches).
 
-    Example:
-    >>> hits = index.search(queries, k=5)
-    >>> hits.matched          # (queries, 5) bool: similarity >= threshold
-    >>> hits.to_records(["q1.jpg", "q2.jpg"])
+    Examples:
+        >>> from tfdnc.index import FaissIndex
+        >>> rng = np.random.default_rng(0)
+        >>> index = FaissIndex(16)
+        >>> ids = index.add(rng.normal(size=(20, 16)), [f"{i}.jpg" for i in range(20)])
+        >>> queries = rng.normal(size=(2, 16))
+        >>> hits = index.search(queries, k=5)
+        >>> hits.matched.shape          # (queries, 5) bool: similarity >= threshold
+        (2, 5)
+        >>> records = hits.to_records(["q1.jpg", "q2.jpg"])
+        >>> len(records)
+        10
     """
 
     ids: np.ndarray

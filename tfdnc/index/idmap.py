@@ -18,12 +18,12 @@ class IdMap:
     search answers) and as an absolute path, so an image can be named either
     way later, from any working directory (`ids_of_paths`).
 
-    Example:
-    >>> ids = IdMap()
-    >>> ids.add(["cats/1.jpg", "dogs/2.jpg"], ["cats", "dogs"])
-    array([0, 1])
-    >>> ids.paths([1])
-    ['dogs/2.jpg']
+    Examples:
+        >>> ids = IdMap()
+        >>> ids.add(["cats/1.jpg", "dogs/2.jpg"], ["cats", "dogs"])
+        array([0, 1])
+        >>> ids.paths([1])
+        ['dogs/2.jpg']
     """
 
     def __init__(self):

@@ -12,11 +12,12 @@ once in place.
 The lock is re-entrant within a thread, so `save_index` (which takes it)
 can run inside `update_index` (which holds it).
 
-Example:
->>> with index_lock("exports/dnc/1.index"):
-...     index = open_index("exports/dnc/1.index")       # the newest version, nobody writes
-...     index.remove_paths(["gallery/cat/3.jpg"])
-...     save_index(index, "exports/dnc/1.index")        # the next version
+Examples:
+    >>> from tfdnc.index import open_index, save_index
+    >>> with index_lock("exports/dnc/1.index"):
+    ...     index = open_index("exports/dnc/1.index")       # the newest version, nobody writes
+    ...     removed = index.remove_paths(["gallery/cat/3.jpg"])
+    ...     path = save_index(index, "exports/dnc/1.index")        # the next version
 """
 
 from __future__ import annotations

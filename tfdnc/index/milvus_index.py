@@ -61,10 +61,14 @@ class MilvusIndex(VectorIndex):
             the index will be saved in, so a killed build leaves nothing
             behind that the next save there does not remove.
 
-    Example:
-    >>> index = MilvusIndex(128, uri="gallery.db")            # Milvus Lite
-    >>> index = MilvusIndex(128, uri="http://milvus:19530")   # a server
-    >>> index.add(vectors, paths); index.search(queries, k=5)
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> vectors, queries = rng.normal(size=(20, 128)), rng.normal(size=(2, 128))
+        >>> paths = [f"gallery/{i}.jpg" for i in range(20)]
+        >>> index = MilvusIndex(128, uri="gallery.db")            # Milvus Lite
+        >>> index = MilvusIndex(128, uri="http://milvus:19530")   # a server  # doctest: +SKIP
+        >>> ids = index.add(vectors, paths); hits = index.search(queries, k=5)
+        >>> index.close()
     """
 
     backend = "milvus"

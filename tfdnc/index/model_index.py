@@ -8,11 +8,17 @@ model's thin methods (`DivideAndConquerModel.index`, `lookup`, `match`,
 version (`tfdnc.index.store`: faiss file, id map, JSON metadata with
 checksums; no pickle), which is how it travels inside a `.keras` file.
 
-Example:
->>> index = ModelIndex(dim=64)
->>> index.add(gallery_embeddings, labels=gallery_labels)
->>> index.calibrate(val_embeddings, val_labels, metric="f1")["threshold"]
->>> index.match(query_embeddings)            # labels; -1 below the threshold
+Examples:
+    >>> rng = np.random.default_rng(0)
+    >>> centres = rng.normal(size=(5, 64))
+    >>> def near(labels): return centres[labels] + 0.1 * rng.normal(size=(len(labels), 64))
+    >>> gallery_labels, val_labels = np.arange(50) % 5, np.arange(20) % 5
+    >>> gallery_embeddings, val_embeddings, query_embeddings = near(gallery_labels), near(val_labels), near([0, 3])
+    >>> index = ModelIndex(dim=64)
+    >>> ids = index.add(gallery_embeddings, labels=gallery_labels)
+    >>> threshold = index.calibrate(val_embeddings, val_labels, metric="f1")["threshold"]
+    >>> index.match(query_embeddings).tolist()            # labels; -1 below the threshold
+    [0, 3]
 """
 
 from __future__ import annotations

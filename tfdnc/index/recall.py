@@ -34,9 +34,14 @@ def recall_through_index(index: VectorIndex, queries, query_labels, gallery_labe
          "settings": the index's settings}. Queries whose class is absent
         from the gallery are left out of both, as in `tfdnc.evaluation`.
 
-    Example:
-    >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
-    >>> out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
+    Examples:
+        >>> from tfdnc.index import FaissIndex
+        >>> rng = np.random.default_rng(0)
+        >>> test_emb, test_labels = rng.normal(size=(300, 16)).astype("float32"), np.arange(300) % 30
+        >>> index = FaissIndex(16, index_type="hnsw")
+        >>> ids = index.add(test_emb, [f"{i}.jpg" for i in range(300)], test_labels)
+        >>> out = recall_through_index(index, test_emb, test_labels, ks=(1, 10), exclude_self=True)
+        >>> lost = out["exact"][1] - out["index"][1]   # Recall@1 lost to the approximate index
     """
     # Loaded on use, here and below: tfdnc.evaluation imports Keras, which `tfdnc index --help` does without.
     from tfdnc.evaluation.metrics import relevant_counts

@@ -19,9 +19,9 @@ class SearchService:
             Serving) or `ExportedModel` (in-process).
         batch_size: images per embedding request.
 
-    Example:
-    >>> service = SearchService.open("exports/dnc/1", rest="http://localhost:8501")
-    >>> service.search(["query.jpg"], k=5).to_records(["query.jpg"])
+    Examples:
+        >>> service = SearchService.open("exports/dnc/1", rest="http://localhost:8501")  # doctest: +SKIP
+        >>> service.search(["query.jpg"], k=5).to_records(["query.jpg"])  # doctest: +SKIP
     """
 
     def __init__(self, index: VectorIndex, embedder, *, batch_size: int = 32):

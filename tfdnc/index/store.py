@@ -199,9 +199,11 @@ def open_index(path: str | os.PathLike, *, export: str | None = None, dim: int |
         work_dir: where a Milvus Lite index's working copy goes (default:
             the system temp folder; see `MilvusIndex`).
 
-    Example:
-    >>> index = open_index("exports/dnc/1", export="exports/dnc/1")
-    >>> index.search(model.embed(["query.jpg"]), k=5).to_records()
+    Examples:
+        >>> index = open_index("exports/dnc/1", export="exports/dnc/1")
+        >>> from tfdnc.serving import ExportedModel
+        >>> model = ExportedModel("exports/dnc")
+        >>> records = index.search(model.embed(["query.jpg"]), k=3).to_records()
     """
     from tfdnc.index.faiss_index import FaissIndex
     from tfdnc.index.milvus_index import MilvusIndex
@@ -262,10 +264,14 @@ def update_index(path: str | os.PathLike, *, export: str | None = None, dim: int
     Yields:
         The open index; after the block its `saved_path` is the new version.
 
-    Example:
-    >>> with update_index("exports/dnc/1", export="exports/dnc/1") as index:
-    ...     index.add(embeddings, paths, labels)
-    >>> index.saved_path   # exports/dnc/1.index/3
+    Examples:
+        >>> from tfdnc.serving import ExportedModel
+        >>> embeddings = ExportedModel("exports/dnc").embed(["a.jpg", "b.png"])
+        >>> paths, labels = ["a.jpg", "b.png"], ["a", "b"]
+        >>> with update_index("exports/dnc/1", export="exports/dnc/1") as index:
+        ...     ids = index.add(embeddings, paths, labels)
+        >>> index.saved_path
+        'exports/dnc/1.index/2'
     """
     path = os.fspath(path)
     pinned = os.path.isfile(os.path.join(path, META_FILE))

@@ -34,11 +34,11 @@ class SubspaceMasks(keras.layers.Layer):
         mode: "learnable" or "fixed".
         initial_k: K at the start (1 when K grows; the final K when fixed).
 
-    Example:
-    >>> masks = SubspaceMasks(embedding_dim=8, k_max=4, mode="fixed", initial_k=2)
-    >>> z = np.random.randn(3, 8).astype("float32")
-    >>> learner1 = masks(z, cluster=1)  # normalised dims 4..7, zeros elsewhere
-    >>> every_learner = masks(z)  # (3, 4, 8)
+    Examples:
+        >>> masks = SubspaceMasks(embedding_dim=8, k_max=4, mode="fixed", initial_k=2)
+        >>> z = np.random.randn(3, 8).astype("float32")
+        >>> learner1 = masks(z, cluster=1)  # normalised dims 4..7, zeros elsewhere
+        >>> every_learner = masks(z)  # (3, 4, 8)
     """
 
     def __init__(
@@ -154,9 +154,9 @@ class SubspaceMasks(keras.layers.Layer):
           off, i.e. below `off_below` times the largest entry of their mask
           (0 at the start, when every mask is all ones; 1 - 1/K for fixed blocks).
 
-        Example:
-        >>> SubspaceMasks(8, 4, mode="fixed", initial_k=4).statistics()
-        {'mask_cosine': 0.0, 'mask_off_share': 0.75}
+        Examples:
+            >>> SubspaceMasks(8, 4, mode="fixed", initial_k=4).statistics()
+            {'mask_cosine': 0.0, 'mask_off_share': 0.75}
         """
         values = self.mask_values().astype(np.float64)
         k = len(values)

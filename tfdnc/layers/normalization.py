@@ -24,9 +24,10 @@ class L2Normalize(keras.layers.Layer):
         epsilon: floor on the squared norm, so an all-zero vector maps to zeros
             instead of NaN.
 
-    Example:
-    >>> layer = L2Normalize()
-    >>> y = layer(np.array([[3.0, 4.0]]))  # [[0.6, 0.8]]
+    Examples:
+        >>> layer = L2Normalize()
+        >>> np.asarray(layer(np.array([[3.0, 4.0]])), "float64").round(3).tolist()
+        [[0.6, 0.8]]
     """
 
     def __init__(self, axis: int = -1, epsilon: float = L2_EPSILON, **kwargs):
@@ -60,9 +61,9 @@ class PixelNormalization(keras.layers.Layer):
             ResNet/VGG weights), "torch" (ImageNet mean/std, the papers'
             normalisation), "tf" (to [-1, 1]), "scale" (to [0, 1]), "none".
 
-    Example:
-    >>> layer = PixelNormalization("torch")
-    >>> y = layer(np.full((1, 4, 4, 3), 255.0))
+    Examples:
+        >>> layer = PixelNormalization("torch")
+        >>> y = layer(np.full((1, 4, 4, 3), 255.0))
     """
 
     def __init__(self, mode: str = "torch", **kwargs):

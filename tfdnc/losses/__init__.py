@@ -14,11 +14,11 @@ Your own loss: subclass `MetricLoss`, implement `compute(batch)`, declare
 `NEEDS`, decorate with `@register_loss("name")` (docs/examples/own_loss.py).
 A module added to this package is imported (and so registered) with it.
 
-Example:
->>> loss = get_loss("margin", beta=1.2)
->>> loss = get_loss("triplet", mining="semi_hard", symmetrical=True, distance="cosine")
->>> loss = get_loss("margin", xbm_size=4096, embedding_dim=128, num_learners=4)
->>> loss = get_loss("proxy_anchor", num_classes=100, embedding_dim=128, num_learners=4)
+Examples:
+    >>> loss = get_loss("margin", beta=1.2)
+    >>> loss = get_loss("triplet", mining="semi_hard", symmetrical=True, distance="cosine")
+    >>> loss = get_loss("margin", xbm_size=4096, embedding_dim=128, num_learners=4)
+    >>> loss = get_loss("proxy_anchor", num_classes=100, embedding_dim=128, num_learners=4)
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def loss_from_config(section, **facts) -> MetricLoss:
             (and a cross-batch memory those it needs), unless its options
             set them.
 
-    Example:
-    >>> loss = loss_from_config(config.loss_config, num_classes=100, embedding_dim=128, num_learners=4)
+    Examples:
+        >>> from tfdnc.config import TrainConfig
+        >>> config = TrainConfig(loss="proxy_anchor", symmetrical=False)
+        >>> loss = loss_from_config(config.loss_config, num_classes=100, embedding_dim=128, num_learners=4)
     """
     options = dict(section.loss_options)
     if section.symmetrical:

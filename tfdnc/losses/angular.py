@@ -32,9 +32,9 @@ class AngularLoss(AnchorPositiveLoss):
         reducer: see `MetricLoss` (the elements are the anchors; default "mean").
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = AngularLoss(alpha=40)
-    >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
+    Examples:
+        >>> loss = AngularLoss(alpha=40)
+        >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
     """
 
     def __init__(

@@ -159,11 +159,11 @@ def register_loss(name: str, package: str = "tfdnc"):
     `get_loss(name)`, `--loss name` and `TrainConfig(loss=name)` find it);
     `tfdnc.losses.__all__` lists every registered class.
 
-    Example:
-    >>> @register_loss("my_loss", package="my_project")
-    ... class MyLoss(MetricLoss):
-    ...     def compute(self, batch):
-    ...         ...
+    Examples:
+        >>> @register_loss("my_loss", package="my_project")
+        ... class MyLoss(MetricLoss):
+        ...     def compute(self, batch):
+        ...         ...
     """
     key = str(name).lower().replace("-", "_")
 

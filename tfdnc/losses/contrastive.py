@@ -24,9 +24,13 @@ class ContrastiveLoss(MetricLoss):
         reducer: see `MetricLoss` (default "avg_non_zero", per part).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = ContrastiveLoss(pos_margin=0.0, neg_margin=0.5)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = ContrastiveLoss(pos_margin=0.0, neg_margin=0.5)
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     NEEDS = LossNeeds(reference=True)

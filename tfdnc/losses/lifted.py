@@ -24,9 +24,13 @@ class LiftedStructureLoss(MetricLoss):
         reducer: see `MetricLoss`.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = LiftedStructureLoss(margin=1.0)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = LiftedStructureLoss(margin=1.0)
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     def __init__(

@@ -72,10 +72,10 @@ class MarginLoss(MetricLoss):
             `MetricLoss`); the synthesised distances are used both to select
             the negatives and in the loss.
 
-    Example:
-    >>> loss = MarginLoss()
-    >>> x = l2_normalize(tf.random.normal((8, 16)))
-    >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), x)
+    Examples:
+        >>> loss = MarginLoss()
+        >>> x = tf.math.l2_normalize(tf.random.normal((8, 16)), axis=1)
+        >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), x)
     """
 
     NEEDS = LossNeeds(reference=True, facts=("num_classes",))

@@ -57,10 +57,13 @@ class CrossBatchMemory(MetricLoss):
         batch_loss: also add the wrapped loss of the batch against itself.
         memory_weight: weight of the memory loss.
 
-    Example:
-    >>> loss = CrossBatchMemory(MarginLoss(), memory_size=4096, embedding_dim=128, num_learners=4)
-    >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=2)
-    >>> loss.on_clusters_changed()   # empties all memories
+    Examples:
+        >>> from tfdnc.losses import MarginLoss
+        >>> loss = CrossBatchMemory(MarginLoss(), memory_size=4096, embedding_dim=128, num_learners=4)
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.math.l2_normalize(tf.random.normal((6, 128)), axis=1)
+        >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=2)
+        >>> loss.on_clusters_changed()   # empties all memories
     """
 
     NEEDS = LossNeeds(symmetrical=False, facts=("embedding_dim", "num_learners"))

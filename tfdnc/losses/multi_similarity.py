@@ -34,9 +34,13 @@ class MultiSimilarityLoss(MetricLoss):
         reducer: see `MetricLoss`; the elements are the anchors.
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     NEEDS = LossNeeds(reference=True)

@@ -28,9 +28,9 @@ class NPairLoss(AnchorPositiveLoss):
             between their originals and synthetics (the authors applied
             Symm first to this loss; `symm_rule="code"` is their code's rule).
 
-    Example:
-    >>> loss = NPairLoss(symmetrical=True)
-    >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
+    Examples:
+        >>> loss = NPairLoss(symmetrical=True)
+        >>> value = loss(tf.constant([0, 0, 1, 1, 2, 2]), tf.random.normal((6, 16)))
     """
 
     def __init__(

@@ -46,9 +46,11 @@ class ProxyAnchorLoss(MetricLoss):
         seed: seed of the proxies' initialiser.
         reducer: see `MetricLoss` (applied to each part).
 
-    Example:
-    >>> loss = ProxyAnchorLoss(num_classes=100, embedding_dim=128, num_learners=4)
-    >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=1)
+    Examples:
+        >>> loss = ProxyAnchorLoss(num_classes=100, embedding_dim=128, num_learners=4)
+        >>> labels = tf.constant([0, 0, 7, 7, 42, 42])
+        >>> embeddings = tf.math.l2_normalize(tf.random.normal((6, 128)), axis=1)
+        >>> value, stats = loss.compute_loss_and_stats(labels, embeddings, learner=1)
     """
 
     # The proxies are the positives and every other class's proxy a negative:

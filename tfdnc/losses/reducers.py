@@ -14,9 +14,10 @@ a metric loss's terms are per pair / triplet and its normalisation is part of
 the method (the margin loss divides by the number of non-zero terms); tfdnc
 losses therefore take `reducer=` and refuse `reduction=`.
 
-Example:
->>> loss = TripletLoss(mining="batch_all", reducer="mean")   # mean over all valid triplets
->>> loss = ContrastiveLoss(reducer=SumReducer())
+Examples:
+    >>> from tfdnc.losses import ContrastiveLoss, TripletLoss
+    >>> loss = TripletLoss(mining="batch_all", reducer="mean")   # mean over all valid triplets
+    >>> loss = ContrastiveLoss(reducer=SumReducer())
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ images gives floor(M / 2) pairs per class. A sample left without a partner (odd
 count) keeps itself as its "synthetic". Everything has static shapes and runs
 under XLA.
 
-Example:
->>> x = tf.random.normal((8, 16))
->>> labels = tf.constant([0, 0, 1, 1, 2, 2, 3, 3])
->>> q = SymmetricalSynthesis()(x, labels, training=True)   # (8, 16)
+Examples:
+    >>> x = tf.random.normal((8, 16))
+    >>> labels = tf.constant([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> q = SymmetricalSynthesis()(x, labels, training=True)   # (8, 16)
 """
 
 from __future__ import annotations
@@ -195,11 +195,11 @@ class SymmetricalSynthesis(keras.layers.Layer):
         alpha: scale of the projection (2 = mirror point).
         beta: scale of the result (1 keeps the norm).
 
-    Example:
-    >>> layer = SymmetricalSynthesis()
-    >>> x = tf.constant([[1.0, 0.0], [0.6, 0.8]])
-    >>> layer(x, tf.constant([0, 0]), training=True)
-    # [[-0.28, 0.96], [0.6, -0.8]]
+    Examples:
+        >>> layer = SymmetricalSynthesis()
+        >>> x = tf.constant([[1.0, 0.0], [0.6, 0.8]])
+        >>> np.asarray(layer(x, tf.constant([0, 0]), training=True), "float64").round(2).tolist()
+        [[-0.28, 0.96], [0.6, -0.8]]
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, **kwargs):

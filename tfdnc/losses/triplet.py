@@ -38,10 +38,14 @@ class TripletLoss(MetricLoss):
             "mean" otherwise).
         symmetrical, symm_rule: Symmetrical Synthesis of the negatives.
 
-    Example:
-    >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
-    >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
-    >>> value = loss(labels, l2_normalize(embeddings))
+    Examples:
+        >>> loss = TripletLoss(margin=0.2, mining="semi_hard")
+        >>> labels = tf.constant([0, 0, 1, 1, 2, 2])
+        >>> embeddings = tf.random.normal((6, 16), seed=0)
+        >>> loss = TripletLoss(mining="batch_hard", soft_margin=True)
+        >>> value = loss(labels, tf.math.l2_normalize(embeddings, axis=1))
+        >>> value.shape
+        TensorShape([])
     """
 
     NEEDS = LossNeeds(reference=True)

@@ -5,10 +5,14 @@ negative masks, and returns a :class:`TripletSelection` or a
 :class:`PairSelection`; losses take a `miner=` argument. The selection
 functions the miners are built on live in :mod:`tfdnc.miners.selection`.
 
-Example:
->>> loss = TripletLoss(miner=SemiHardMiner())   # same as mining="semi_hard"
->>> pos, neg = label_masks(labels)
->>> triplets = BatchHardMiner()(pairwise_euclidean(x), pos, neg)
+Examples:
+    >>> from tfdnc.distances import pairwise_euclidean
+    >>> from tfdnc.losses import TripletLoss
+    >>> labels = tf.constant([0, 0, 1, 1])
+    >>> x = tf.math.l2_normalize(tf.random.normal((4, 8)), axis=1)
+    >>> loss = TripletLoss(miner=SemiHardMiner())   # same as mining="semi_hard"
+    >>> pos, neg = label_masks(labels)
+    >>> triplets = BatchHardMiner()(pairwise_euclidean(x), pos, neg)
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """Pair miners: which positive and negative pairs a pair-based loss looks at.
 
-Example:
->>> s = pairwise_cosine_similarity(x)
->>> pos, neg = label_masks(labels)
->>> pairs = MultiSimilarityMiner(epsilon=0.1)(s, pos, neg)
+Examples:
+    >>> from tfdnc.distances import pairwise_cosine_similarity
+    >>> from tfdnc.miners import label_masks
+    >>> labels = tf.constant([0, 0, 1, 1])
+    >>> x = tf.random.normal((4, 8))
+    >>> s = pairwise_cosine_similarity(x)
+    >>> pos, neg = label_masks(labels)
+    >>> pairs = MultiSimilarityMiner(epsilon=0.1)(s, pos, neg)
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ boolean positive / negative masks from :func:`label_masks`. They return masks
 or per-anchor selections of static shape (no boolean gather), so losses built
 on them compile with XLA.
 
-Example:
->>> labels = tf.constant([0, 0, 1, 1])
->>> pos, neg = label_masks(labels)
->>> d = pairwise_euclidean(tf.random.normal((4, 8)))
->>> hardest_pos, hardest_neg, valid = batch_hard(d, pos, neg)
+Examples:
+    >>> from tfdnc.distances import pairwise_euclidean
+    >>> labels = tf.constant([0, 0, 1, 1])
+    >>> pos, neg = label_masks(labels)
+    >>> d = pairwise_euclidean(tf.random.normal((4, 8)))
+    >>> hardest_pos, hardest_neg, valid = batch_hard(d, pos, neg)
 """
 
 from __future__ import annotations

@@ -3,10 +3,14 @@
 All take a (B, N) distance matrix (lower is closer) and return a
 :class:`TripletSelection`.
 
-Example:
->>> d = pairwise_euclidean(x)
->>> pos, neg = label_masks(labels)
->>> selection = BatchHardMiner()(d, pos, neg)   # one triplet per anchor
+Examples:
+    >>> from tfdnc.distances import pairwise_euclidean
+    >>> from tfdnc.miners import label_masks
+    >>> labels = tf.constant([0, 0, 1, 1])
+    >>> x = tf.math.l2_normalize(tf.random.normal((4, 8)), axis=1)
+    >>> d = pairwise_euclidean(x)
+    >>> pos, neg = label_masks(labels)
+    >>> selection = BatchHardMiner()(d, pos, neg)   # one triplet per anchor
 """
 
 from __future__ import annotations

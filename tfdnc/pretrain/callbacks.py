@@ -95,8 +95,17 @@ def policy_state(scores: dict, sampling_probs: np.ndarray) -> np.ndarray:
 class HeldOutMonitor(keras.callbacks.Callback):
     """Adds `heldout_loss` and `heldout_accuracy` to the epoch logs.
 
-    Example:
-    >>> model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 100))])
+    Examples:
+        >>> from tfdnc.backbones import build_backbone
+        >>> from tfdnc.pretrain.jigsaw import JigsawTiles, OrderPredictionModel
+        >>> from tfdnc.pretrain.permutations import generate_permutations
+        >>> images = np.random.default_rng(0).integers(0, 256, (64, 36, 36, 1)).astype("float32")  # 3 x 3 cells of 12 px
+        >>> ds, x_val = tf.data.Dataset.from_tensor_slices(images[:32]).batch(8), images[32:]
+        >>> model = OrderPredictionModel(build_backbone("small_cnn", (10, 10, 1)), generate_permutations(24), JigsawTiles())
+        >>> model.compile(optimizer="adam")
+        >>> history = model.fit(ds, callbacks=[HeldOutMonitor(HeldOutPermutations(x_val, 24))], verbose=0)
+        >>> sorted(name for name in history.history if name.startswith("heldout"))
+        ['heldout_accuracy', 'heldout_loss']
     """
 
     def __init__(self, heldout: HeldOutPermutations):
@@ -129,9 +138,19 @@ class PolicySamplingCallback(keras.callbacks.Callback):
         heldout: the held-out scoring set.
         block_steps: training steps per block.
 
-    Example:
-    >>> trainer = ReinforceTrainer(PermutationPolicy())
-    >>> model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=50)])
+    Examples:
+        >>> from tfdnc.pretrain.policy import PermutationPolicy
+        >>> from tfdnc.backbones import build_backbone
+        >>> from tfdnc.pretrain.jigsaw import JigsawTiles, OrderPredictionModel
+        >>> from tfdnc.pretrain.permutations import generate_permutations
+        >>> images = np.random.default_rng(0).integers(0, 256, (64, 36, 36, 1)).astype("float32")  # 3 x 3 cells of 12 px
+        >>> ds, x_val = tf.data.Dataset.from_tensor_slices(images[:32]).batch(8), images[32:]
+        >>> model = OrderPredictionModel(build_backbone("small_cnn", (10, 10, 1)), generate_permutations(24), JigsawTiles())
+        >>> model.compile(optimizer="adam")
+        >>> trainer, heldout = ReinforceTrainer(PermutationPolicy()), HeldOutPermutations(x_val, 24)
+        >>> history = model.fit(ds, callbacks=[PolicySamplingCallback(trainer, heldout, block_steps=2)], verbose=0)
+        >>> "reward" in history.history
+        True
     """
 
     def __init__(self, trainer: ReinforceTrainer, heldout: HeldOutPermutations,

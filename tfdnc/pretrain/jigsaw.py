@@ -84,9 +84,9 @@ class JigsawTiles(keras.layers.Layer):
     Input: (B, H, W, C) images with values in [0, 255].
     Output: (B, grid * grid, tile_size, tile_size, C) float32 in [0, 255].
 
-    Example:
-    >>> tiler = JigsawTiles(grid=3, cell_size=12, tile_size=10)
-    >>> tiles = tiler(np.zeros((2, 28, 28, 1)), training=True)  # (2, 9, 10, 10, 1)
+    Examples:
+        >>> tiler = JigsawTiles(grid=3, cell_size=12, tile_size=10)
+        >>> tiles = tiler(np.zeros((2, 28, 28, 1)), training=True)  # (2, 9, 10, 10, 1)
     """
 
     def __init__(self, grid: int = 3, cell_size: int = 12, tile_size: int = 10,
@@ -156,8 +156,8 @@ class ClipFrames(keras.layers.Layer):
     Input: (B, T, H, W, C) clips in [0, 255] with H, W >= crop_size.
     Output: (B, T, crop_size, crop_size, C) float32.
 
-    Example:
-    >>> frames = ClipFrames(crop_size=24)(np.zeros((2, 4, 28, 28, 1)))  # (2, 4, 24, 24, 1)
+    Examples:
+        >>> frames = ClipFrames(crop_size=24)(np.zeros((2, 4, 28, 28, 1)))  # (2, 4, 24, 24, 1)
     """
 
     def __init__(self, crop_size: int, jitter: bool = True, normalize: bool = True,
@@ -224,11 +224,17 @@ class OrderPredictionModel(keras.Model):
         dropout: dropout rate before the last layer.
         seed: seed of the permutation draws.
 
-    Example:
-    >>> backbone = build_backbone("small_cnn", (10, 10, 1))
-    >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())
-    >>> model.compile(optimizer="adam")
-    >>> model.fit(images_dataset, epochs=1)
+    Examples:
+        >>> from tfdnc.backbones import build_backbone
+        >>> from tfdnc.pretrain.permutations import generate_permutations
+        >>> images = np.random.default_rng(0).integers(0, 256, (32, 36, 36, 1)).astype("float32")  # 3 x 3 cells of 12 px
+        >>> images_dataset = tf.data.Dataset.from_tensor_slices(images).batch(8)
+        >>> backbone = build_backbone("small_cnn", (10, 10, 1))
+        >>> model = OrderPredictionModel(backbone, generate_permutations(24), JigsawTiles())
+        >>> model.compile(optimizer="adam")
+        >>> history = model.fit(images_dataset, epochs=1, verbose=0)
+        >>> int(model.permutation_counts.numpy().sum())
+        32
     """
 
     def __init__(self, backbone: keras.Model, permutations, items: keras.layers.Layer,

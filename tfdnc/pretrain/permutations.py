@@ -66,13 +66,13 @@ def generate_permutations(
         int32 array of shape (N, num_items), rows distinct, in the order
         chosen.
 
-    Example:
-    >>> perms = generate_permutations(100, 9)
-    >>> min_hamming_distance(perms)
-    6
-    >>> authors = generate_permutations(100, 9, selection="max_mean")
-    >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
-    True
+    Examples:
+        >>> perms = generate_permutations(100, 9)
+        >>> min_hamming_distance(perms)
+        6
+        >>> authors = generate_permutations(100, 9, selection="max_mean")
+        >>> mean_hamming_distance(authors) >= mean_hamming_distance(perms)
+        True
     """
     _check_selection_size(num_permutations, num_items, selection)
     rng = np.random.default_rng(seed)

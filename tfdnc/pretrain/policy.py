@@ -46,9 +46,9 @@ class PermutationPolicy(keras.Model):
     Args:
         hidden_units: width of the shared per-permutation MLP.
 
-    Example:
-    >>> policy = PermutationPolicy(hidden_units=16)
-    >>> logits = policy(np.zeros((100, 4), "float32"))  # (100,)
+    Examples:
+        >>> policy = PermutationPolicy(hidden_units=16)
+        >>> logits = policy(np.zeros((100, 4), "float32"))  # (100,)
     """
 
     def __init__(self, hidden_units: int = 32, **kwargs):
@@ -92,10 +92,15 @@ class ReinforceTrainer(tf.Module):
             standard deviation rests on very few rewards in the first
             updates, where one large reward would otherwise give a huge step.
 
-    Example:
-    >>> trainer = ReinforceTrainer(PermutationPolicy())
-    >>> probs = trainer.probabilities(state)          # sample the next block from these
-    >>> trainer.update(state, action_counts, reward)  # after the block
+    Examples:
+        >>> trainer = ReinforceTrainer(PermutationPolicy())
+        >>> state = np.zeros((24, 4), "float32")   # one row per permutation (callbacks.policy_state)
+        >>> probs = trainer.probabilities(state)          # sample the next block from these
+        >>> action_counts = np.bincount(np.random.default_rng(0).choice(24, 50, p=probs / probs.sum()), minlength=24)
+        >>> reward = 0.1
+        >>> diagnostics = trainer.update(state, action_counts, reward)  # after the block
+        >>> sorted(diagnostics)
+        [...'reward'...]
     """
 
     def __init__(self, policy: PermutationPolicy, learning_rate: float = 1e-2,

@@ -5,10 +5,10 @@ run's settings, loss and Recall@K curves, K and the cluster sizes over
 time, the masks as a heat map, the evaluation table, a 2-D map of test
 embeddings coloured by class and by cluster, and retrieval examples.
 
-Example:
->>> from tfdnc.report import build_report
->>> build_report("runs/default")
-'runs/default/report/index.html'
+Examples:
+    >>> from tfdnc.report import build_report
+    >>> build_report("runs/default", projection="pca")
+    'runs/default/report/index.html'
 """
 
 from tfdnc.utils.lazy import lazy_attributes

@@ -47,8 +47,9 @@ def build_report(
     Sections whose inputs are missing (no model, no history, no data)
     are replaced by a note saying what is missing.
 
-    Example:
-    >>> build_report("runs/default")   # 'runs/default/report/index.html'
+    Examples:
+        >>> build_report("runs/default", projection="pca")
+        'runs/default/report/index.html'
     """
     if projection not in ("tsne", "pca"):
         raise ValueError(f"report: `projection` must be 'tsne' or 'pca', got {projection!r}")

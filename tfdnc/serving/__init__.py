@@ -5,11 +5,12 @@ All three share one interface (`ServingClient`): `embed`, `embed_pixels`,
 `status`, `metadata`; every failure is a `ServingError` naming the model,
 version and signature.
 
-Example:
->>> from tfdnc.serving import RestClient, GrpcClient, ExportedModel
->>> RestClient("http://localhost:8501", model="dnc").embed(["query.jpg"])
->>> GrpcClient("localhost:8500", model="dnc").search(["query.jpg"]).to_records()
->>> ExportedModel("exports/dnc").embed(["query.jpg"])  # no server
+Examples:
+    >>> from tfdnc.serving import RestClient, GrpcClient, ExportedModel
+    >>> RestClient("http://localhost:8501", model="dnc").embed(["query.jpg"])  # doctest: +SKIP
+    >>> GrpcClient("localhost:8500", model="dnc").search(["query.jpg"]).to_records()  # doctest: +SKIP
+    >>> ExportedModel("exports/dnc").embed(["query.jpg"]).shape  # no server
+    (1, 64)
 """
 
 from __future__ import annotations

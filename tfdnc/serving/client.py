@@ -110,8 +110,8 @@ class ServingClient(abc.ABC):
         (e.g. `k` for `search_k`). A signature the served export lacks is
         replaced by its `fallback`, if it declares one.
 
-        Example:
-        >>> client.call("class_votes", ["query.jpg"])  # one you registered (docs/examples/own_signature.py)
+        Examples:
+            >>> client.call("class_votes", ["query.jpg"])  # one you registered (docs/examples/own_signature.py)  # doctest: +SKIP
         """
         declared = get_signature(signature)
         batch = self._client_batch(declared, data)

@@ -41,11 +41,14 @@ class ServingError(RuntimeError):
             the latest the server has).
         details: the server's own message.
 
-    Example:
-    >>> try:
-    ...     client.embed([b"not an image"])
-    ... except ServingError as err:
-    ...     print(err.code, err.details)
+    Examples:
+        >>> from tfdnc.serving import ExportedModel
+        >>> client = ExportedModel("exports/dnc")   # or RestClient, GrpcClient
+        >>> try:
+        ...     client.embed([b"not an image"])
+        ... except ServingError as err:
+        ...     print(err.code, err.details)
+        INVALID_ARGUMENT ...is not a JPEG/PNG/GIF/BMP/WebP image...
     """
 
     def __init__(

@@ -6,11 +6,11 @@ model behind them (`ExportedModel` in-process, or a REST / gRPC client).
 `embed_files_skipping` leaves such files out, as training does
 (`tfdnc.data.validation`), and says which and why.
 
-Example:
->>> from tfdnc.serving import ExportedModel
->>> entries = [("cat/1.jpg", "gallery/cat/1.jpg")]
->>> embed_files(ExportedModel("exports/dnc"), entries, "serving_default", "embeddings", 32).shape
-(1, 128)
+Examples:
+    >>> from tfdnc.serving import ExportedModel
+    >>> entries = [("cat/1.jpg", "gallery/cat/1.jpg")]
+    >>> embed_files(ExportedModel("exports/dnc"), entries, "serving_default", "embeddings", 32).shape
+    (1, 64)
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def embed_files_skipping(model, entries, signature, output, batch_size):
     embeddings belongs to kept[i] (embeddings is None when nothing was
     kept), and skipped lists (path, reason) of each file left out, in order.
 
-    Example:
-    >>> vectors, kept, skipped = embed_files_skipping(model, entries, "serving_default", "embeddings", 32)
-    >>> for path, reason in skipped: print(f"skipped {path}: {reason}")
+    Examples:
+        >>> from tfdnc.serving import ExportedModel
+        >>> model = ExportedModel("exports/dnc")
+        >>> _ = open("broken.jpg", "w").write("not an image")
+        >>> entries = [("cat/1.jpg", "gallery/cat/1.jpg"), ("broken.jpg", "broken.jpg")]
+        >>> vectors, kept, skipped = embed_files_skipping(model, entries, "serving_default", "embeddings", 32)
+        >>> for path, reason in skipped: print(f"skipped {path}: {reason}")
+        skipped broken.jpg: ...
     """
     kept, skipped = [], []
     parts = []

@@ -22,10 +22,10 @@ class GrpcClient(ServingClient):
             `ServingClient`.
         channel: an existing `grpc.Channel` to use instead of `target`.
 
-    Example:
-    >>> client = GrpcClient("localhost:8500", model="dnc")
-    >>> embeddings = client.embed(["query.jpg"])
-    >>> client.status()  # [{'version': 1, 'state': 'AVAILABLE', 'error': ''}]
+    Examples:
+        >>> client = GrpcClient("localhost:8500", model="dnc")  # doctest: +SKIP
+        >>> embeddings = client.embed(["query.jpg"])  # doctest: +SKIP
+        >>> client.status()  # [{'version': 1, 'state': 'AVAILABLE', 'error': ''}]  # doctest: +SKIP
     """
 
     def __init__(self, target: str = "localhost:8500", model: str = "dnc", *,

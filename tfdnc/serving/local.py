@@ -32,9 +32,9 @@ class ExportedModel(ServingClient):
         path: a version folder (BASE/NAME/VERSION) or a model folder
             (BASE/NAME: its latest version).
 
-    Example:
-    >>> model = ExportedModel("exports/dnc")
-    >>> embeddings = model.embed(["a.jpg", "b.png"])
+    Examples:
+        >>> model = ExportedModel("exports/dnc")
+        >>> embeddings = model.embed(["a.jpg", "b.png"])
     """
 
     def __init__(self, path: str | os.PathLike, **kwargs):

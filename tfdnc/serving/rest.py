@@ -28,10 +28,10 @@ class RestClient(ServingClient):
         request_format: "inputs" (columnar: one list per input tensor) or
             "instances" (row format: one object per example).
 
-    Example:
-    >>> client = RestClient("http://localhost:8501", model="dnc")
-    >>> embeddings = client.embed(["query.jpg"])        # (1, d)
-    >>> hits = client.search(["query.jpg"]).to_records()
+    Examples:
+        >>> client = RestClient("http://localhost:8501", model="dnc")  # doctest: +SKIP
+        >>> embeddings = client.embed(["query.jpg"])        # (1, d)  # doctest: +SKIP
+        >>> hits = client.search(["query.jpg"]).to_records()  # doctest: +SKIP
     """
 
     def __init__(self, url: str = "http://localhost:8501", model: str = "dnc", *,

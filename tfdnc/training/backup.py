@@ -19,10 +19,23 @@ refused (`ResumeRefusedError`) with the run directory left as it was.
 it, so a reader (an export started during training) sees the old file or
 the new one, never half of one.
 
-Example:
->>> store = GenerationStore("runs/a/backup")
->>> start = restore_latest(model, schedule, store)      # 0 on a fresh run
->>> model.fit(ds, epochs=10, initial_epoch=start, callbacks=[schedule, GenerationBackup(store, schedule)])
+Examples:
+    >>> from tfdnc.data.pipeline import make_train_dataset
+    >>> from tfdnc.data.sampling import ClusterBatchSampler
+    >>> from tfdnc.datasets import load_dataset
+    >>> train, steps = load_dataset("shapes", num_classes=32, images_per_class=8).train, 8
+    >>> model = tfdnc.DivideAndConquerModel(tfdnc.build_backbone("small_cnn", (32, 32, 3)), embedding_dim=16, k_final=2)
+    >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+    >>> from tfdnc.training import DivideAndConquerSchedule
+    >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
+    >>> ds = make_train_dataset(train, sampler, steps, 32)
+    >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=2, image_size=32, recluster_every=1, verbose=0)
+    >>> store = GenerationStore("runs/a/backup")
+    >>> start = restore_latest(model, schedule, store, verbose=0)      # 0 on a fresh run
+    >>> history = model.fit(ds, steps_per_epoch=steps, epochs=2, initial_epoch=start, verbose=0,
+    ...                     callbacks=[schedule, GenerationBackup(store, schedule)])
+    >>> store.latest().epoch
+    2
 """
 
 from __future__ import annotations
@@ -50,10 +63,10 @@ LOCATION_SETTINGS = ("data_dir", "cache_dir")
 class ResumeRefusedError(ValueError):
     """A `--resume` that cannot continue its run; raised before anything in the run directory changed.
 
-    Example:
-    >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")
-    ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
-    runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
+    Examples:
+        >>> check_settings(store, config.to_dict(), may_differ=("epochs",), config_path="runs/a/config.json")  # doctest: +SKIP
+        ResumeRefusedError: --resume: runs/a/config.json does not match the run's backup generation
+        runs/a/backup/gen-00000002: embedding_dim: 64 in the generation, 32 in runs/a/config.json. ...
     """
 
 
@@ -298,8 +311,8 @@ class FlushingTensorBoard(keras.callbacks.TensorBoard):
     `GenerationBackup`: once an epoch's generation is committed, the epoch
     is in TensorBoard.
 
-    Example:
-    >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]
+    Examples:
+        >>> callbacks = [schedule, FlushingTensorBoard("runs/a/logs"), GenerationBackup(store, schedule)]  # doctest: +SKIP
     """
 
     def on_epoch_end(self, epoch, logs=None):

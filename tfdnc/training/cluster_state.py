@@ -15,11 +15,12 @@ DIR/clusters.npz and clusters.prev.npz (names from `tfdnc.rundir`), so a run
 restored from a checkpoint one epoch older than the newest clustering still
 finds the clustering its weights were trained with.
 
-Example:
->>> store = ClusterStateStore("runs/default")
->>> store.save(ClusterState(assignments, usable, k=2, valid_from=4))
->>> store.load(epoch=5).k           # the newest generation valid at epoch 5
-2
+Examples:
+    >>> store = ClusterStateStore("runs/default")
+    >>> assignments, usable = np.arange(100) % 2, np.ones(100, bool)
+    >>> store.save(ClusterState(assignments, usable, k=2, valid_from=4))
+    >>> store.load(epoch=5).k           # the newest generation valid at epoch 5
+    2
 """
 
 from __future__ import annotations

@@ -21,10 +21,18 @@ The learnable masks do not enter the evaluation embedding (TPAMI evaluates
 normalize(z), `SubspaceMasks.full_embedding`), and BatchNorm's running
 statistics are not trainable: they stay those of the training weights.
 
-Example:
->>> model.compile(optimizer=AveragedAdam(1e-3, use_ema=True, ema_momentum=0.999), loss=loss)
->>> swap = SwapAverage()
->>> model.fit(ds, callbacks=[schedule, swap.swap_in, evaluation, swap.swap_out, backup])
+Examples:
+    >>> from tfdnc.datasets import load_dataset
+    >>> splits = load_dataset("shapes", num_classes=32, images_per_class=8)
+    >>> model = tfdnc.DivideAndConquerModel(tfdnc.build_backbone("small_cnn", (32, 32, 3)), embedding_dim=16, k_final=2)
+    >>> loss = tfdnc.losses.MultiSimilarityLoss()
+    >>> model.compile(optimizer=AveragedAdam(1e-3, use_ema=True, ema_momentum=0.999), loss=loss)
+    >>> swap = SwapAverage()
+    >>> evaluation = keras.callbacks.LambdaCallback()   # e.g. tfdnc.evaluation.RetrievalEvaluation
+    >>> history = model.fit(splits.train.images, splits.train.labels, epochs=2, verbose=0,
+    ...                     callbacks=[swap.swap_in, evaluation, swap.swap_out])  # the model adds its schedule
+    >>> SwapAverage.active(model)
+    True
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ Points (epochs are 1-based, as printed):
                      is the final evaluation, model.keras, metrics.json and the export
     export           half a second after the export started (a timer)
 
-Example:
->>> os.environ["TFDNC_TEST_KILL_AT"] = "after_recluster@2"
->>> checkpoint_reached("after_recluster", epoch=2)   # the process dies here
+Examples:
+    >>> os.environ["TFDNC_TEST_KILL_AT"] = "after_recluster@2"  # doctest: +SKIP
+    >>> checkpoint_reached("after_recluster", epoch=2)   # the process dies here  # doctest: +SKIP
 """
 
 from __future__ import annotations

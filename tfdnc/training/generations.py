@@ -26,11 +26,12 @@ still describes the generation (`tfdnc.training.backup.check_settings`). A
 generation that is committed but does not load is never deleted: it is set
 aside as `unloadable-gen-<N>` when an older one takes over.
 
-Example:
->>> store = GenerationStore("runs/a/backup")
->>> store.commit(3, lambda folder: model.save_weights(os.path.join(folder, WEIGHTS)))
->>> store.latest().epoch
-3
+Examples:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> store = GenerationStore("runs/a/backup")
+    >>> generation = store.commit(3, lambda folder: model.save_weights(os.path.join(folder, WEIGHTS)))
+    >>> store.latest().epoch
+    3
 """
 
 from __future__ import annotations

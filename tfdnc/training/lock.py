@@ -7,10 +7,10 @@ kernel releases the lock when its process dies, however it dies (SIGKILL,
 out of memory, preemption), so the lock of a killed run never blocks
 `--resume`: the file may still name the dead pid, but nobody holds it.
 
-Example:
->>> lock = RunLock("runs/a").acquire()   # RunLockedError naming the holder's pid if taken
->>> ...
->>> lock.release()
+Examples:
+    >>> lock = RunLock("runs/a").acquire()   # RunLockedError naming the holder's pid if taken
+    >>> # ... train ...
+    >>> lock.release()
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ experiment/margin_loss_resnet50.py:200-205, `--lr-step` "Currently disabled"
 the CVPR code trains at a constant 1e-5 (CompVis/metric-learning-divide-and-
 conquer: config.json "opt"). "constant" is therefore the references' regime.
 
-Example:
->>> schedule = WarmupDecay(1e-3, total_steps=1000, warmup_steps=100, decay="cosine")
->>> optimizer = keras.optimizers.Adam(schedule)
->>> float(schedule(1000))
-0.0
+Examples:
+    >>> schedule = WarmupDecay(1e-3, total_steps=1000, warmup_steps=100, decay="cosine")
+    >>> optimizer = keras.optimizers.Adam(schedule)
+    >>> float(schedule(1000))
+    0.0
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             rate is multiplied by `gamma`.
         gamma: the factor of each step.
 
-    Example:
-    >>> s = WarmupDecay(1.0, total_steps=100, decay="step", milestones=(0.5,), gamma=0.1)
-    >>> [round(float(s(n)), 3) for n in (0, 49, 50, 99)]
-    [1.0, 1.0, 0.1, 0.1]
+    Examples:
+        >>> s = WarmupDecay(1.0, total_steps=100, decay="step", milestones=(0.5,), gamma=0.1)
+        >>> [round(float(s(n)), 3) for n in (0, 49, 50, 99)]
+        [1.0, 1.0, 0.1, 0.1]
     """
 
     def __init__(self, learning_rate: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant",

@@ -11,14 +11,14 @@ number of epochs and the epoch of the last re-clustering, it says
   (`KStep`): K = k_final from the start ("fixed", CVPR), or K = 1, 2, 4, ...
   doubling at every re-clustering until k_final ("double", TPAMI).
 
-Example:
->>> policy = PhasePolicy(k_final=4, recluster_every=2, full_embedding_epoch=8)
->>> policy.phase(8, total_epochs=10).full_embedding
-True
->>> [e for e in range(6) if policy.reclusters_after(e, 6)]
-[1, 3]
->>> policy.recluster_step(2).new_k
-4
+Examples:
+    >>> policy = PhasePolicy(k_final=4, recluster_every=2, full_embedding_epoch=8)
+    >>> policy.phase(8, total_epochs=10).full_embedding
+    True
+    >>> [e for e in range(6) if policy.reclusters_after(e, 6)]
+    [1, 3]
+    >>> policy.recluster_step(2).new_k
+    4
 """
 
 from __future__ import annotations

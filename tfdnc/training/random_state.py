@@ -17,9 +17,13 @@ Every part is stored as a plain array and read with `allow_pickle=False`:
 run directories are copied and shared, and a pickle runs code as it loads
 (issue 19). A random.npz in the earlier pickled format is refused unread.
 
-Example:
->>> save_random_state("gen/random.npz", model)
->>> restore_random_state("gen/random.npz", model)
+Examples:
+    >>> model = tfdnc.load_model("runs/default/model.keras")
+    >>> import os
+    >>> os.makedirs("gen")
+    >>> save_random_state("gen/random.npz", model)
+    >>> restore_random_state("gen/random.npz", model)   # the seed generators it restored: none in this model
+    []
 """
 
 from __future__ import annotations

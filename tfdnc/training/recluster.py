@@ -18,12 +18,12 @@ Both cluster with `plan_assignments` (balanced k-means, Hungarian ids,
 2-means splits: `tfdnc.clustering`). To change how a run re-clusters,
 subclass `Reclusterer` (or `LocalReclusterer`) and give it to the schedule.
 
-Example:
->>> reclusterer = LocalReclusterer(train_set, image_size=32)
->>> features = reclusterer.features(model)
->>> new = reclusterer.assign(features, current, KStep(current_k=2, k=2, split=True), seed=0)
->>> new.k
-4
+Examples:
+    >>> reclusterer = LocalReclusterer(train_set, image_size=32)  # doctest: +SKIP
+    >>> features = reclusterer.features(model)  # doctest: +SKIP
+    >>> new = reclusterer.assign(features, current, KStep(current_k=2, k=2, split=True), seed=0)  # doctest: +SKIP
+    >>> new.k  # doctest: +SKIP
+    4
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ class Reclusterer(abc.ABC):
     and implement the two methods. `is_chief` says whether this process
     clusters (the others get None features).
 
-    Example:
-    >>> class Random(Reclusterer):
-    ...     def __init__(self, train_set): self.train_set = train_set
-    ...     def features(self, model): return None
-    ...     def assign(self, features, current, step, *, seed):
-    ...         ids = np.random.default_rng(seed).integers(0, step.new_k, len(self.labels))
-    ...         return Assignment(ids, step.new_k)
-    >>> schedule = DivideAndConquerSchedule(sampler, reclusterer=Random(train_set), k_final=4)
+    Examples:
+        >>> class Random(Reclusterer):
+        ...     def __init__(self, train_set): self.train_set = train_set
+        ...     def features(self, model): return None
+        ...     def assign(self, features, current, step, *, seed):
+        ...         ids = np.random.default_rng(seed).integers(0, step.new_k, len(self.labels))
+        ...         return Assignment(ids, step.new_k)
+        >>> schedule = DivideAndConquerSchedule(sampler, reclusterer=Random(train_set), k_final=4)  # doctest: +SKIP
     """
 
     train_set: ImageSet

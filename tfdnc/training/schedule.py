@@ -77,11 +77,19 @@ class DivideAndConquerSchedule(keras.callbacks.Callback):
             options: image_size (required), resize_size, cluster_features,
             kmeans_iters, batch_size. The schedule itself never reads them.
 
-    Example:
-    >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
-    >>> ds = make_train_dataset(train, sampler, steps, 28)
-    >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=4, image_size=28)
-    >>> model.fit(ds, steps_per_epoch=steps, epochs=10, callbacks=[schedule])
+    Examples:
+        >>> from tfdnc.data.pipeline import make_train_dataset
+        >>> from tfdnc.data.sampling import ClusterBatchSampler
+        >>> from tfdnc.datasets import load_dataset
+        >>> train, steps = load_dataset("shapes", num_classes=32, images_per_class=8).train, 8
+        >>> model = tfdnc.DivideAndConquerModel(tfdnc.build_backbone("small_cnn", (32, 32, 3)), embedding_dim=16, k_final=2)
+        >>> model.compile(optimizer="adam", loss=tfdnc.losses.MultiSimilarityLoss())
+        >>> sampler = ClusterBatchSampler(train.labels, 4, 8)
+        >>> ds = make_train_dataset(train, sampler, steps, 32)
+        >>> schedule = DivideAndConquerSchedule(sampler, train, k_final=2, image_size=32, recluster_every=1, verbose=0)
+        >>> history = model.fit(ds, steps_per_epoch=steps, epochs=2, callbacks=[schedule], verbose=0)
+        >>> model.num_learners
+        2
     """
 
     def __init__(

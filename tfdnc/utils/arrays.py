@@ -26,10 +26,10 @@ def l2_normalize(x, axis: int = -1, dtype=np.float32, epsilon: float = L2_EPSILO
     norms come from `einsum`, which makes no copy of `x` the size of `x`
     (1,000,000 x 512 features: 2 GB saved while re-clustering).
 
-    Example:
-    >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    array([[0.6, 0.8],
-           [0. , 0. ]], dtype=float32)
+    Examples:
+        >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+        array([[0.6, 0.8],
+               [0. , 0. ]], dtype=float32)
     """
     x = np.asarray(x, dtype=dtype)
     rows = np.moveaxis(x, axis, -1)
@@ -40,8 +40,8 @@ def l2_normalize(x, axis: int = -1, dtype=np.float32, epsilon: float = L2_EPSILO
 def l2_normalize_tensor(x, axis: int = -1, epsilon: float = L2_EPSILON):
     """The tensor side of the formula in this module's docstring (`keras.ops`: usable in graphs and losses).
 
-    Example:
-    >>> y = l2_normalize_tensor(tf.constant([[3.0, 4.0]]))  # [[0.6, 0.8]]
+    Examples:
+        >>> y = l2_normalize_tensor(tf.constant([[3.0, 4.0]]))  # [[0.6, 0.8]]
     """
     from keras import ops  # here, not at the top: tfdnc.utils imports no TensorFlow
 

@@ -16,9 +16,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True,
     file behind. `fsync=False` skips flushing to disk (caches that can be
     rebuilt); `kwargs` go to `open`.
 
-    Example:
-    >>> with atomic_open("skipped.txt") as f:
-    ...     f.write("nothing skipped\\n")
+    Examples:
+        >>> with atomic_open("skipped.txt") as f:
+        ...     _ = f.write("nothing skipped\\n")
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"

@@ -6,12 +6,11 @@ naming the flag, file or value and exits with status 2 (argparse's status
 for bad arguments). Any other exception is a bug in tfdnc and keeps its
 traceback; `--debug` shows the traceback of a user error too.
 
-Example:
->>> def train():
-...     raise UserInputError("--data-dir '/data/cub' does not exist")
->>> run_reporting_errors("tfdnc train", train)   # the line goes to stderr
-tfdnc train: error: --data-dir '/data/cub' does not exist
-2
+Examples:
+    >>> def train():
+    ...     raise UserInputError("--data-dir '/data/cub' does not exist")
+    >>> run_reporting_errors("tfdnc train", train)   # the line goes to stderr
+    2
 """
 
 from __future__ import annotations

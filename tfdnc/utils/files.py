@@ -41,8 +41,9 @@ def list_image_files(folder: str | os.PathLike, *, what: str = "image folder",
     whose images were all listed before gives []); both messages start with
     `what` and name the folder.
 
-    Example:
-    >>> list_image_files("gallery")  # ['gallery/cat/1.jpg', 'gallery/dog/2.png', ...]
+    Examples:
+        >>> list_image_files("gallery")
+        ['gallery/cat/1.jpg', 'gallery/cat/3.jpg', 'gallery/dog/2.png']
     """
     root = os.fspath(folder)
     if not os.path.isdir(root):

@@ -18,7 +18,9 @@ def lazy_attributes(package: str, names: dict[str, str],
     (`tfdnc.losses` after a bare `import tfdnc`), imported on first access too.
 
     Example (in a package's `__init__.py`):
-    >>> __getattr__ = lazy_attributes(__name__, {"ExportedModel": "tfdnc.serving.local"})
+
+    Examples:
+        >>> __getattr__ = lazy_attributes(__name__, {"ExportedModel": "tfdnc.serving.local"})
     """
     modules = frozenset(modules)
 

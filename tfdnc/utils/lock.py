@@ -12,10 +12,10 @@ The run directory (`tfdnc.training.lock.RunLock`: a second training is
 refused) and the index writers (`tfdnc.index.lock`: a second writer waits)
 use it.
 
-Example:
->>> with DirectoryLock("exports/dnc/1.index").acquire(timeout=None):  # wait for the holder
-...     ...
->>> DirectoryLock("runs/a").acquire()   # DirectoryLockedError naming the holder if taken
+Examples:
+    >>> with DirectoryLock("exports/dnc/1.index").acquire(timeout=None):  # wait for the holder
+    ...     pass
+    >>> lock = DirectoryLock("runs/a").acquire()   # DirectoryLockedError naming the holder if taken
 """
 
 from __future__ import annotations

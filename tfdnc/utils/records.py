@@ -11,8 +11,8 @@ from typing import Sequence
 def write_records(path: str, records: Sequence[dict], fieldnames: Sequence[str]) -> None:
     """Writes `records` to `path`: a JSON list for `.json`, else CSV with `fieldnames` as header.
 
-    Example:
-    >>> write_records("hits.csv", [{"query": "q.jpg", "rank": 1}], ["query", "rank"])
+    Examples:
+        >>> write_records("hits.csv", [{"query": "q.jpg", "rank": 1}], ["query", "rank"])
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".json"):

@@ -9,8 +9,8 @@ six lines of such noise. The commands import TensorFlow once through
 and writes back every line that is not one of these notices (a real error, a
 Python warning). `import tfdnc` and library users are never affected.
 
-Example:
->>> import_tensorflow_quietly()   # later `import tensorflow` is free and silent
+Examples:
+    >>> import_tensorflow_quietly()   # later `import tensorflow` is free and silent
 """
 
 from __future__ import annotations

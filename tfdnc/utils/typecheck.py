@@ -5,13 +5,13 @@ Settings come from config files, where `"embedding_dim": "64"` or
 by the field's own type hint names them before anything runs, and covers a
 new setting without an edit here.
 
-Example:
->>> type_problem("64", int)
-'must be an integer, got "64" (a string)'
->>> type_problem(5, tuple[float, float])
-'must be a list of 2 numbers, got 5'
->>> type_problem(None, int | None) is None
-True
+Examples:
+    >>> type_problem("64", int)
+    'must be an integer, got "64" (a string)'
+    >>> type_problem(5, tuple[float, float])
+    'must be a list of 2 numbers, got 5'
+    >>> type_problem(None, int | None) is None
+    True
 """
 
 from __future__ import annotations
