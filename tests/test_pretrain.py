@@ -78,7 +78,7 @@ def test_max_mean_and_max_min_sets_each_win_their_own_criterion():
         np.testing.assert_array_equal(generate_permutations(30, 9, seed=1, selection=selection),
                                       sets[1][selection])
         assert not np.array_equal(sets[0][selection], sets[1][selection])
-    # the default is max_min, the set docs/sections/pretrain.md describes
+    # the default is max_min, the set docs/guides/pretraining.md describes
     np.testing.assert_array_equal(generate_permutations(30, 9, seed=0), sets[0]["max_min"])
     with pytest.raises(ValueError, match="selection"):
         generate_permutations(10, 9, selection="max")

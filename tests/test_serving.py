@@ -286,7 +286,7 @@ def _post(url, body):
 
 
 def test_rest_wire_format(server, local):
-    """The JSON itself, as curl users write it (see docs/sections/serving.md)."""
+    """The JSON itself, as curl users write it (see docs/guides/serving.md)."""
     image = png(np.random.default_rng(6))
     b64 = {"b64": base64.b64encode(image).decode()}
     url = f"{server.rest_url}/v1/models/dnc:predict"

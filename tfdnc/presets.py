@@ -239,7 +239,7 @@ def _presets() -> dict[str, Preset]:
 # --mask-lr-mult=100), and most steps at the final K (K 1 -> 2 -> 4 after the first two epochs).
 # The rates are one tenth of tfdnc's from-scratch 1e-3 (the papers' ResNet-50 trains at 1e-5 for
 # 100k+ steps; a few hundred steps at 1e-5 hardly move a network, nor masks at 1e-3).
-# docs/bench/method.md measures it; see docs/sections/divide_and_conquer.md for the command pair.
+# docs/bench/method.md measures it; see docs/guides/divide-and-conquer.md for the command pair.
 _PAPERS_EMULATED: dict[str, Any] = {
     "dataset": "shapes",
     "freeze_batchnorm": True,
