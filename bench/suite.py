@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -166,9 +167,14 @@ def run(args) -> int:
     if fixed:
         raise SystemExit(f"--set: {fixed} come from --datasets / --losses / --seeds, not --set")
     if args.regime == "papers" and not overrides.get("backbone_weights"):
-        raise SystemExit("--regime papers: pass the backbones pretrained on data disjoint from each target with "
-                         "--set backbone_weights=PATH ('{dataset}' in PATH: the target's name), e.g. a K = 1 run's "
-                         "model.keras")
+        # the backbones `suite.py pretrain` makes (as if --set backbone_weights=runs/suite-backbones/{dataset}/model.keras)
+        overrides["backbone_weights"] = BACKBONE_PATTERN
+    if args.regime == "papers":
+        pattern = str(overrides["backbone_weights"])
+        absent = [d for d in args.datasets if not os.path.exists(pattern.replace("{dataset}", d))]
+        if absent:
+            raise SystemExit(f"--set backbone_weights={pattern}: no file for {absent}; make the backbones first with "
+                             f"`bench/suite.py pretrain --datasets {' '.join(absent)}` (it writes {BACKBONE_PATTERN})")
     from tfdnc.datasets import DATASETS as KNOWN
 
     missing = [d for d in args.datasets if d not in KNOWN]
@@ -223,6 +229,117 @@ def run(args) -> int:
     if failed:
         print(f"[suite] {len(failed)} run(s) failed (logs in {log_dir}): {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+# --- the papers' regime: backbones pretrained on data disjoint from each target ----------------------
+
+BACKBONES = os.path.join(ROOT, "runs", "suite-backbones")  # runs/ is git-ignored: no weights in git
+BACKBONE_PATTERN = os.path.join("runs", "suite-backbones", "{dataset}", "model.keras")
+BACKBONE_RESULTS = os.path.join(BENCH, "results", "suite_backbones.jsonl")
+# Label offset of each source data set in the pooled source (class ids stay distinct across sets).
+SOURCE_LABEL_OFFSET = 100_000
+
+
+def sources_of(target: str, datasets=DATASETS) -> list[str]:
+    """The source data sets of `target`'s backbone: every other suite data set (leave one out)."""
+    return [d for d in datasets if d != target]
+
+
+def source_splits(target: str, datasets=DATASETS):
+    """The pooled source of `target`: the other data sets' train splits train, their test splits test.
+
+    No image and no class of the target's data set is in it (as ImageNet for
+    CUB: other pictures, other classes); the source's held-out test split
+    tells how good the pretrained backbone is on classes it did not train on.
+    """
+    import numpy as np
+
+    from tfdnc.datasets import DataSplits, ImageSet, load_dataset
+
+    parts = {name: load_dataset(name) for name in sources_of(target, datasets)}
+    pooled = {}
+    for split in ("train", "test"):
+        sets = [getattr(parts[name], split) for name in parts]
+        images = np.concatenate([s.images for s in sets])
+        labels = np.concatenate([np.asarray(s.labels, np.int64) + i * SOURCE_LABEL_OFFSET
+                                 for i, s in enumerate(sets)])
+        pooled[split] = ImageSet(images=images, labels=labels, name=f"without-{target}/{split}")
+    return DataSplits(train=pooled["train"], test=pooled["test"], protocol="default")
+
+
+def pretrain_worker(target: str, out_dir: str, epochs: int, steps: int | None, seed: int, threads: int) -> dict:
+    """One backbone: a supervised K = 1 multi-similarity run (suite settings, no Symm) on `target`'s source."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import tfdnc.datasets
+    import tfdnc.train as tfdnc_train
+    from tfdnc.config import TrainConfig
+
+    splits = source_splits(target)
+    name = f"suite-without-{target}"
+    # A bench-only data set name for the pooled arrays (train.run loads data by name); the run's
+    # config.json names it, so the pretraining run re-evaluates only inside this script.
+    tfdnc.datasets.DATASETS[name] = lambda data_dir=None, **kw: splits
+    extra = {"eval_every": epochs, **({"steps_per_epoch": steps} if steps else {})}
+    settings = bench_peer.resolve_settings(name, "multi_similarity", "k1", seed, epochs, extra)
+    values = bench_peer.full_settings(settings, splits)
+    values["run_dir"] = out_dir
+    start, cpu = time.perf_counter(), time.process_time()
+    metrics = tfdnc_train.run(TrainConfig.from_dict(values, source="suite pretrain"), export=False, verbose=2)
+    return {"target": target, "sources": sources_of(target), "model": os.path.relpath(os.path.join(out_dir, "model.keras"), ROOT),
+            "train_images": int(len(splits.train.labels)), "train_classes": int(len(set(splits.train.labels.tolist()))),
+            "test_classes": int(len(set(splits.test.labels.tolist()))), "epochs": epochs,
+            "steps_per_epoch": values.get("steps_per_epoch"), "seed": seed, "threads": threads,
+            "before": metrics.get("before"), "after": metrics.get("after"),
+            "wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
+def pretrain(args) -> int:
+    """For each target: pretrain its backbone on the other suite data sets (one process each), unless done."""
+    failed = []
+    for target in args.datasets:
+        out_dir = os.path.join(args.out, target)
+        model = os.path.join(out_dir, "model.keras")
+        if os.path.isfile(model) and os.path.isfile(os.path.join(out_dir, "metrics.json")):
+            print(f"[suite pretrain] {target}: {model} exists, skipped", file=sys.stderr, flush=True)
+            continue
+        if os.path.isdir(out_dir):
+            import shutil
+
+            shutil.rmtree(out_dir)  # an unfinished pretraining starts over
+        os.makedirs(args.out, exist_ok=True)
+        log = os.path.join(args.out, f"{target}.log")
+        job = {"target": target, "out_dir": out_dir, "epochs": args.epochs, "steps": args.steps_per_epoch,
+               "seed": args.seed, "threads": args.threads}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "OMP_NUM_THREADS": str(args.threads), "PYTHONHASHSEED": str(args.seed)}
+        print(f"[suite pretrain] {target}: from {', '.join(sources_of(target))} -> {model} (log {log})",
+              file=sys.stderr, flush=True)
+        with open(log, "w") as f:
+            code = subprocess.call([sys.executable, os.path.abspath(__file__), "pretrain-worker", json.dumps(job)],
+                                   stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if code != 0:
+            failed.append(target)
+            print(f"[suite pretrain] {target}: FAILED (exit {code}; log {log})", file=sys.stderr, flush=True)
+    if failed:
+        return 1
+    return 0
+
+
+def pretrain_worker_main(job_text: str) -> int:
+    job = json.loads(job_text)
+    record = pretrain_worker(job["target"], job["out_dir"], job["epochs"], job["steps"], job["seed"], job["threads"])
+    with open(os.path.join(job["out_dir"], "pretrain.json"), "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    with open(BACKBONE_RESULTS, "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+    after = ((record.get("after") or {}).get("results") or {}).get("test") or {}
+    print(f"[suite pretrain] {job['target']}: held-out source MAP@R {100 * after.get('map@r', float('nan')):.2f}, "
+          f"R@1 {100 * after.get('recall@1', float('nan')):.2f} ({record['cpu_seconds']:.0f} CPU-s)", flush=True)
+    return 0
 
 
 # --- the table ---------------------------------------------------------------------
@@ -419,6 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default=RESULTS, help="the JSON-lines results file (appended; default: %(default)s)")
     r.add_argument("--run-root", default=os.path.join(tempfile.gettempdir(), "tfdnc-suite"),
                    help="per-run logs and (deleted) run directories")
+    p = commands.add_parser("pretrain", help="the papers' regime's backbones: one per target, pretrained on the "
+                                             "other suite data sets (K = 1 multi-similarity)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="the targets")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=150,
+                   help="steps per epoch (default: %(default)s; 0: one pass over the source's images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--out", default=BACKBONES, help="one folder per target: OUT/TARGET/model.keras (default: %(default)s)")
+    w = commands.add_parser("pretrain-worker", help=argparse.SUPPRESS)
+    w.add_argument("job")
     t = commands.add_parser("table", help="write the markdown table")
     t.add_argument("--results", default=RESULTS)
     t.add_argument("--out", default=TABLE, help="markdown file, or - for stdout (default: %(default)s)")
@@ -431,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1 or args.threads < 1:
             raise SystemExit("--jobs and --threads must be >= 1")
         return run(args)
+    if args.command == "pretrain":
+        return pretrain(args)
+    if args.command == "pretrain-worker":
+        return pretrain_worker_main(args.job)
     return table(args)
 
 
