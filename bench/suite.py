@@ -362,7 +362,8 @@ def group(records: list[dict]) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for (regime, loss, variant, dataset, config, _), r in sorted(latest.items(), key=lambda kv: kv[0][-1]):
         # the per-epoch figures recomputed from the stored epochs (records older than a new figure get it too)
-        summary = {**r["summary"], **bench_peer.epoch_summary(r.get("epoch_results") or [], r["summary"])}
+        summary = {**r["summary"], **bench_peer.epoch_summary(r.get("epoch_results") or [], r["summary"]),
+                   "seed": r["seed"]}
         groups.setdefault((regime, loss, variant, dataset, config), []).append(summary)
     return groups
 
@@ -378,6 +379,14 @@ def _mean_sd(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 
 def _values(items: list[dict], key: str) -> list[float]:
     return [i[key] for i in items if i.get(key) is not None]
+
+
+def per_seed_suite_means(per_set: list[list[dict]], key: str) -> list[float]:
+    """For each seed that every data set has: the mean of `key` over the data sets (its sd over seeds is the
+    suite average's run-to-run spread, the "one sd" of a comparison between settings)."""
+    by_set = [{i["seed"]: i[key] for i in items if i.get(key) is not None} for items in per_set]
+    seeds = sorted(set.intersection(*(set(s) for s in by_set))) if by_set else []
+    return [statistics.fmean(s[seed] for s in by_set) for seed in seeds]
 
 
 def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SEEDS) -> str:
@@ -406,13 +415,15 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 lines.append("| " + " | ".join(cells) + " |")
         # the suite average: the mean over data sets of each data set's seed mean, only where every data set has it
         lines += ["", f"Suite average over {', '.join(datasets)} (mean over data sets of the seed means):", "",
-                  "| setting | data sets | seeds per set | R@1 | MAP@R | R@1 last 3 | MAP@R last 3 | s/step |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| setting | data sets | seeds per set | R@1 | MAP@R | R@1 last 3 | MAP@R last 3 | s/step "
+                  "| MAP@R ± sd over seeds | masks' cosine |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for config in present:
             per_set = [groups.get((regime, loss, variant, d, config)) for d in datasets]
             if not all(per_set):
                 have = sum(1 for p in per_set if p)
-                lines.append(f"| {SIDE_NAMES.get(config, config)} | {have} of {len(datasets)} | - | - | - | - | - | - |")
+                lines.append(f"| {SIDE_NAMES.get(config, config)} | {have} of {len(datasets)} | - | - | - | - | - | - "
+                             f"| - | - |")
                 continue
             cells = [SIDE_NAMES.get(config, config), str(len(datasets)),
                      "/".join(str(len(p)) for p in per_set)]
@@ -420,6 +431,9 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 means = [statistics.fmean(_values(p, key)) for p in per_set if _values(p, key)]
                 scale, digits = (1.0, 4) if key == "steady_step_s" else (100.0, 2)
                 cells.append(f"{statistics.fmean(means) * scale:.{digits}f}" if len(means) == len(datasets) else "-")
+            cells.append(_mean_sd(per_seed_suite_means(per_set, "map@r")))
+            cosines = [statistics.fmean(_values(p, "mask_cosine")) for p in per_set if _values(p, "mask_cosine")]
+            cells.append(f"{statistics.fmean(cosines):.3f}" if len(cosines) == len(datasets) else "-")
             lines.append("| " + " | ".join(cells) + " |")
         # what is missing of the planned grid (datasets x settings x seeds)
         missing = []
@@ -469,10 +483,31 @@ export OMP_WAIT_POLICY=PASSIVE
 .bench-venv/bin/python bench/suite.py run --jobs 8 --threads 2 --losses multi_similarity margin  # 16 cores
 # extra TrainConfig fields form rows of their own, e.g. a learning-rate schedule for K = 1 and the default
 .bench-venv/bin/python bench/suite.py run --settings k1 dnc-learnable-symm --set lr_schedule=cosine --set warmup_epochs=1
-# the papers' regime: backbones pretrained on data disjoint from each target ({dataset}: the target's name)
-.bench-venv/bin/python bench/suite.py run --regime papers --set 'backbone_weights=runs/pretrained-{dataset}/model.keras'
+# the papers' regime: one backbone per target, pretrained on the other three data sets (runs/suite-backbones/)
+python bench/suite.py pretrain --threads 2
+python bench/suite.py run --regime papers --settings k1 dnc-learnable dnc-fixed --jobs 1 --threads 2
 python bench/suite.py table                                    # this page, from bench/results/suite.jsonl
 ```
+
+**The papers' regime** (issue 20 item 3; `--regime papers`): no ImageNet weights can be downloaded
+here, so each target's backbone is pretrained by tfdnc itself, supervised (K = 1, multi-similarity,
+no Symm, the suite's CNN, d = 64 and batches; 20 epochs x 150 steps, cosine schedule) on **the other
+three suite data sets** pooled (leave one out: `shapes`' backbone sees glyphs, textures and patches;
+about 6,800 images of 560 classes). So no image and no class of the target, nor of its data set,
+is seen in pretraining, as ImageNet holds none of CUB's images; unlike ImageNet for CUB, the source
+is also of another kind of image than the target, which makes the transfer harder than the
+papers' (their other data sets' test splits measure the backbone: `bench/results/suite_backbones.jsonl`).
+A shapes-only source (another seed of `shapes`, as `bench/bench_method.py regime` uses) would
+share some training classes with the target and exists only for `shapes`. The target runs then use the
+`papers-emulated` preset's fields: that backbone (its embedding head starts fresh), frozen BatchNorm
+statistics, the network at 1e-4 and the masks at 100x (1e-2; TPAMI: `--mask-lr-mult=100` over a base
+rate of 1e-5, README.md:29-36 and experiment/margin_loss_resnet50.py:18 and :196 of
+CompVis/metric-learning-divide-and-conquer-improved; 1e-4 here because a few hundred steps at 1e-5
+hardly move a network, nor masks at 1e-3), a constant rate (TPAMI's StepLR has step_size=inf,
+experiment/margin_loss_resnet50.py:200-205), and most steps at the final K: K 1 -> 2 -> 4 after epochs
+1 and 2, so 8 of 10 epochs at K = 4 (TPAMI: K = 2^(epoch // mod_epoch), train.py:719-722, reaches 32 at
+epoch 10 of 180), no full-embedding phase. Everything else (data, batches, 10 epochs, evaluation) is
+the scratch regime's.
 
 Cost: one run takes about 60-75 s of CPU time (all threads; measured per run, `cpu_seconds` in the
 results file), so the default loss's 72 runs are about 80 CPU-minutes: about 45-60 minutes on 2
@@ -499,9 +534,28 @@ def provenance(records: list[dict]) -> str:
     return text + "."
 
 
+# The hand-written part of the table's file (what the runs show), between these markers after the head,
+# is kept when the tables are regenerated.
+FINDINGS_START = "<!-- findings: written by hand, kept by `bench/suite.py table` -->"
+FINDINGS_END = "<!-- end of findings -->"
+
+
+def kept_findings(path: str) -> str:
+    """The hand-written findings of an earlier table file, markers included ('' if none)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        old = f.read()
+    if FINDINGS_START not in old or FINDINGS_END not in old:
+        return ""
+    return FINDINGS_START + old.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0] + FINDINGS_END + "\n\n"
+
+
 def table(args) -> int:
     records = read_results(args.results)
-    text = TABLE_HEAD + "\n" + (provenance(records) + "\n\n" + markdown(records) if records else "No runs recorded yet.") + "\n"
+    findings = kept_findings(args.out) if args.out != "-" else ""
+    text = (TABLE_HEAD + "\n" + findings
+            + (provenance(records) + "\n\n" + markdown(records) if records else "No runs recorded yet.") + "\n")
     if args.out == "-":
         sys.stdout.write(text)
     else:
