@@ -438,7 +438,9 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
         # what is missing of the planned grid (datasets x settings x seeds)
         missing = []
         for dataset in datasets:
-            short = [f"{config} {len(items)}/{len(seeds)}" for config in settings
+            # the peer cannot start from a tfdnc backbone (its runner refuses backbone_weights): no papers' rows
+            planned = [c for c in settings if not (regime == "papers" and c in bench_peer.PEER_CONFIGS)]
+            short = [f"{config} {len(items)}/{len(seeds)}" for config in planned
                      for items in [groups.get((regime, loss, variant, dataset, config)) or []]
                      if len(items) < len(seeds)]
             if short:
