@@ -167,7 +167,8 @@ def run(args) -> int:
     if fixed:
         raise SystemExit(f"--set: {fixed} come from --datasets / --losses / --seeds, not --set")
     if args.regime == "papers" and not overrides.get("backbone_weights"):
-        # the backbones `suite.py pretrain` makes (as if --set backbone_weights=runs/suite-backbones/{dataset}/model.keras)
+        # the backbones `suite.py pretrain` makes, as if given
+        # --set backbone_weights=runs/suite-backbones/{dataset}/model.keras
         overrides["backbone_weights"] = BACKBONE_PATTERN
     if args.regime == "papers":
         pattern = str(overrides["backbone_weights"])
@@ -288,7 +289,8 @@ def pretrain_worker(target: str, out_dir: str, epochs: int, steps: int | None, s
     values["run_dir"] = out_dir
     start, cpu = time.perf_counter(), time.process_time()
     metrics = tfdnc_train.run(TrainConfig.from_dict(values, source="suite pretrain"), export=False, verbose=2)
-    return {"target": target, "sources": sources_of(target), "model": os.path.relpath(os.path.join(out_dir, "model.keras"), ROOT),
+    model = os.path.relpath(os.path.join(out_dir, "model.keras"), ROOT)
+    return {"target": target, "sources": sources_of(target), "model": model,
             "train_images": int(len(splits.train.labels)), "train_classes": int(len(set(splits.train.labels.tolist()))),
             "test_classes": int(len(set(splits.test.labels.tolist()))), "epochs": epochs,
             "steps_per_epoch": values.get("steps_per_epoch"), "seed": seed, "threads": threads,
@@ -493,9 +495,10 @@ python bench/suite.py table                                    # this page, from
 
 **The papers' regime** (issue 20 item 3; `--regime papers`): no ImageNet weights can be downloaded
 here, so each target's backbone is pretrained by tfdnc itself, supervised (K = 1, multi-similarity,
-no Symm, the suite's CNN, d = 64 and batches; 20 epochs x 150 steps, cosine schedule) on **the other
+no Symm, the suite's CNN, d = 64 and batches; 20 epochs x 150 steps, cosine schedule; about 130 CPU-s
+each) on **the other
 three suite data sets** pooled (leave one out: `shapes`' backbone sees glyphs, textures and patches;
-about 6,800 images of 560 classes). So no image and no class of the target, nor of its data set,
+6,700-7,200 images of 560-600 classes). So no image and no class of the target, nor of its data set,
 is seen in pretraining, as ImageNet holds none of CUB's images; unlike ImageNet for CUB, the source
 is also of another kind of image than the target, which makes the transfer harder than the
 papers' (their other data sets' test splits measure the backbone: `bench/results/suite_backbones.jsonl`).
@@ -600,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps per epoch (default: %(default)s; 0: one pass over the source's images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
-    p.add_argument("--out", default=BACKBONES, help="one folder per target: OUT/TARGET/model.keras (default: %(default)s)")
+    p.add_argument("--out", default=BACKBONES,
+                   help="one folder per target: OUT/TARGET/model.keras (default: %(default)s)")
     w = commands.add_parser("pretrain-worker", help=argparse.SUPPRESS)
     w.add_argument("job")
     t = commands.add_parser("table", help="write the markdown table")

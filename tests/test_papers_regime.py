@@ -82,7 +82,8 @@ def test_papers_regime_finds_each_targets_backbone_or_names_the_pretrain_command
         os.makedirs(tmp_path / "backbones" / name)
         (tmp_path / "backbones" / name / "model.keras").write_bytes(b"")
     jobs = []
-    monkeypatch.setattr(bench_peer, "run_job", lambda job, log_dir: jobs.append(job) or {"error": "not trained", "log": "-"})
+    not_trained = {"error": "not trained", "log": "-"}
+    monkeypatch.setattr(bench_peer, "run_job", lambda job, log_dir: jobs.append(job) or not_trained)
     suite.main(argv)
     settings = {(j["meta"]["dataset"], j["config"]): j["settings"] for j in jobs}
     assert len(settings) == 4
