@@ -6,6 +6,12 @@ RandomResizedCrop to 224, flip, batch) over the originals and over
 `cache_decoded_images` output, alternating, best of three rounds each.
 
     python bench/bench_input.py [--n 400] [--batch 32] [--size 1600 1200] [--max-side 256]
+
+`--suite` measures instead the benchmark suite's input (shapes in memory, 32 px, P x M = 4 x 8, no
+augmentation): CPU and wall milliseconds per batch of the whole-batch gather that such runs take and of
+the per-image crop transform they took before (identical pixels), one intra-op thread, best of three.
+
+    python bench/bench_input.py --suite [--steps 300]
 """
 
 from __future__ import annotations
@@ -40,14 +46,56 @@ def images_per_second(image_set: ImageSet, batch_classes: int, steps: int) -> fl
     return (steps - 1) * sampler.batch_size / seconds
 
 
+def suite_input(steps: int) -> None:
+    """CPU / wall ms per batch of the suite's unaugmented in-memory input, whole batches vs per-image crops."""
+    import tensorflow as tf
+
+    import tfdnc.data.pipeline as pipeline
+    from tfdnc.datasets import load_dataset
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    train = load_dataset("shapes").train
+    whole = pipeline.unaugmented_in_memory
+    rows = {}
+    for _ in range(3):
+        for name, fast in (("per-image crop transform (before)", False), ("whole-batch gather", True)):
+            pipeline.unaugmented_in_memory = whole if fast else (lambda *a, **k: False)
+            sampler = ClusterBatchSampler(train.labels, 4, 8, seed=0)
+            dataset = make_train_dataset(train, sampler, steps, 32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                                         flip=False)
+            sampler.publish(0)
+            iterator = iter(dataset)
+            for _ in range(20):
+                next(iterator)
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(steps - 20):
+                next(iterator)
+            sampler.close()
+            ms = (1000 * (time.process_time() - cpu) / (steps - 20), 1000 * (time.perf_counter() - wall) / (steps - 20))
+            rows[name] = min(rows.get(name, ms), ms)
+    pipeline.unaugmented_in_memory = whole
+    print(f"shapes (32 px, in memory), batches of 32, no augmentation, {steps - 20} batches, best of 3; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| input | CPU ms / batch | wall ms / batch |")
+    print("|---|---|---|")
+    for name, (cpu_ms, wall_ms) in rows.items():
+        print(f"| {name} | {cpu_ms:.2f} | {wall_ms:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="batches (default: 20; with --suite 300)")
     parser.add_argument("--max-side", type=int, default=None, help="cache_decoded_images(max_side=...)")
     parser.add_argument("--size", type=int, nargs=2, default=(500, 375), help="JPEG width and height")
+    parser.add_argument("--suite", action="store_true", help="the suite's in-memory input instead (see above)")
     args = parser.parse_args()
+    if args.suite:
+        suite_input(args.steps or 300)
+        return
+    args.steps = args.steps or 20
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
         paths = []

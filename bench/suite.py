@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -166,9 +167,15 @@ def run(args) -> int:
     if fixed:
         raise SystemExit(f"--set: {fixed} come from --datasets / --losses / --seeds, not --set")
     if args.regime == "papers" and not overrides.get("backbone_weights"):
-        raise SystemExit("--regime papers: pass the backbones pretrained on data disjoint from each target with "
-                         "--set backbone_weights=PATH ('{dataset}' in PATH: the target's name), e.g. a K = 1 run's "
-                         "model.keras")
+        # the backbones `suite.py pretrain` makes, as if given
+        # --set backbone_weights=runs/suite-backbones/{dataset}/model.keras
+        overrides["backbone_weights"] = BACKBONE_PATTERN
+    if args.regime == "papers":
+        pattern = str(overrides["backbone_weights"])
+        absent = [d for d in args.datasets if not os.path.exists(pattern.replace("{dataset}", d))]
+        if absent:
+            raise SystemExit(f"--set backbone_weights={pattern}: no file for {absent}; make the backbones first with "
+                             f"`bench/suite.py pretrain --datasets {' '.join(absent)}` (it writes {BACKBONE_PATTERN})")
     from tfdnc.datasets import DATASETS as KNOWN
 
     missing = [d for d in args.datasets if d not in KNOWN]
@@ -225,6 +232,118 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+# --- the papers' regime: backbones pretrained on data disjoint from each target ----------------------
+
+BACKBONES = os.path.join(ROOT, "runs", "suite-backbones")  # runs/ is git-ignored: no weights in git
+BACKBONE_PATTERN = os.path.join("runs", "suite-backbones", "{dataset}", "model.keras")
+BACKBONE_RESULTS = os.path.join(BENCH, "results", "suite_backbones.jsonl")
+# Label offset of each source data set in the pooled source (class ids stay distinct across sets).
+SOURCE_LABEL_OFFSET = 100_000
+
+
+def sources_of(target: str, datasets=DATASETS) -> list[str]:
+    """The source data sets of `target`'s backbone: every other suite data set (leave one out)."""
+    return [d for d in datasets if d != target]
+
+
+def source_splits(target: str, datasets=DATASETS):
+    """The pooled source of `target`: the other data sets' train splits train, their test splits test.
+
+    No image and no class of the target's data set is in it (as ImageNet for
+    CUB: other pictures, other classes); the source's held-out test split
+    tells how good the pretrained backbone is on classes it did not train on.
+    """
+    import numpy as np
+
+    from tfdnc.datasets import DataSplits, ImageSet, load_dataset
+
+    parts = {name: load_dataset(name) for name in sources_of(target, datasets)}
+    pooled = {}
+    for split in ("train", "test"):
+        sets = [getattr(parts[name], split) for name in parts]
+        images = np.concatenate([s.images for s in sets])
+        labels = np.concatenate([np.asarray(s.labels, np.int64) + i * SOURCE_LABEL_OFFSET
+                                 for i, s in enumerate(sets)])
+        pooled[split] = ImageSet(images=images, labels=labels, name=f"without-{target}/{split}")
+    return DataSplits(train=pooled["train"], test=pooled["test"], protocol="default")
+
+
+def pretrain_worker(target: str, out_dir: str, epochs: int, steps: int | None, seed: int, threads: int) -> dict:
+    """One backbone: a supervised K = 1 multi-similarity run (suite settings, no Symm) on `target`'s source."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import tfdnc.datasets
+    import tfdnc.train as tfdnc_train
+    from tfdnc.config import TrainConfig
+
+    splits = source_splits(target)
+    name = f"suite-without-{target}"
+    # A bench-only data set name for the pooled arrays (train.run loads data by name); the run's
+    # config.json names it, so the pretraining run re-evaluates only inside this script.
+    tfdnc.datasets.DATASETS[name] = lambda data_dir=None, **kw: splits
+    extra = {"eval_every": epochs, **({"steps_per_epoch": steps} if steps else {})}
+    settings = bench_peer.resolve_settings(name, "multi_similarity", "k1", seed, epochs, extra)
+    values = bench_peer.full_settings(settings, splits)
+    values["run_dir"] = out_dir
+    start, cpu = time.perf_counter(), time.process_time()
+    metrics = tfdnc_train.run(TrainConfig.from_dict(values, source="suite pretrain"), export=False, verbose=2)
+    model = os.path.relpath(os.path.join(out_dir, "model.keras"), ROOT)
+    return {"target": target, "sources": sources_of(target), "model": model,
+            "train_images": int(len(splits.train.labels)), "train_classes": int(len(set(splits.train.labels.tolist()))),
+            "test_classes": int(len(set(splits.test.labels.tolist()))), "epochs": epochs,
+            "steps_per_epoch": values.get("steps_per_epoch"), "seed": seed, "threads": threads,
+            "before": metrics.get("before"), "after": metrics.get("after"),
+            "wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
+def pretrain(args) -> int:
+    """For each target: pretrain its backbone on the other suite data sets (one process each), unless done."""
+    failed = []
+    for target in args.datasets:
+        out_dir = os.path.join(args.out, target)
+        model = os.path.join(out_dir, "model.keras")
+        if os.path.isfile(model) and os.path.isfile(os.path.join(out_dir, "metrics.json")):
+            print(f"[suite pretrain] {target}: {model} exists, skipped", file=sys.stderr, flush=True)
+            continue
+        if os.path.isdir(out_dir):
+            import shutil
+
+            shutil.rmtree(out_dir)  # an unfinished pretraining starts over
+        os.makedirs(args.out, exist_ok=True)
+        log = os.path.join(args.out, f"{target}.log")
+        job = {"target": target, "out_dir": out_dir, "epochs": args.epochs, "steps": args.steps_per_epoch,
+               "seed": args.seed, "threads": args.threads}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "OMP_NUM_THREADS": str(args.threads), "PYTHONHASHSEED": str(args.seed)}
+        print(f"[suite pretrain] {target}: from {', '.join(sources_of(target))} -> {model} (log {log})",
+              file=sys.stderr, flush=True)
+        with open(log, "w") as f:
+            code = subprocess.call([sys.executable, os.path.abspath(__file__), "pretrain-worker", json.dumps(job)],
+                                   stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if code != 0:
+            failed.append(target)
+            print(f"[suite pretrain] {target}: FAILED (exit {code}; log {log})", file=sys.stderr, flush=True)
+    if failed:
+        return 1
+    return 0
+
+
+def pretrain_worker_main(job_text: str) -> int:
+    job = json.loads(job_text)
+    record = pretrain_worker(job["target"], job["out_dir"], job["epochs"], job["steps"], job["seed"], job["threads"])
+    with open(os.path.join(job["out_dir"], "pretrain.json"), "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    with open(BACKBONE_RESULTS, "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+    after = ((record.get("after") or {}).get("results") or {}).get("test") or {}
+    print(f"[suite pretrain] {job['target']}: held-out source MAP@R {100 * after.get('map@r', float('nan')):.2f}, "
+          f"R@1 {100 * after.get('recall@1', float('nan')):.2f} ({record['cpu_seconds']:.0f} CPU-s)", flush=True)
+    return 0
+
+
 # --- the table ---------------------------------------------------------------------
 
 COLUMNS = (("recall@1", "R@1"), ("map@r", "MAP@R"), ("last3_recall@1", "R@1 last 3"), ("last3_map@r", "MAP@R last 3"))
@@ -245,7 +364,8 @@ def group(records: list[dict]) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for (regime, loss, variant, dataset, config, _), r in sorted(latest.items(), key=lambda kv: kv[0][-1]):
         # the per-epoch figures recomputed from the stored epochs (records older than a new figure get it too)
-        summary = {**r["summary"], **bench_peer.epoch_summary(r.get("epoch_results") or [], r["summary"])}
+        summary = {**r["summary"], **bench_peer.epoch_summary(r.get("epoch_results") or [], r["summary"]),
+                   "seed": r["seed"]}
         groups.setdefault((regime, loss, variant, dataset, config), []).append(summary)
     return groups
 
@@ -261,6 +381,14 @@ def _mean_sd(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 
 def _values(items: list[dict], key: str) -> list[float]:
     return [i[key] for i in items if i.get(key) is not None]
+
+
+def per_seed_suite_means(per_set: list[list[dict]], key: str) -> list[float]:
+    """For each seed that every data set has: the mean of `key` over the data sets (its sd over seeds is the
+    suite average's run-to-run spread, the "one sd" of a comparison between settings)."""
+    by_set = [{i["seed"]: i[key] for i in items if i.get(key) is not None} for items in per_set]
+    seeds = sorted(set.intersection(*(set(s) for s in by_set))) if by_set else []
+    return [statistics.fmean(s[seed] for s in by_set) for seed in seeds]
 
 
 def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SEEDS) -> str:
@@ -289,13 +417,15 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 lines.append("| " + " | ".join(cells) + " |")
         # the suite average: the mean over data sets of each data set's seed mean, only where every data set has it
         lines += ["", f"Suite average over {', '.join(datasets)} (mean over data sets of the seed means):", "",
-                  "| setting | data sets | seeds per set | R@1 | MAP@R | R@1 last 3 | MAP@R last 3 | s/step |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| setting | data sets | seeds per set | R@1 | MAP@R | R@1 last 3 | MAP@R last 3 | s/step "
+                  "| MAP@R ± sd over seeds | masks' cosine |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for config in present:
             per_set = [groups.get((regime, loss, variant, d, config)) for d in datasets]
             if not all(per_set):
                 have = sum(1 for p in per_set if p)
-                lines.append(f"| {SIDE_NAMES.get(config, config)} | {have} of {len(datasets)} | - | - | - | - | - | - |")
+                lines.append(f"| {SIDE_NAMES.get(config, config)} | {have} of {len(datasets)} | - | - | - | - | - | - "
+                             f"| - | - |")
                 continue
             cells = [SIDE_NAMES.get(config, config), str(len(datasets)),
                      "/".join(str(len(p)) for p in per_set)]
@@ -303,11 +433,16 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 means = [statistics.fmean(_values(p, key)) for p in per_set if _values(p, key)]
                 scale, digits = (1.0, 4) if key == "steady_step_s" else (100.0, 2)
                 cells.append(f"{statistics.fmean(means) * scale:.{digits}f}" if len(means) == len(datasets) else "-")
+            cells.append(_mean_sd(per_seed_suite_means(per_set, "map@r")))
+            cosines = [statistics.fmean(_values(p, "mask_cosine")) for p in per_set if _values(p, "mask_cosine")]
+            cells.append(f"{statistics.fmean(cosines):.3f}" if len(cosines) == len(datasets) else "-")
             lines.append("| " + " | ".join(cells) + " |")
         # what is missing of the planned grid (datasets x settings x seeds)
         missing = []
         for dataset in datasets:
-            short = [f"{config} {len(items)}/{len(seeds)}" for config in settings
+            # the peer cannot start from a tfdnc backbone (its runner refuses backbone_weights): no papers' rows
+            planned = [c for c in settings if not (regime == "papers" and c in bench_peer.PEER_CONFIGS)]
+            short = [f"{config} {len(items)}/{len(seeds)}" for config in planned
                      for items in [groups.get((regime, loss, variant, dataset, config)) or []]
                      if len(items) < len(seeds)]
             if short:
@@ -352,10 +487,32 @@ export OMP_WAIT_POLICY=PASSIVE
 .bench-venv/bin/python bench/suite.py run --jobs 8 --threads 2 --losses multi_similarity margin  # 16 cores
 # extra TrainConfig fields form rows of their own, e.g. a learning-rate schedule for K = 1 and the default
 .bench-venv/bin/python bench/suite.py run --settings k1 dnc-learnable-symm --set lr_schedule=cosine --set warmup_epochs=1
-# the papers' regime: backbones pretrained on data disjoint from each target ({dataset}: the target's name)
-.bench-venv/bin/python bench/suite.py run --regime papers --set 'backbone_weights=runs/pretrained-{dataset}/model.keras'
+# the papers' regime: one backbone per target, pretrained on the other three data sets (runs/suite-backbones/)
+python bench/suite.py pretrain --threads 2
+python bench/suite.py run --regime papers --settings k1 dnc-learnable dnc-fixed --jobs 1 --threads 2
 python bench/suite.py table                                    # this page, from bench/results/suite.jsonl
 ```
+
+**The papers' regime** (issue 20 item 3; `--regime papers`): no ImageNet weights can be downloaded
+here, so each target's backbone is pretrained by tfdnc itself, supervised (K = 1, multi-similarity,
+no Symm, the suite's CNN, d = 64 and batches; 20 epochs x 150 steps, cosine schedule; about 130 CPU-s
+each) on **the other
+three suite data sets** pooled (leave one out: `shapes`' backbone sees glyphs, textures and patches;
+6,700-7,200 images of 560-600 classes). So no image and no class of the target, nor of its data set,
+is seen in pretraining, as ImageNet holds none of CUB's images; unlike ImageNet for CUB, the source
+is also of another kind of image than the target, which makes the transfer harder than the
+papers' (their other data sets' test splits measure the backbone: `bench/results/suite_backbones.jsonl`).
+A shapes-only source (another seed of `shapes`, as `bench/bench_method.py regime` uses) would
+share some training classes with the target and exists only for `shapes`. The target runs then use the
+`papers-emulated` preset's fields: that backbone (its embedding head starts fresh), frozen BatchNorm
+statistics, the network at 1e-4 and the masks at 100x (1e-2; TPAMI: `--mask-lr-mult=100` over a base
+rate of 1e-5, README.md:29-36 and experiment/margin_loss_resnet50.py:18 and :196 of
+CompVis/metric-learning-divide-and-conquer-improved; 1e-4 here because a few hundred steps at 1e-5
+hardly move a network, nor masks at 1e-3), a constant rate (TPAMI's StepLR has step_size=inf,
+experiment/margin_loss_resnet50.py:200-205), and most steps at the final K: K 1 -> 2 -> 4 after epochs
+1 and 2, so 8 of 10 epochs at K = 4 (TPAMI: K = 2^(epoch // mod_epoch), train.py:719-722, reaches 32 at
+epoch 10 of 180), no full-embedding phase. Everything else (data, batches, 10 epochs, evaluation) is
+the scratch regime's.
 
 Cost: one run takes about 60-75 s of CPU time (all threads; measured per run, `cpu_seconds` in the
 results file), so the default loss's 72 runs are about 80 CPU-minutes: about 45-60 minutes on 2
@@ -382,9 +539,28 @@ def provenance(records: list[dict]) -> str:
     return text + "."
 
 
+# The hand-written part of the table's file (what the runs show), between these markers after the head,
+# is kept when the tables are regenerated.
+FINDINGS_START = "<!-- findings: written by hand, kept by `bench/suite.py table` -->"
+FINDINGS_END = "<!-- end of findings -->"
+
+
+def kept_findings(path: str) -> str:
+    """The hand-written findings of an earlier table file, markers included ('' if none)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        old = f.read()
+    if FINDINGS_START not in old or FINDINGS_END not in old:
+        return ""
+    return FINDINGS_START + old.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0] + FINDINGS_END + "\n\n"
+
+
 def table(args) -> int:
     records = read_results(args.results)
-    text = TABLE_HEAD + "\n" + (provenance(records) + "\n\n" + markdown(records) if records else "No runs recorded yet.") + "\n"
+    findings = kept_findings(args.out) if args.out != "-" else ""
+    text = (TABLE_HEAD + "\n" + findings
+            + (provenance(records) + "\n\n" + markdown(records) if records else "No runs recorded yet.") + "\n")
     if args.out == "-":
         sys.stdout.write(text)
     else:
@@ -419,6 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default=RESULTS, help="the JSON-lines results file (appended; default: %(default)s)")
     r.add_argument("--run-root", default=os.path.join(tempfile.gettempdir(), "tfdnc-suite"),
                    help="per-run logs and (deleted) run directories")
+    p = commands.add_parser("pretrain", help="the papers' regime's backbones: one per target, pretrained on the "
+                                             "other suite data sets (K = 1 multi-similarity)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="the targets")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=150,
+                   help="steps per epoch (default: %(default)s; 0: one pass over the source's images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--out", default=BACKBONES,
+                   help="one folder per target: OUT/TARGET/model.keras (default: %(default)s)")
+    w = commands.add_parser("pretrain-worker", help=argparse.SUPPRESS)
+    w.add_argument("job")
     t = commands.add_parser("table", help="write the markdown table")
     t.add_argument("--results", default=RESULTS)
     t.add_argument("--out", default=TABLE, help="markdown file, or - for stdout (default: %(default)s)")
@@ -431,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1 or args.threads < 1:
             raise SystemExit("--jobs and --threads must be >= 1")
         return run(args)
+    if args.command == "pretrain":
+        return pretrain(args)
+    if args.command == "pretrain-worker":
+        return pretrain_worker_main(args.job)
     return table(args)
 
 

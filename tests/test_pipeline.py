@@ -48,6 +48,33 @@ def test_unaugmented_crop_reproduces_the_image():
     np.testing.assert_allclose(x["images"].numpy(), image_set.images[indices].astype(np.float32), atol=1e-3)
 
 
+def test_whole_image_batches_equal_the_per_image_transform_and_follow_the_plan():
+    """Unaugmented in-memory training (the suite's setting) gathers whole batches: the same pixels, labels and
+    clusters as the per-image crop transform gives; a flip or a resize still goes through that transform."""
+    from tfdnc.data.pipeline import unaugmented_in_memory
+    from tfdnc.data.transforms import random_resized_crop
+
+    image_set = _arrays(size=8)
+    sampler = ClusterBatchSampler(image_set.labels, 2, 3, seed=1)
+    sampler.set_clusters(image_set.labels % 2, 2)
+    ds = make_train_dataset(image_set, sampler, 3, image_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                            flip=False)
+    sampler.publish(0)
+    iterator = iter(ds)
+    batches = [next(iterator) for _ in range(3)]
+    sampler.close()
+    for (x, labels), (indices, cluster) in zip(batches, sampler.plan_epoch(0, 3)):
+        per_image = np.stack([random_resized_crop(image_set.images[i], 8, tf.constant([3, 4]), (1.0, 1.0),
+                                                  (1.0, 1.0)).numpy() for i in indices])
+        np.testing.assert_array_equal(x["images"].numpy(), per_image)
+        np.testing.assert_array_equal(labels.numpy(), image_set.labels[indices])
+        np.testing.assert_array_equal(x["cluster"].numpy(), np.full(6, cluster))
+    assert unaugmented_in_memory(image_set, 8, (1, 1), (1, 1), flip=False)
+    assert not unaugmented_in_memory(image_set, 8, (1, 1), (1, 1), flip=True)
+    assert not unaugmented_in_memory(image_set, 6, (1, 1), (1, 1), flip=False)  # resized: the transform's job
+    assert not unaugmented_in_memory(image_set, 8, (0.5, 1), (1, 1), flip=False)
+
+
 def test_eval_transform_resizes_shorter_side_then_centre_crops():
     image = np.zeros((40, 80, 3), np.uint8)
     image[:, 30:50] = 255  # a centred vertical bar
