@@ -202,7 +202,7 @@ def _emulate_learner_contract() -> None:
 
     if hasattr(DivideAndConquerModel, "on_clusters_changed") or hasattr(DivideAndConquerModel, "_bench_shim"):
         return
-    from tfdnc.callbacks import DivideAndConquerSchedule  # where the schedule lived before the model side
+    from tfdnc.training import DivideAndConquerSchedule
 
     learner_loss, set_clusters = DivideAndConquerModel._learner_loss, DivideAndConquerSchedule._set
 

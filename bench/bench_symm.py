@@ -191,7 +191,7 @@ def main(argv=None):
     for name in args.losses.split(","):
         plain = get_loss(name)
         symm = get_loss(name, symmetrical=True, symm_rule=args.symm_rule)
-        x = emb_unit if plain.expects_normalized else tf.constant(emb)
+        x = emb_unit if plain.needs().normalized else tf.constant(emb)
         steps = {"plain": float("nan"), "symm": float("nan"), "ratio": float("nan")}
         if args.train_step:
             steps = alternate(

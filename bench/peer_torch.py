@@ -2,7 +2,7 @@
 
 A torch replica of tfdnc's `small_cnn` backbone and embedding head, trained
 with pytorch-metric-learning's losses, miners and `MPerClassSampler`, and
-evaluated with tfdnc's own protocol code (`tfdnc.protocols.run_protocol`, the
+evaluated with tfdnc's own protocol code (`tfdnc.evaluation.protocols.run_protocol`, the
 NumPy metrics of `tfdnc.evaluation.metrics`), so both sides share one metric
 definition. Images reach the network through tfdnc's own TensorFlow
 transforms (`tfdnc.data.transforms`), so both sides see the same pixels.

@@ -11,7 +11,7 @@ evaluation, the report and the exporter read them through `RunDir`.
                                  cluster and random state and the run's settings, committed
                                  together (--resume); unloadable-gen-<N>/: one that did not
                                  load, set aside by --resume for a look
-    RUN_DIR/clusters.npz         the newest cluster state, for reading (with clusters.prev.npz)
+    RUN_DIR/clusters.npz         the newest committed cluster state, for reading (train.py: a copy of the backup generation's; model.fit with BackupAndRestore also keeps clusters.prev.npz)
     RUN_DIR/history.json         per-epoch logs, K and cluster sizes
     RUN_DIR/metrics.json         metrics before and after training
     RUN_DIR/skipped.txt          images and classes the run left out
