@@ -266,8 +266,6 @@ def test_the_constructor_loss_is_deprecated_but_still_used():
 class _LearnerAwareTriplet(TripletLoss):
     """A triplet loss recording what it is told: learner, training, cluster changes (the losses' contract)."""
 
-    accepts_learner = True
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.learners = []

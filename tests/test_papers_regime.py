@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfdnc.callbacks import DivideAndConquerSchedule
+from tfdnc.training import DivideAndConquerSchedule
 from tfdnc.data.pipeline import make_train_dataset
 from tfdnc.data.sampling import ClusterBatchSampler
 from tfdnc.datasets.base import DataSplits, ImageSet
