@@ -253,10 +253,30 @@ def is_deterministic_transform(settings: dict) -> bool:
 # TrainConfig settings the peer replicates only at these values
 _PLAIN = {"backbone": ("small_cnn",), "backbone_weights": (None,), "pixel_mode": (None, "scale"),
           "freeze_batchnorm": (False,), "use_boxes": (False,), "mixed_precision": (None,), "strategy": ("default",),
-          # learning-rate schedules and weight averaging (issue 20) have no replica here yet
-          "lr_schedule": ("constant",), "warmup_epochs": (0,), "ema": (False,)}
+          # weight averaging (issue 20) has no replica here yet; the learning-rate schedules do (`rate_factor`)
+          "ema": (False,)}
 # the per-epoch test metrics kept in "epoch_results"
 _EPOCH_KEYS = ("recall@1", "map@r", "nmi")
+
+
+def rate_factor(settings: dict, step: int, steps_per_epoch: int) -> float:
+    """tfdnc's `WarmupDecay.shape(step)` (tfdnc/training/lr.py) for the run's settings: the factor on every
+    base rate at 0-based step `step`, as `tfdnc.train.learning_rate_schedule` builds it."""
+    epochs = int(settings["epochs"])
+    total = epochs * steps_per_epoch
+    warmup = min(int(settings.get("warmup_epochs") or 0), epochs - 1) * steps_per_epoch
+    factor = min(1.0, (step + 1.0) / warmup) if warmup else 1.0
+    decay = settings.get("lr_schedule") or "constant"
+    if decay == "cosine":
+        progress = min(max((step - warmup) / float(max(1, total - warmup)), 0.0), 1.0)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif decay == "step":
+        for fraction in settings.get("lr_milestones") or (0.5, 0.75):
+            if step >= round(float(fraction) * total):
+                factor *= float(settings.get("lr_gamma", 0.1))
+    elif decay != "constant":
+        raise ValueError(f"peer: lr_schedule {decay!r} has no replica here")
+    return factor
 
 
 def _first_result(result: dict) -> dict:
@@ -308,6 +328,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["learning_rate"]), eps=1e-7, weight_decay=wd)
+    base_lr = float(settings["learning_rate"])  # times `rate_factor` each step: tfdnc's WarmupDecay
     # The loss's own parameters (proxies): Adam of their own at `loss_learning_rate` (None: the network's lr),
     # no weight decay, as tfdnc's model.loss_optimizer (tfdnc/model.py, train_step).
     loss_params = objective.parameters()
@@ -353,6 +374,11 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         start = time.perf_counter()
         total = 0.0
         for step in range(steps):
+            factor = rate_factor(settings, epoch * steps + step, steps)
+            for opt, base in ((optimizer, base_lr), (loss_optimizer, loss_lr)):
+                if opt is not None:
+                    for group in opt.param_groups:
+                        group["lr"] = base * factor
             x = pixels[step * batch:(step + 1) * batch]
             y = batch_labels[step * batch:(step + 1) * batch]
             out = model(x)
