@@ -238,6 +238,7 @@ class _StepTimer:
     def _timer_state(self):
         if not hasattr(self, "_bench_epochs"):
             self._bench_epochs, self._bench_t0, self._bench_t1, self._bench_n = [], None, None, 0
+            self._bench_c0 = self._bench_c1 = None
         return self
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -251,16 +252,18 @@ class _StepTimer:
         self._timer_state()
         if self._bench_t0 is None:
             self._bench_t0 = time.perf_counter()
+            self._bench_c0 = time.process_time()
 
     def on_train_batch_end(self, batch, logs=None):
         self._timer_state()
         self._bench_t1 = time.perf_counter()
+        self._bench_c1 = time.process_time()
         self._bench_n += 1
 
     def on_epoch_end(self, epoch, logs=None):
         self._timer_state()
         if self._bench_t0 is not None:
-            self._bench_epochs.append((self._bench_t1 - self._bench_t0, self._bench_n))
+            self._bench_epochs.append((self._bench_t1 - self._bench_t0, self._bench_n, self._bench_c1 - self._bench_c0))
             STEP_TIMES[:] = self._bench_epochs
         # the epoch's test metrics (logged by RetrievalEvaluation, which runs before this callback)
         # and the masks at the epoch's end
@@ -277,7 +280,8 @@ class _StepTimer:
         super().on_epoch_end(epoch, logs)
 
 
-STEP_TIMES: list[tuple[float, int]] = []
+# per epoch: (wall seconds, steps, CPU seconds of the whole process, all its threads: tf.data's included)
+STEP_TIMES: list[tuple[float, int, float]] = []
 EPOCH_RECORDS: list[dict] = []
 FINAL_MASKS: list[list[float]] = []  # the learnable masks (relu) after the last epoch, K x d
 # An entry is switched off below this fraction of its mask's largest entry (the rule of
@@ -326,9 +330,10 @@ def run_tfdnc(settings: dict, splits, run_root: str, keep: bool) -> dict:
         "masks_final": list(FINAL_MASKS) or None,  # per epoch: test metrics where evaluated, learnable masks' statistics
         "K": metrics.get("K"),
         "train_seconds": metrics.get("train_seconds"),  # all of model.fit, callbacks included
-        "steps": sum(n for _, n in epochs) or None,
-        "epoch_loop_seconds": [s for s, _ in epochs],
-        "epoch_steps": [n for _, n in epochs],
+        "steps": sum(n for _, n, _ in epochs) or None,
+        "epoch_loop_seconds": [s for s, _, _ in epochs],
+        "epoch_loop_cpu_seconds": [c for _, _, c in epochs],
+        "epoch_steps": [n for _, n, _ in epochs],
         "run_dir": run_dir if keep else None,
         "settings": values,
         "xbm_bytes": _memory_bytes(values["loss_options"]),
@@ -392,6 +397,9 @@ def summarise_run(result: dict) -> dict:
         out["step_s"] = sum(epochs) / sum(counts)
         if len(epochs) > 1 and sum(counts[1:]):
             out["steady_step_s"] = sum(epochs[1:]) / sum(counts[1:])
+            cpu = result.get("epoch_loop_cpu_seconds") or []
+            if len(cpu) == len(epochs):  # CPU seconds per step: what load on the machine does not inflate
+                out["steady_step_cpu_s"] = sum(cpu[1:]) / sum(counts[1:])
     if result.get("train_seconds") and result.get("steps"):
         out["fit_step_s"] = result["train_seconds"] / result["steps"]
     out["wall_seconds"] = result.get("wall_seconds")

@@ -149,6 +149,7 @@ def record_of(job: dict, result: dict) -> dict:
         "full_settings": {k: v for k, v in (result.get("settings") or {}).items() if k != "run_dir"},
         "summary": result["summary"], "epoch_results": result.get("epoch_results") or [],
         "epoch_loop_seconds": result.get("epoch_loop_seconds") or [],
+        "epoch_loop_cpu_seconds": result.get("epoch_loop_cpu_seconds") or [],
         "masks_final": result.get("masks_final"),
         "loadavg_1min": [result.get("loadavg_1min_before"), result.get("loadavg_1min_after")],
     }
@@ -398,7 +399,7 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
     for regime, loss, variant in sections:
         title = f"#### {loss}, {regime} regime" + (f", {variant}" if variant else "")
         head = (["data set", "setting", "seeds"] + [t for _, t in COLUMNS]
-                + ["final - best MAP@R", "swing", "s/step", "masks' cosine", "masks off %"])
+                + ["final - best MAP@R", "swing", "s/step", "CPU s/step", "masks' cosine", "masks off %"])
         lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         present = [c for c in settings if any((regime, loss, variant, d, c) in groups for d in datasets)]
         present += sorted({k[4] for k in groups if k[:3] == (regime, loss, variant)} - set(present))
@@ -412,26 +413,27 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
                 cells.append(_mean_sd(_values(items, "final_minus_best_map@r")))
                 cells.append(_mean_sd(_values(items, "swing_map@r")))
                 cells.append(_mean_sd(_values(items, "steady_step_s"), 1.0, 4))
+                cells.append(_mean_sd(_values(items, "steady_step_cpu_s"), 1.0, 4))
                 cells.append(_mean_sd(_values(items, "mask_cosine"), 1.0, 3))
                 cells.append(_mean_sd(_values(items, "mask_off_share"), 100.0, 1))
                 lines.append("| " + " | ".join(cells) + " |")
         # the suite average: the mean over data sets of each data set's seed mean, only where every data set has it
         lines += ["", f"Suite average over {', '.join(datasets)} (mean over data sets of the seed means):", "",
                   "| setting | data sets | seeds per set | R@1 | MAP@R | R@1 last 3 | MAP@R last 3 | s/step "
-                  "| MAP@R ± sd over seeds | masks' cosine |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| CPU s/step | MAP@R ± sd over seeds | masks' cosine |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for config in present:
             per_set = [groups.get((regime, loss, variant, d, config)) for d in datasets]
             if not all(per_set):
                 have = sum(1 for p in per_set if p)
                 lines.append(f"| {SIDE_NAMES.get(config, config)} | {have} of {len(datasets)} | - | - | - | - | - | - "
-                             f"| - | - |")
+                             f"| - | - | - |")
                 continue
             cells = [SIDE_NAMES.get(config, config), str(len(datasets)),
                      "/".join(str(len(p)) for p in per_set)]
-            for key in [k for k, _ in COLUMNS] + ["steady_step_s"]:
+            for key in [k for k, _ in COLUMNS] + ["steady_step_s", "steady_step_cpu_s"]:
                 means = [statistics.fmean(_values(p, key)) for p in per_set if _values(p, key)]
-                scale, digits = (1.0, 4) if key == "steady_step_s" else (100.0, 2)
+                scale, digits = (1.0, 4) if key.startswith("steady_step") else (100.0, 2)
                 cells.append(f"{statistics.fmean(means) * scale:.{digits}f}" if len(means) == len(datasets) else "-")
             cells.append(_mean_sd(per_seed_suite_means(per_set, "map@r")))
             cosines = [statistics.fmean(_values(p, "mask_cosine")) for p in per_set if _values(p, "mask_cosine")]
@@ -440,8 +442,8 @@ def markdown(records: list[dict], datasets=DATASETS, settings=SETTINGS, seeds=SE
         # what is missing of the planned grid (datasets x settings x seeds)
         missing = []
         for dataset in datasets:
-            # the peer cannot start from a tfdnc backbone (its runner refuses backbone_weights): no papers' rows
-            planned = [c for c in settings if not (regime == "papers" and c in bench_peer.PEER_CONFIGS)]
+            # every setting, the peer's in the papers' regime too (it starts from the same tfdnc backbone)
+            planned = list(settings)
             short = [f"{config} {len(items)}/{len(seeds)}" for config in planned
                      for items in [groups.get((regime, loss, variant, dataset, config)) or []]
                      if len(items) < len(seeds)]
@@ -474,7 +476,8 @@ loss are pytorch-metric-learning's (docs/bench/peer.md). The test set is evaluat
 "last 3" is the mean after epochs 8-10, "final - best" the final MAP@R minus the best epoch's, "swing"
 the mean absolute change of MAP@R between consecutive epochs over the last five. Mean ±
 sample sd over seeds. s/step: the training loop's wall time per step from epoch 2 on (tfdnc: tf.data
-input included; peer: batches pre-gathered in memory). Masks: learnable D&C runs only, at the end:
+input included; peer: batches pre-gathered in memory); CPU s/step: the CPU time of the run's whole
+process (all its threads) over the same steps, which load on the machine does not inflate. Masks: learnable D&C runs only, at the end:
 mean pairwise cosine of relu(m) over the K = 4 learners and the share of the K x d entries switched off
 (below a tenth of their mask's largest entry; the results file also has the share of exact zeros and
 the masks themselves).
