@@ -42,10 +42,16 @@ class SmallCNN(nn.Module):
     blocks with Keras's padding="same" (ceil_mode: 7 -> 4 as Keras does).
     Input: float NHWC images in [0, 255] (tfdnc's layout); output (B, 8 * width).
     `bn_momentum` is in Keras's convention (share of the old statistics).
+    `freeze_batchnorm`: tfdnc's `freeze_batchnorm=True` (tfdnc.backbones.BatchNormalization with
+    `freeze_statistics`): every BatchNorm normalises with its moving statistics and never updates them,
+    also in training, while gamma and beta still train; here the BatchNorm modules stay in eval mode
+    whatever `train()` says (their parameters keep requires_grad).
     """
 
-    def __init__(self, channels: int, width: int = 32, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
+    def __init__(self, channels: int, width: int = 32, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+                 freeze_batchnorm: bool = False):
         super().__init__()
+        self.freeze_batchnorm = bool(freeze_batchnorm)
         layers: list[nn.Module] = []
         in_ch = channels
         for block in range(4):
@@ -64,6 +70,14 @@ class SmallCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2) / 255.0  # PixelNormalization("scale"), then NCHW
         return self.trunk(x).mean(dim=(2, 3))
+
+    def train(self, mode: bool = True) -> "SmallCNN":
+        super().train(mode)
+        if self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()  # moving statistics in the forward pass, no update; gamma / beta still train
+        return self
 
 
 class Embedder(nn.Module):
@@ -87,31 +101,101 @@ def init_like_keras(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def tfdnc_batchnorm_settings(settings: dict, channels: int) -> tuple[float, float]:
-    """(momentum in Keras's convention, epsilon) of the BatchNorm tfdnc builds for these settings.
+def tfdnc_backbone(settings: dict, channels: int, with_weights: bool = True):
+    """tfdnc's Keras backbone for these settings, built as tfdnc.train builds it (`_backbone`).
 
-    Builds tfdnc's own backbone (tiny) and reads its first BatchNormalization
-    layer, passing `batchnorm_momentum` / `batchnorm_epsilon` only where this
-    tfdnc's `build_backbone` accepts them.
+    `build_backbone(backbone, (S, S, C), weights=..., freeze_batchnorm=..., pixel_mode=...,
+    batchnorm_momentum=..., batchnorm_epsilon=...)`, where a `backbone_weights` ending in ".keras" (a
+    run's model.keras) goes through tfdnc's own `tfdnc.train.backbone_weights` hand-over: Keras loads the
+    run's model and writes its backbone's weights (conv kernels, BatchNorm gamma / beta / moving mean /
+    variance) to a `.weights.h5` file that `build_backbone` loads; nothing else of that run (its embedding
+    head, masks, optimizer) comes along. The BatchNorm momentum / epsilon are this run's settings, not the
+    pretraining run's. `with_weights=False`: the same build without `backbone_weights` (random init).
+    Arguments this tfdnc's `build_backbone` lacks are passed only where set.
     """
-    import keras
-
     from tfdnc.backbones import build_backbone
 
     size = int(settings["image_size"])
-    kwargs = {}
     accepted = inspect.signature(build_backbone).parameters
-    for key in ("batchnorm_momentum", "batchnorm_epsilon"):
+    kwargs = {}
+    for key in ("batchnorm_momentum", "batchnorm_epsilon", "pixel_mode"):
         if key in accepted and settings.get(key) is not None:
             kwargs[key] = settings[key]
-    model = build_backbone(settings.get("backbone", "small_cnn"), (size, size, channels), **kwargs)
-    stack = [model]
-    while stack:
-        layer = stack.pop(0)
+    if settings.get("freeze_batchnorm"):
+        kwargs["freeze_batchnorm"] = True
+    name, shape = settings.get("backbone", "small_cnn"), (size, size, channels)
+    weights = settings.get("backbone_weights") if with_weights else None
+    if weights is None:
+        return build_backbone(name, shape, **kwargs)
+    from tfdnc.train import backbone_weights
+
+    with backbone_weights(weights) as path:
+        return build_backbone(name, shape, weights=path, **kwargs)
+
+
+def keras_layers(model) -> list:
+    """Every layer of a Keras model in order, nested models' layers in place of the nested model."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found += keras_layers(layer) if hasattr(layer, "layers") else [layer]
+    return found
+
+
+def keras_batchnorm_settings(model) -> tuple[float, float]:
+    """(momentum in Keras's convention, epsilon) of the first BatchNormalization layer of a Keras model."""
+    import keras
+
+    for layer in keras_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             return float(layer.momentum), float(layer.epsilon)
-        stack.extend(getattr(layer, "layers", []))
     raise RuntimeError("tfdnc's backbone has no BatchNormalization layer to read settings from")
+
+
+def tfdnc_batchnorm_settings(settings: dict, channels: int) -> tuple[float, float]:
+    """(momentum in Keras's convention, epsilon) of the BatchNorm tfdnc builds for these settings.
+
+    Builds tfdnc's own backbone (tiny, random init) and reads its first
+    BatchNormalization layer, passing `batchnorm_momentum` / `batchnorm_epsilon`
+    only where this tfdnc's `build_backbone` accepts them.
+    """
+    return keras_batchnorm_settings(tfdnc_backbone(settings, channels, with_weights=False))
+
+
+def copy_keras_backbone(keras_backbone, backbone: SmallCNN) -> int:
+    """Copies a tfdnc small_cnn Keras backbone's weights into the torch replica; returns the tensors copied.
+
+    Conv kernels HWIO -> OIHW (small_cnn's convolutions have no bias), BatchNorm gamma -> weight,
+    beta -> bias, moving mean / variance -> running mean / var. Every weight of the Keras backbone must
+    find its place (else a ValueError): what tfdnc loads into its backbone is what the replica gets.
+    """
+    import keras
+
+    convs = [layer for layer in keras_layers(keras_backbone) if isinstance(layer, keras.layers.Conv2D)]
+    bns = [layer for layer in keras_layers(keras_backbone) if isinstance(layer, keras.layers.BatchNormalization)]
+    t_convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    t_bns = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(t_convs) or len(bns) != len(t_bns):
+        raise ValueError(f"peer: the Keras backbone has {len(convs)} conv / {len(bns)} BatchNorm layers, the "
+                         f"replica {len(t_convs)} / {len(t_bns)}")
+    pairs = []
+    for k, t in zip(convs, t_convs):
+        if k.use_bias or t.bias is not None:
+            raise ValueError("peer: small_cnn's convolutions have no bias")
+        pairs.append((np.transpose(k.kernel.numpy(), (3, 2, 0, 1)), t.weight))
+    for k, t in zip(bns, t_bns):
+        if not (k.center and k.scale):
+            raise ValueError("peer: a BatchNorm without gamma or beta has no replica here")
+        pairs += [(k.gamma.numpy(), t.weight), (k.beta.numpy(), t.bias),
+                  (k.moving_mean.numpy(), t.running_mean), (k.moving_variance.numpy(), t.running_var)]
+    if len(pairs) != len(keras_backbone.weights):
+        raise ValueError(f"peer: the Keras backbone has {len(keras_backbone.weights)} weights, {len(pairs)} of them "
+                         "have a place in the replica")
+    with torch.no_grad():
+        for value, target in pairs:
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"peer: a weight of shape {value.shape} does not fit {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+    return len(pairs)
 
 
 # --- losses ------------------------------------------------------------------
@@ -251,8 +335,11 @@ def is_deterministic_transform(settings: dict) -> bool:
 
 
 # TrainConfig settings the peer replicates only at these values
-_PLAIN = {"backbone": ("small_cnn",), "backbone_weights": (None,), "pixel_mode": (None, "scale"),
-          "freeze_batchnorm": (False,), "use_boxes": (False,), "mixed_precision": (None,), "strategy": ("default",),
+# (backbone_weights: None or any weights file tfdnc's small_cnn takes, a run's model.keras included: the
+# replica gets what tfdnc's own hand-over loads, `tfdnc_backbone` + `copy_keras_backbone`; "imagenet"
+# does not exist for small_cnn, tfdnc refuses it too)
+_PLAIN = {"backbone": ("small_cnn",), "pixel_mode": (None, "scale"),
+          "freeze_batchnorm": (False, True), "use_boxes": (False,), "mixed_precision": (None,), "strategy": ("default",),
           # weight averaging (issue 20) has no replica here yet; the learning-rate schedules do (`rate_factor`)
           "ema": (False,)}
 # the per-epoch test metrics kept in "epoch_results"
@@ -313,14 +400,20 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
     seed_everything(seed)
     train_set = splits.train
     channels = image_channels(train_set)
-    momentum, epsilon = tfdnc_batchnorm_settings(settings, channels)
+    # tfdnc's backbone as tfdnc.train builds it for these settings: its BatchNorm settings and, with
+    # backbone_weights (the papers' regime: a run's model.keras), the pretrained weights it loads
+    keras_backbone = tfdnc_backbone(settings, channels)
+    momentum, epsilon = keras_batchnorm_settings(keras_backbone)
     loss_cfg = tfdnc_loss_config(settings)
     objective = PeerObjective(settings["loss"], loss_cfg)
 
     seed_everything(seed)
     # width 32: what tfdnc.train builds (build_backbone's default)
-    model = Embedder(SmallCNN(channels, 32, momentum, epsilon), int(settings["embedding_dim"]))
-    init_like_keras(model)
+    frozen = bool(settings.get("freeze_batchnorm"))
+    model = Embedder(SmallCNN(channels, 32, momentum, epsilon, freeze_batchnorm=frozen), int(settings["embedding_dim"]))
+    init_like_keras(model)  # the head starts fresh on both sides, also with pretrained backbone weights
+    copied = copy_keras_backbone(keras_backbone, model.backbone) if settings.get("backbone_weights") else 0
+    del keras_backbone
     wd = float(settings["weight_decay"])
     # Keras Adam's epsilon is 1e-7 (torch's 1e-8). "coupled": torch Adam's L2 (g + wd * w), what
     # tfdnc does by default; "decoupled": Keras Adam's weight_decay = torch AdamW's.
@@ -361,7 +454,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
 
     epochs = int(settings["epochs"])
     every = int(settings.get("eval_every") or epochs)
-    epoch_seconds, losses_seen, epoch_results = [], [], []
+    epoch_seconds, epoch_cpu_seconds, losses_seen, epoch_results = [], [], [], []
     for epoch in range(epochs):
         order = np.fromiter(iter(sampler), dtype=np.int64)
         if fixed:
@@ -371,7 +464,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
             pixels = torch.from_numpy(train_images(train_set, order, seeds, settings, channels))
         batch_labels = labels[torch.from_numpy(order)]
         model.train()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         total = 0.0
         for step in range(steps):
             factor = rate_factor(settings, epoch * steps + step, steps)
@@ -393,6 +486,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
                 loss_optimizer.step()
             total += float(loss.detach())
         epoch_seconds.append(time.perf_counter() - start)
+        epoch_cpu_seconds.append(time.process_time() - cpu_start)
         losses_seen.append(total / steps)
         if verbose:
             print(f"[peer] epoch {epoch + 1}: loss {total / steps:.4f}, {epoch_seconds[-1]:.1f} s", flush=True)
@@ -411,6 +505,7 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         "epoch_results": epoch_results,
         "steps": steps * int(settings["epochs"]),
         "epoch_loop_seconds": epoch_seconds,
+        "epoch_loop_cpu_seconds": epoch_cpu_seconds,  # CPU seconds of the process (all threads) in that loop
         "train_seconds": float(sum(epoch_seconds)),
         # pml's memory buffers (float32 embeddings, int64 labels), as tfdnc's "xbm_bytes"
         "xbm_bytes": None if objective.memory is None else sum(
@@ -418,6 +513,8 @@ def train_peer(settings: dict, splits, verbose: bool = False) -> dict:
         "epoch_losses": losses_seen,
         "settings_used": {
             "batchnorm_momentum_keras": momentum, "batchnorm_epsilon": epsilon, "loss": loss_cfg,
+            "backbone_weights": settings.get("backbone_weights"), "backbone_tensors_copied": copied,
+            "freeze_batchnorm": frozen,
             "optimizer": type(optimizer).__name__, "adam_epsilon": 1e-7, "steps_per_epoch": steps,
             "loss_lr": loss_lr if loss_params else None,
             "memory": None if objective.memory is None else {
@@ -447,27 +544,12 @@ def parity_check(image_size: int = 28, channels: int = 1, embedding_dim: int = 6
     head = keras.layers.Dense(embedding_dim)
     inputs = keras.Input((image_size, image_size, channels))
     tf_model = keras.Model(inputs, head(backbone(inputs)))
-    convs, bns = [], []
-    stack = [tf_model]
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.layers.Conv2D):
-            convs.append(layer)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            bns.append(layer)
-        stack.extend(getattr(layer, "layers", []))
-    momentum, epsilon = float(bns[0].momentum), float(bns[0].epsilon)
+    bns = [layer for layer in keras_layers(backbone) if isinstance(layer, keras.layers.BatchNormalization)]
+    momentum, epsilon = keras_batchnorm_settings(backbone)
     model = Embedder(SmallCNN(channels, 32, momentum, epsilon), embedding_dim)
-    t_convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     t_bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    copy_keras_backbone(backbone, model.backbone)
     with torch.no_grad():
-        for k, t in zip(convs, t_convs):
-            t.weight.copy_(torch.from_numpy(np.transpose(k.kernel.numpy(), (3, 2, 0, 1))))
-        for k, t in zip(bns, t_bns):
-            t.weight.copy_(torch.from_numpy(k.gamma.numpy()))
-            t.bias.copy_(torch.from_numpy(k.beta.numpy()))
-            t.running_mean.copy_(torch.from_numpy(k.moving_mean.numpy()))
-            t.running_var.copy_(torch.from_numpy(k.moving_variance.numpy()))
         model.head.weight.copy_(torch.from_numpy(head.kernel.numpy().T))
         model.head.bias.copy_(torch.from_numpy(head.bias.numpy()))
     x = np.random.default_rng(seed).uniform(0, 255, (16, image_size, image_size, channels)).astype(np.float32)
@@ -491,12 +573,112 @@ def parity_check(image_size: int = 28, channels: int = 1, embedding_dim: int = 6
     return out
 
 
+def pretrained_parity_check(backbone_weights: str, dataset: str, freeze_batchnorm: bool = True, images: int = 64,
+                            seed: int = 0) -> dict:
+    """The papers' regime's backbone on both sides: tfdnc's Keras backbone as tfdnc.train builds it from
+    `backbone_weights` (a run's model.keras) against the torch replica the peer builds from it.
+
+    Images: the first `images` test images of `dataset` as the evaluation pipeline gives them, plus as
+    many uniform-noise images. Both sides in training mode (Keras `training=True`, torch `train()`), which
+    with `freeze_batchnorm` normalises with the moving statistics on both. Returns the largest absolute
+    difference of the pooled features ("features_train_*"; also in inference mode), the same relative to
+    the largest feature ("..._rel"), whether a training-mode forward moved any moving statistic on either
+    side, the gradients of a random linear read-out of the features with respect to every trainable
+    backbone weight (conv kernels, gamma, beta) on both sides (largest difference relative to the largest
+    gradient of its tensor), the trainable counts, and the hand-over check: the built backbone's weights
+    against those of the backbone inside the model.keras (loaded with tfdnc.load_model, i.e. Keras).
+    """
+    import keras
+    import tensorflow as tf
+
+    import tfdnc
+    from tfdnc.data.pipeline import image_channels, make_eval_dataset
+    from tfdnc.datasets import load_dataset
+
+    splits = load_dataset(dataset)
+    channels = image_channels(splits.test)
+    size = int(splits.test.images.shape[1])
+    settings = {"image_size": size, "backbone_weights": backbone_weights, "freeze_batchnorm": freeze_batchnorm}
+    k_backbone = tfdnc_backbone(settings, channels)
+    momentum, epsilon = keras_batchnorm_settings(k_backbone)
+    backbone = SmallCNN(channels, 32, momentum, epsilon, freeze_batchnorm=freeze_batchnorm)
+    copied = copy_keras_backbone(k_backbone, backbone)
+
+    real = next(iter(make_eval_dataset(splits.test, size, size, batch_size=images))).numpy().astype(np.float32)
+    noise = np.random.default_rng(seed).uniform(0, 255, real.shape).astype(np.float32)
+    x = np.concatenate([real, noise])
+    out = {"backbone_weights": backbone_weights, "dataset": dataset, "images": int(len(x)),
+           "freeze_batchnorm": freeze_batchnorm, "batchnorm_momentum_keras": momentum, "batchnorm_epsilon": epsilon,
+           "tensors_copied": copied}
+
+    saved = tfdnc.load_model(backbone_weights, compile=False).backbone
+    out["handover_max_abs_diff"] = max(float(np.abs(a - b).max())
+                                       for a, b in zip(saved.get_weights(), k_backbone.get_weights()))
+    k_bns = [layer for layer in keras_layers(k_backbone) if isinstance(layer, keras.layers.BatchNormalization)]
+    t_bns = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats_before = [(k.moving_mean.numpy().copy(), k.moving_variance.numpy().copy()) for k in k_bns]
+    t_stats_before = [(t.running_mean.clone(), t.running_var.clone()) for t in t_bns]
+
+    for mode in ("eval", "train"):
+        training = mode == "train"
+        backbone.train(training)
+        with torch.no_grad():
+            t_feat = backbone(torch.from_numpy(x)).numpy()
+        k_feat = k_backbone(x, training=training).numpy()
+        diff = float(np.abs(t_feat - k_feat).max())
+        out[f"features_{mode}_max_abs_diff"] = diff
+        out[f"features_{mode}_max_abs"] = float(np.abs(k_feat).max())
+        out[f"features_{mode}_rel"] = diff / float(np.abs(k_feat).max())
+    out["keras_moving_stats_moved"] = any(
+        not (np.array_equal(k.moving_mean.numpy(), m) and np.array_equal(k.moving_variance.numpy(), v))
+        for k, (m, v) in zip(k_bns, stats_before))
+    out["torch_running_stats_moved"] = any(
+        not (torch.equal(t.running_mean, m) and torch.equal(t.running_var, v)) for t, (m, v) in zip(t_bns, t_stats_before))
+    out["torch_batchnorm_modules_in_training_mode"] = sum(t.training for t in t_bns)
+
+    # gradients of one random read-out of the features, training mode on both sides
+    readout = np.random.default_rng(seed + 1).normal(size=(k_feat.shape[1],)).astype(np.float32)
+    backbone.train(True)
+    backbone.zero_grad(set_to_none=True)
+    (backbone(torch.from_numpy(x)) @ torch.from_numpy(readout)).sum().backward()
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(tf.linalg.matvec(k_backbone(x, training=True), readout))
+    k_grads = tape.gradient(value, k_backbone.trainable_weights)
+    t_params = [p for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+                for p in m.parameters(recurse=False) if p.requires_grad]
+    t_grads = [np.transpose(p.grad.numpy(), (2, 3, 1, 0)) if p.dim() == 4 else p.grad.numpy() for p in t_params]
+    out["trainable_tensors_keras"], out["trainable_tensors_torch"] = len(k_grads), len(t_grads)
+    out["trainable_parameters_keras"] = int(sum(np.prod(v.shape) for v in k_backbone.trainable_weights))
+    out["trainable_parameters_torch"] = int(sum(p.numel() for p in t_params))
+    out["gradients_max_rel_diff"] = max(
+        float(np.abs(k.numpy() - t).max() / max(np.abs(k.numpy()).max(), 1e-12)) for k, t in zip(k_grads, t_grads))
+    out["passes"] = bool(out["features_train_rel"] < 1e-3 and out["features_eval_rel"] < 1e-3
+                         and out["handover_max_abs_diff"] == 0.0
+                         # frozen: no statistic moves on either side; plain BatchNorm: both update theirs
+                         and out["keras_moving_stats_moved"] == out["torch_running_stats_moved"] == (not freeze_batchnorm)
+                         # batch statistics' backward sums float32 rounding over the batch: 1e-2 there
+                         and out["gradients_max_rel_diff"] < (1e-3 if freeze_batchnorm else 1e-2)
+                         and out["trainable_parameters_keras"] == out["trainable_parameters_torch"])
+    return out
+
+
 if __name__ == "__main__":
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(description="Checks the torch replica against tfdnc's small_cnn + head.")
+    parser = argparse.ArgumentParser(description="Checks the torch replica against tfdnc's small_cnn + head; with "
+                                                 "--backbone-weights, against tfdnc's pretrained backbone (papers' regime).")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--backbone-weights", default=None,
+                        help="a run's model.keras ('{dataset}' replaced by each of --datasets), e.g. "
+                             "runs/suite-backbones/{dataset}/model.keras: checks the pretrained backbone instead")
+    parser.add_argument("--datasets", nargs="+", default=["shapes"], help="with --backbone-weights: the targets")
+    parser.add_argument("--no-freeze-batchnorm", action="store_true", help="with --backbone-weights: plain BatchNorm")
     args = parser.parse_args()
-    print(json.dumps(parity_check(args.image_size, args.channels), indent=1))
+    if args.backbone_weights:
+        for name in args.datasets:
+            print(json.dumps(pretrained_parity_check(args.backbone_weights.replace("{dataset}", name), name,
+                                                     freeze_batchnorm=not args.no_freeze_batchnorm), indent=1))
+    else:
+        print(json.dumps(parity_check(args.image_size, args.channels), indent=1))
