@@ -6,16 +6,22 @@ them, then timed part by part with the same thread count on both sides:
 
     input       batches/s of the run's tf.data pipeline alone (the schedule has published)
     step        the compiled train step (Keras's train function) on one fixed batch
+    fit-fixed   Keras's `fit` loop on that fixed batch repeated (the loop, without tfdnc's pipeline)
     fit         `model.fit` on the run's pipeline with only the schedule as callback
     fit+cbs     `model.fit` with the run's callbacks (what the suite's s/step measures,
                 minus the epoch-end evaluation and saves)
     peer step   the torch peer's forward, loss, backward and Adam step on a fixed batch
                 (`bench/peer_torch.py`'s loop; the peer's s/step in the suite)
+    cnn, cnn-frozen-bn  the small CNN alone (forward + gradients), BatchNorm training or frozen
+    net, peer-net  the network alone on each side (forward, backward, Adam) under a trivial loss:
+                what is left of a step's difference is in the metric loss and tfdnc's step around it
 
     OMP_WAIT_POLICY=PASSIVE .bench-venv/bin/python bench/bench_step_parts.py --dataset shapes --setting k1
     .bench-venv/bin/python bench/bench_step_parts.py --setting dnc-learnable-symm --threads 2
 
-Each part runs `--repeats` times, alternating with the peer, and the median is printed.
+Each part runs `--repeats` times, alternating with the peer (in a process of its own, as in the
+suite), and the medians of wall and CPU time per step are printed; CPU time is the process's,
+all threads (tf.data's included), which load on the machine inflates much less than wall time.
 """
 
 from __future__ import annotations
@@ -77,13 +83,13 @@ class StepClock:
 
             def on_train_batch_begin(inner, batch, logs=None):
                 if inner.t0 is None:
-                    inner.t0 = time.perf_counter()
+                    inner.t0, inner.c0 = time.perf_counter(), time.process_time()
 
             def on_train_batch_end(inner, batch, logs=None):
-                inner.t1, inner.n = time.perf_counter(), inner.n + 1
+                inner.t1, inner.c1, inner.n = time.perf_counter(), time.process_time(), inner.n + 1
 
             def on_epoch_end(inner, epoch, logs=None):
-                inner.epochs.append((inner.t1 - inner.t0) / inner.n)
+                inner.epochs.append(((inner.t1 - inner.t0) / inner.n, (inner.c1 - inner.c0) / inner.n))
 
         self.callback = Clock()
 
@@ -112,10 +118,10 @@ def time_input(data, steps: int) -> float:
     steps = min(steps, data.steps - 1)  # one published epoch holds data.steps batches
     stream = batches(data, steps + 1)
     next(stream)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in stream:
         pass
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
 def time_step(model, batch, steps: int) -> float:
@@ -127,11 +133,11 @@ def time_step(model, batch, steps: int) -> float:
     iterator = iter(dataset)
     for _ in range(3):
         function(iterator)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         logs = function(iterator)
     float(logs["loss"])
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
 def time_fit(model, data, callbacks: list, steps: int) -> float:
@@ -142,8 +148,75 @@ def time_fit(model, data, callbacks: list, steps: int) -> float:
     return clock.epochs[-1]
 
 
-def peer_step(values: dict, splits, batch_images, batch_labels, steps: int) -> float:
-    """Seconds per step of the peer's loop body on one fixed batch."""
+def time_fit_fixed(model, batch, steps: int) -> tuple[float, float]:
+    """s/step of Keras's own `fit` loop on one fixed batch repeated: the loop without tfdnc's pipeline."""
+    import keras
+    import tensorflow as tf
+
+    clock = StepClock().callback
+    keras.Model.fit(model, tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=steps, epochs=2,
+                    callbacks=[clock], verbose=0)
+    return clock.epochs[-1]
+
+
+def time_net(model, batch, steps: int) -> tuple[float, float]:
+    """s/step of the network alone: forward, backward and an Adam step of backbone and head on the fixed
+    batch under a trivial loss (the sum of one embedding coordinate): the step without metric loss,
+    masks, decay terms and metrics."""
+    import keras
+    import tensorflow as tf
+
+    images = batch[0]["images"]
+    variables = model.network_variables()
+    optimizer = keras.optimizers.Adam(1e-6)
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            z = tf.math.l2_normalize(model.embedder(images, training=True), axis=1)
+            loss = tf.reduce_sum(z[:, 0])
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    for _ in range(3):
+        step()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        loss = step()
+    float(loss)
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
+
+
+def time_backbone(batch, steps: int, frozen: bool) -> tuple[float, float]:
+    """s/step of the small CNN alone (forward + gradients of the sum of its features), its BatchNorm
+    layers training or frozen (`build_backbone(freeze_batchnorm=)`): what training BatchNorm costs."""
+    import tensorflow as tf
+
+    from tfdnc.backbones import build_backbone
+
+    images = batch[0]["images"]
+    model = build_backbone("small_cnn", tuple(images.shape[1:]), freeze_batchnorm=frozen)
+    variables = model.trainable_variables
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(model(images, training=True))
+        return tape.gradient(total, variables)
+
+    for _ in range(3):
+        step()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        grads = step()
+    float(tf.reduce_sum(grads[0]))
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
+
+
+def peer_step(values: dict, splits, batch_images, batch_labels, steps: int, net_only: bool = False):
+    """Seconds per step (wall, CPU) of the peer's loop body on one fixed batch (`net_only`: `time_net`'s
+    trivial loss instead of the metric loss)."""
     import numpy as np
     import peer_torch
     import torch
@@ -164,7 +237,7 @@ def peer_step(values: dict, splits, batch_images, batch_labels, steps: int) -> f
 
     def one(step):
         emb = F.normalize(model(x), dim=1)
-        loss = objective(emb, y, step)
+        loss = emb[:, 0].sum() if net_only else objective(emb, y, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -172,10 +245,45 @@ def peer_step(values: dict, splits, batch_images, batch_labels, steps: int) -> f
 
     for step in range(3):
         one(step)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         one(step)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
+
+
+def peer_step_in_own_process(values: dict, args, batch_images, batch_labels, steps: int,
+                             net_only: bool = False) -> tuple[float, float]:
+    """`peer_step` in a fresh process, as the suite runs the peer (TensorFlow's idle thread pools in this
+    process would otherwise share its CPU time)."""
+    import subprocess
+
+    import numpy as np
+
+    folder = tempfile.mkdtemp(prefix="step-parts-peer-")
+    np.savez(os.path.join(folder, "batch.npz"), images=batch_images, labels=batch_labels)
+    with open(os.path.join(folder, "job.json"), "w") as f:
+        json.dump({"values": values, "dataset": args.dataset, "threads": args.threads, "steps": steps,
+                   "net_only": net_only}, f, default=str)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peer-worker", folder], check=True,
+                         capture_output=True, text=True).stdout
+    wall, cpu = json.loads(out.strip().splitlines()[-1])
+    return wall, cpu
+
+
+def peer_worker(folder: str) -> int:
+    import numpy as np
+    import torch
+
+    from tfdnc.datasets import load_dataset
+
+    with open(os.path.join(folder, "job.json")) as f:
+        job = json.load(f)
+    torch.set_num_threads(int(job["threads"]))
+    batch = np.load(os.path.join(folder, "batch.npz"), allow_pickle=False)
+    splits = load_dataset(job["dataset"])
+    print(json.dumps(peer_step(job["values"], splits, batch["images"], batch["labels"], int(job["steps"]),
+                               net_only=bool(job.get("net_only")))))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -189,9 +297,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--set", nargs="*", default=[], help="extra TrainConfig fields, key=value")
-    parser.add_argument("--parts", nargs="*", default=["input", "step", "fit", "fit+cbs", "peer"])
+    parser.add_argument("--parts", nargs="*", default=["input", "step", "fit-fixed", "fit", "fit+cbs", "peer"])
     parser.add_argument("--json", help="also write the medians here")
+    parser.add_argument("--peer-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peer_worker:
+        return peer_worker(args.peer_worker)
 
     import tensorflow as tf
 
@@ -222,25 +333,36 @@ def main(argv=None) -> int:
                                                    every=10**6)  # never due: its time is not a step's
     full = train.build_callbacks(schedule, evaluation, run_dir, config, chief=True)
     steps = min(args.steps, data.steps)
-    times: dict[str, list[float]] = {part: [] for part in args.parts}
+    times: dict[str, list[tuple[float, float]]] = {part: [] for part in args.parts}
     for _ in range(args.repeats):
         for part in args.parts:
             if part == "input":
                 times[part].append(time_input(data, steps))
             elif part == "step":
                 times[part].append(time_step(model, batch, steps))
+            elif part in ("cnn", "cnn-frozen-bn"):
+                times[part].append(time_backbone(batch, steps, frozen=part == "cnn-frozen-bn"))
+            elif part == "net":
+                times[part].append(time_net(model, batch, steps))
+            elif part == "peer-net":
+                times[part].append(peer_step_in_own_process(values, args, batch_images, batch_labels, steps, True))
+            elif part == "fit-fixed":
+                times[part].append(time_fit_fixed(model, batch, steps))
             elif part == "fit":
                 times[part].append(time_fit(model, data, [schedule], steps))
             elif part == "fit+cbs":
                 times[part].append(time_fit(model, data, full, steps))
             elif part == "peer":
-                times[part].append(peer_step(values, splits, batch_images, batch_labels, steps))
-    medians = {part: statistics.median(values_) for part, values_ in times.items()}
+                times[part].append(peer_step_in_own_process(values, args, batch_images, batch_labels, steps))
+    medians = {part: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
+               for part, runs in times.items()}
     print(f"{args.dataset} {args.loss} {args.setting} threads={args.threads} jit={args.jit} "
-          f"load={os.getloadavg()[0]:.1f}")
-    for part, value in medians.items():
-        ratio = f"  {value / medians['peer']:.2f}x peer" if "peer" in medians and part != "peer" else ""
-        print(f"  {part:8s} {1000 * value:7.2f} ms{ratio}   (runs: {', '.join(f'{1000 * v:.2f}' for v in times[part])})")
+          f"load={os.getloadavg()[0]:.1f}   per step: wall ms / CPU ms (the process, all threads)")
+    for part, (wall, cpu) in medians.items():
+        ratio = (f"  {wall / medians['peer'][0]:.2f}x / {cpu / medians['peer'][1]:.2f}x peer"
+                 if "peer" in medians and part != "peer" else "")
+        print(f"  {part:8s} {1000 * wall:7.2f} / {1000 * cpu:6.2f}{ratio}   "
+              f"(runs: {', '.join(f'{1000 * w:.1f}/{1000 * c:.1f}' for w, c in times[part])})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "medians": medians, "times": times}, f, indent=1)
