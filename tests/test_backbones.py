@@ -100,7 +100,7 @@ def test_frozen_batchnorm_in_keras_fit():
 def test_plain_batchnorm_still_updates_statistics():
     name, shape, options = SMALL
     model = build_backbone(name, shape, **options)
-    assert not any(isinstance(layer, BatchNormalization) for layer in batchnorm_layers(model))
+    assert not any(getattr(layer, "freeze_statistics", False) for layer in batchnorm_layers(model))
     x = images(shape)
     assert not np.allclose(model(x, training=True).numpy(), model(x, training=False).numpy())
     before = bn_state(model)
@@ -167,8 +167,11 @@ def test_set_batchnorm_frozen_toggles_in_place_and_refuses_plain_layers():
     assert set_batchnorm_frozen(model, True) == 4
     assert model.get_config() is not None
     assert all(layer.get_config()["freeze_statistics"] for layer in batchnorm_layers(model))
+    # the small CNN's own layers (tfdnc's, for the fused kernel) freeze in place; Keras's refuse
+    assert set_batchnorm_frozen(build_backbone(name, shape, **options), True) == 4
+    plain = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="with_frozen_batchnorm"):
-        set_batchnorm_frozen(build_backbone(name, shape, **options), True)
+        set_batchnorm_frozen(plain, True)
 
 
 # --- momentum / epsilon -----------------------------------------------------------
@@ -231,3 +234,36 @@ def test_batchnorm_settings_are_validated():
             build_backbone(name, shape, batchnorm_epsilon=bad, **options)
     with pytest.raises(ValueError, match="batchnorm_momentum"):
         set_batchnorm_options(build_backbone(name, shape, **options), momentum=1.5)
+
+
+def test_fused_training_batchnorm_matches_keras_batchnorm():
+    """tfdnc's BatchNormalization trains through TensorFlow's fused kernel (the small CNN's speed,
+    docs/bench/suite.md "Speed"): outputs, moving statistics and gradients as Keras's own layer."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfdnc.backbones import BatchNormalization
+
+    x = tf.random.stateless_normal((8, 5, 5, 6), seed=(1, 2)) * 3.0 + 1.0
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused = BatchNormalization(freeze_statistics=False, momentum=0.9, epsilon=1e-5)
+    ref.build(x.shape)
+    fused.build(x.shape)
+    start = [w + 0.1 * (i + 1) for i, w in enumerate(ref.get_weights())]  # gamma, beta, mean, variance != defaults
+    ref.set_weights(start)
+    fused.set_weights(start)
+    readout = tf.range(6, dtype=tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        a, b = ref(x, training=True), fused(x, training=True)
+        loss_a, loss_b = tf.reduce_sum(a * readout), tf.reduce_sum(b * readout)
+    np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5)
+    for got, want in zip(fused.get_weights(), ref.get_weights()):  # moving statistics updated alike
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fused.get_weights()[2], start[2])  # ... and they did move
+    np.testing.assert_allclose(tape.gradient(loss_b, x).numpy(), tape.gradient(loss_a, x).numpy(), atol=1e-4)
+    for v_b, v_a in ((fused.gamma, ref.gamma), (fused.beta, ref.beta)):
+        np.testing.assert_allclose(tape.gradient(loss_b, v_b).numpy(), tape.gradient(loss_a, v_a).numpy(),
+                                   rtol=1e-4, atol=1e-3)
+    # inference and frozen statistics take Keras's own path: equal too
+    np.testing.assert_allclose(fused(x, training=False).numpy(), ref(x, training=False).numpy(), atol=1e-5)
