@@ -100,8 +100,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fusable(self, inputs) -> bool:
-        """Whether TensorFlow's fused kernel can do this training step: NHWC float32 over the channels."""
-        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4 and self.axis in (-1, 3)
+        """Whether TensorFlow's fused kernel can do this training step: NHWC float32 over the channels.
+
+        Never for a `synchronized` layer: the fused kernel takes the moments
+        of this replica's slice only, where `synchronized=True` (set by
+        `tfdnc.distributed.synchronize_batchnorm`) all-reduces them across
+        replicas, so two replicas would train differently from one device.
+        """
+        return (keras.backend.backend() == "tensorflow" and not self.synchronized and len(inputs.shape) == 4
+                and self.axis in (-1, 3)
                 and inputs.dtype == "float32" and self.center and self.scale and self.moving_mean.dtype == "float32")
 
     def _fused_training_call(self, inputs):
