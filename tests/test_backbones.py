@@ -156,6 +156,30 @@ def test_weight_files_load_across_frozen_and_plain_backbones(tmp_path):
     np.testing.assert_array_equal(refrozen(x).numpy(), plain(x).numpy())
 
 
+def test_weight_files_written_with_keras_batchnorm_load_into_the_small_cnn(tmp_path):
+    """Weight files saved before the small CNN's layers became tfdnc's BatchNormalization (Keras's own
+    layer, same variables) load into today's small CNN and give the same embedding."""
+    from tfdnc.backbones import BatchNormalization
+
+    name, shape, options = SMALL
+    x = images(shape)
+    today = build_backbone(name, shape, **options)
+    train_step(today, x)  # moving statistics and gamma/beta away from their initial values
+
+    def as_keras(layer):
+        if isinstance(layer, BatchNormalization):
+            config = {k: v for k, v in layer.get_config().items() if k != "freeze_statistics"}
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(layer.get_config())
+
+    before = keras.models.clone_model(today, clone_function=as_keras)
+    assert not any(isinstance(layer, BatchNormalization) for layer in before.layers)
+    before.set_weights([w + 0.01 for w in today.get_weights()])
+    before.save_weights(tmp_path / "before.weights.h5")
+    loaded = build_backbone(name, shape, weights=tmp_path / "before.weights.h5", **options)
+    np.testing.assert_allclose(loaded(x).numpy(), before(x).numpy(), atol=1e-5)
+
+
 def test_set_batchnorm_frozen_toggles_in_place_and_refuses_plain_layers():
     name, shape, options = SMALL
     model = build_backbone(name, shape, freeze_batchnorm=True, **options)

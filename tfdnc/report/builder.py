@@ -18,8 +18,9 @@ from tfdnc.utils import l2_normalize, write_json
 # Settings shown in the summary table, in this order, when the config has them.
 _SUMMARY_KEYS = (
     "preset", "dataset", "data_dir", "backbone", "backbone_weights", "embedding_dim", "k_final", "growth",
-    "mask_mode", "recluster_every", "full_embedding_epoch", "final_k1_epochs", "loss",
-    "classes_per_batch", "images_per_class", "learning_rate", "lr", "epochs", "image_size", "resize_size",
+    "mask_mode", "recluster_every", "full_embedding_epoch", "final_k1_epochs", "loss", "symmetrical",
+    "classes_per_batch", "images_per_class", "learning_rate", "lr", "lr_schedule", "warmup_epochs", "epochs",
+    "image_size", "resize_size",
 )
 
 
