@@ -208,3 +208,37 @@ def test_the_random_state_of_a_backup_repeats_the_next_draws(tmp_path):
     restore_random_state(path, model)
     for ours, theirs in zip(draws(), expected):
         np.testing.assert_array_equal(ours, theirs)
+
+
+# --- TensorBoard -------------------------------------------------------------------------------
+
+
+def _summary_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith("events.out"):
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+@pytest.mark.parametrize("update_freq, batch_tags", [("epoch", False), ("batch", True)])
+def test_tensorboard_has_each_epoch_on_disk_and_batch_summaries_only_when_asked(tmp_path, update_freq, batch_tags):
+    from tfdnc.training.backup import FlushingTensorBoard
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(16, 3)), np.zeros((16, 1))
+    seen = []
+
+    class AfterEpoch(keras.callbacks.Callback):  # what a kill right after the epoch would leave
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(_summary_tags(tmp_path / "tb"))
+
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+              callbacks=[FlushingTensorBoard(str(tmp_path / "tb"), update_freq=update_freq), AfterEpoch()])
+    assert "epoch_loss" in seen[0]
+    assert any(tag.startswith("batch_") for tag in seen[-1]) == batch_tags
