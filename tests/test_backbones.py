@@ -291,3 +291,33 @@ def test_fused_training_batchnorm_matches_keras_batchnorm():
                                    rtol=1e-4, atol=1e-3)
     # inference and frozen statistics take Keras's own path: equal too
     np.testing.assert_allclose(fused(x, training=False).numpy(), ref(x, training=False).numpy(), atol=1e-5)
+
+
+def test_a_saved_model_loads_with_keras_load_model_once_the_model_class_is_imported(tmp_path):
+    """`keras.saving.load_model` in a fresh process that has touched only `tfdnc.DivideAndConquerModel`
+    finds what a trained model is saved with: the small CNN's own BatchNormalization layer and the
+    learning-rate schedule of its optimizer; the embeddings are the same."""
+    import subprocess
+    import sys
+
+    from tfdnc.model import DivideAndConquerModel
+    from tfdnc.training.lr import WarmupDecay
+
+    name, shape, options = SMALL
+    model = DivideAndConquerModel(build_backbone(name, shape, **options), embedding_dim=8, k_final=2)
+    # compiled as `tfdnc train` compiles it: Adam on the warm-up + cosine schedule
+    model.compile(optimizer=keras.optimizers.Adam(WarmupDecay(1e-3, total_steps=10, warmup_steps=2, decay="cosine")))
+    x = images(shape)
+    expected = model(x, training=False).numpy()
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import keras, numpy as np, tfdnc\n"
+        "tfdnc.DivideAndConquerModel\n"
+        f"model = keras.saving.load_model({str(tmp_path / 'model.keras')!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, model(x, training=False).numpy())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)

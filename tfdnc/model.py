@@ -10,6 +10,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+# Registered for keras.saving.load_model after `import tfdnc.model` (docs/getting-started.md): the small
+# CNN's BatchNormalization and the learning-rate schedule a trained model's optimizer is saved with.
+import tfdnc.backbones  # noqa: F401
+import tfdnc.training.lr  # noqa: F401
 from tfdnc.distributed.gather import all_gather_batch, replica_loss_scale
 from tfdnc.layers.masks import SubspaceMasks
 from tfdnc.losses import MarginLoss, MetricLoss  # also registers every loss, for load_model
