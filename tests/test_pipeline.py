@@ -75,6 +75,29 @@ def test_whole_image_batches_equal_the_per_image_transform_and_follow_the_plan()
     assert not unaugmented_in_memory(image_set, 8, (0.5, 1), (1, 1), flip=False)
 
 
+def test_whole_image_training_of_non_square_files_is_the_evaluation_centre_crop_not_a_squash(tmp_path):
+    """The default (no crop) on photos of any shape: each training image is what the evaluation sees,
+    the shorter side resized and the centre cut out, not the whole photo squashed to a square."""
+    paths, labels = [], []
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        pixels = rng.integers(0, 256, size=(20, 40, 3), dtype=np.uint8)  # landscape
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+        labels.append(i // 2)
+    image_set = ImageSet(labels=np.array(labels), paths=np.array(paths), name="photos")
+    sampler = ClusterBatchSampler(image_set.labels, 2, 2, seed=0)
+    ds = make_train_dataset(image_set, sampler, 1, image_size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                            flip=False)
+    sampler.publish(0)
+    iterator = iter(ds)  # kept until the sampler is closed: dropping it waits for the next epoch's plan
+    (x, _), (indices, _) = next(iterator), next(sampler.plan_epoch(0, 1))
+    sampler.close()
+    expected = np.stack([eval_transform(np.asarray(Image.open(paths[i])), 16).numpy() for i in indices])
+    np.testing.assert_allclose(x["images"].numpy(), expected, atol=1e-3)
+
+
 def test_eval_transform_resizes_shorter_side_then_centre_crops():
     image = np.zeros((40, 80, 3), np.uint8)
     image[:, 30:50] = 255  # a centred vertical bar

@@ -55,7 +55,7 @@ _HELP = {
     "cache_max_side": "shrink cached images to this shorter side (faster; None keeps full size)",
     "image_size": "side in pixels of the square crop the network sees (training and evaluation)",
     "resize_size": "evaluation: shorter side in pixels before the centre crop; none: --image-size",
-    "crop_scale": "training crops: range of the area fraction of a random resized crop (the papers: 0.08 1)",
+    "crop_scale": "training crops: range of the area fraction of a random resized crop (default 1 1 with crop_ratio 1 1: the whole image, no crop; the papers: 0.08 1)",
     "crop_ratio": "training crops: range of the aspect ratio of a random resized crop",
     "flip": "random horizontal flips of the training images (on for photos; off for digits)",
     "use_boxes": "crop CUB / CARS images to their bounding boxes",

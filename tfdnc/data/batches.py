@@ -39,7 +39,9 @@ class ClusterBatches:
         steps_per_epoch: batches per epoch (default: images / batch size, rounded up).
         image_size: side of the square training crop (default: the
             images' height).
-        crop_scale, crop_ratio: RandomResizedCrop ranges of the augmentation.
+        crop_scale, crop_ratio: RandomResizedCrop ranges of the augmentation
+            (default: the whole image, as `tfdnc train`; e.g. `(0.5, 1.0)` and
+            `(3 / 4, 4 / 3)` for random crops).
         flip: random horizontal flips.
         seed: seed of the batch plans and augmentations.
         first_epoch_timeout: see `tfdnc.data.pipeline.make_train_dataset`.
@@ -65,8 +67,8 @@ class ClusterBatches:
         *,
         steps_per_epoch: int | None = None,
         image_size: int | None = None,
-        crop_scale: tuple[float, float] = (0.5, 1.0),
-        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        crop_scale: tuple[float, float] = (1.0, 1.0),
+        crop_ratio: tuple[float, float] = (1.0, 1.0),
         flip: bool = False,
         seed: int = 0,
         first_epoch_timeout: float | None = 120.0,

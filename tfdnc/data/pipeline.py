@@ -162,8 +162,16 @@ def _augmented_batches(dataset: tf.data.Dataset, image_set: ImageSet, label_tabl
     channels = image_channels(image_set)
     load = image_loader(image_set, channels)
 
+    whole = _whole_area(crop_scale, crop_ratio)
+
     def augment(index, cluster, seed):
-        image = random_resized_crop(load(index), image_size, seed, crop_scale, crop_ratio)
+        if whole:
+            # The whole image as the evaluation sees it (shorter side resized, centre crop): a crop of
+            # all the area at aspect 1 does not exist in a non-square image, and the random crop's
+            # fallback would squash it to a square.
+            image = eval_transform(load(index), image_size)
+        else:
+            image = random_resized_crop(load(index), image_size, seed, crop_scale, crop_ratio)
         if flip:
             image = random_flip(image, seed + 1)
         image.set_shape([image_size, image_size, channels])
@@ -180,8 +188,12 @@ def unaugmented_in_memory(image_set: ImageSet, image_size: int, crop_scale, crop
     boxes, crops of the whole area at aspect 1 (`crop_scale` = `crop_ratio` = (1, 1)) and no flips."""
     if image_set.images is None or image_set.boxes is not None or flip:
         return False
-    whole = tuple(float(v) for v in crop_scale) == (1.0, 1.0) and tuple(float(v) for v in crop_ratio) == (1.0, 1.0)
-    return whole and tuple(image_set.images.shape[1:3]) == (image_size, image_size)
+    return _whole_area(crop_scale, crop_ratio) and tuple(image_set.images.shape[1:3]) == (image_size, image_size)
+
+
+def _whole_area(crop_scale, crop_ratio) -> bool:
+    """Whether the crop ranges ask for the whole image at aspect 1 (no random crop)."""
+    return tuple(float(v) for v in crop_scale) == (1.0, 1.0) and tuple(float(v) for v in crop_ratio) == (1.0, 1.0)
 
 
 def make_eval_dataset(
