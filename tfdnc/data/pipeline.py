@@ -105,8 +105,9 @@ def make_train_dataset(
         tf.TensorSpec((None, batch_size), tf.int32),
         tf.TensorSpec((None, batch_size, 2), tf.int32),
     )
-    # One generator call per epoch, split into batches in C++: a call per batch cost about 0.3 ms of
-    # CPU a step (the Python round trip of from_generator), 1 % of a suite step (bench/bench_step_parts.py).
+    # One generator call per epoch, split into batches in C++: a from_generator call per batch made the
+    # pipeline cost 1.1 ms of CPU per batch, now 0.45 (bench/bench_step_parts.py --parts input), about
+    # 1.7 % of a suite step.
     dataset = tf.data.Dataset.from_generator(plan, output_signature=spec).unbatch()
     if unaugmented_in_memory(image_set, image_size, crop_scale, crop_ratio, flip):
         return _whole_image_batches(dataset, image_set, label_table)
